@@ -1,0 +1,1 @@
+//! A stateful emulator of the Cloudflare Lists API (placeholder, being written).

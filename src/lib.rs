@@ -1,0 +1,4 @@
+//! crowdsec-cloudflare-iplist-bouncer: keeps one Cloudflare account IP List in step with
+//! the ban decisions of a CrowdSec Local API.
+
+pub mod emulator;
