@@ -2,3 +2,6 @@
 //! the ban decisions of a CrowdSec Local API.
 
 pub mod emulator;
+pub mod godur;
+pub mod item;
+pub mod state;
