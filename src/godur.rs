@@ -18,6 +18,8 @@ pub enum DurationError {
     Unit(String),
     #[error("invalid duration {0:?}: out of range")]
     Overflow(String),
+    #[error("invalid duration {0:?}: must not be negative")]
+    Negative(String),
 }
 
 /// Parses a Go duration into signed nanoseconds (Go's own representation).
@@ -65,7 +67,7 @@ pub fn parse_nanos(text: &str) -> Result<i64, DurationError> {
 pub fn parse_std(text: &str) -> Result<Duration, DurationError> {
     let nanos = parse_nanos(text)?;
     if nanos < 0 {
-        return Err(DurationError::Syntax(text.to_owned()));
+        return Err(DurationError::Negative(text.to_owned()));
     }
     Ok(Duration::from_nanos(nanos as u64))
 }
@@ -227,7 +229,7 @@ mod tests {
     fn config_durations_are_non_negative() {
         assert_eq!(parse_std("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_std("15m"), Ok(Duration::from_secs(900)));
-        assert!(parse_std("-1s").is_err());
+        assert_eq!(parse_std("-1s"), Err(DurationError::Negative("-1s".into())));
     }
 
     #[test]

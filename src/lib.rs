@@ -1,6 +1,7 @@
 //! crowdsec-cloudflare-iplist-bouncer: keeps one Cloudflare account IP List in step with
 //! the ban decisions of a CrowdSec Local API.
 
+pub mod config;
 pub mod emulator;
 pub mod godur;
 pub mod item;

@@ -1,0 +1,500 @@
+//! Configuration: a TOML file read in two phases. The file is parsed into a TOML table,
+//! then every key is checked and converted into a typed [`Config`]; every problem is
+//! collected and reported at once, each naming its key and the expected form.
+//! After this module, no code re-validates configuration.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::godur;
+use crate::item::MIN_IPV6_PREFIX;
+
+/// Where the bouncer looks for its configuration by default.
+pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplist-bouncer.toml";
+/// Environment variable that overrides `crowdsec.api_key`.
+pub const ENV_LAPI_KEY: &str = "CROWDSEC_API_KEY";
+/// Environment variable that overrides `cloudflare.api_token`.
+pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
+
+/// A secret string. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub crowdsec: CrowdsecConfig,
+    pub cloudflare: CloudflareConfig,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct CrowdsecConfig {
+    /// LAPI base URL, always ending in `/`.
+    pub api_url: String,
+    /// `None` only when a client certificate authenticates the bouncer.
+    pub api_key: Option<Secret>,
+    pub update_frequency: Duration,
+    pub decision_types: Vec<String>,
+    pub scopes: Vec<String>,
+    pub origins: Vec<String>,
+    pub scenarios_containing: Vec<String>,
+    pub scenarios_not_containing: Vec<String>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    pub ca_cert_path: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudflareConfig {
+    /// API base URL without a trailing `/` (`https://api.cloudflare.com/client/v4`).
+    pub api_url: String,
+    pub api_token: Secret,
+    pub account_id: String,
+    pub list: ListRef,
+    pub batch_size: usize,
+    pub ipv6_prefix: u8,
+    pub request_timeout: Duration,
+}
+
+/// How the list is named in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListRef {
+    Id(String),
+    /// Looked up among the account's lists at start.
+    Name(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub reconcile_interval: Duration,
+    /// How long an in-flight bulk operation may keep shutdown waiting.
+    pub shutdown_grace: Duration,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} problem{} in {}:",
+            n,
+            if n == 1 { "" } else { "s" },
+            self.path.display()
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the file at `path`, with secrets overridable from the
+    /// process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: path.to_owned(),
+            problems: vec![format!(
+                "cannot read the configuration file: {err} (pass another one with -c FILE)"
+            )],
+        })?;
+        Config::parse(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Validates configuration text; `env` looks up environment overrides.
+    ///
+    /// # Errors
+    /// Every problem found, one line each.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+        let mut root: Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| vec![format!("not valid TOML: {}", err.message())])?;
+        let mut problems = Vec::new();
+        let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
+        let crowdsec_config = read_crowdsec(&mut crowdsec, env);
+        crowdsec.finish();
+        let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
+        let cloudflare_config = read_cloudflare(&mut cloudflare, env);
+        cloudflare.finish();
+        let mut sync = Section::take(&mut root, "sync", &mut problems);
+        let sync_config = SyncConfig {
+            reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
+            shutdown_grace: sync.duration("shutdown_grace", "10s", Duration::ZERO),
+        };
+        sync.finish();
+        for key in root.keys() {
+            problems.push(format!(
+                "unknown section or key `{key}` (expected [crowdsec], [cloudflare] and [sync])"
+            ));
+        }
+        match (crowdsec_config, cloudflare_config) {
+            (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok(Config {
+                crowdsec,
+                cloudflare,
+                sync: sync_config,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+fn read_crowdsec(
+    s: &mut Section<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<CrowdsecConfig> {
+    let api_url = s.url("api_url", "http://127.0.0.1:8080/").map(|mut url| {
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        url
+    });
+    let cert_path = s.opt_path("cert_path");
+    let key_path = s.opt_path("key_path");
+    if cert_path.is_some() != key_path.is_some() {
+        s.problem(
+            "cert_path and key_path",
+            "set both (client certificate and its key) or neither",
+        );
+    }
+    let api_key = s.secret("api_key", ENV_LAPI_KEY, env);
+    if api_key.is_none() && cert_path.is_none() {
+        s.problem(
+            "api_key",
+            &format!(
+                "missing: register the bouncer with `cscli bouncers add crowdsec-cloudflare-iplist-bouncer` \
+                 and put the key in api_key, in a file named by api_key_file, or in env {ENV_LAPI_KEY} \
+                 (or set cert_path/key_path for certificate auth)"
+            ),
+        );
+    }
+    let scopes = s.strings("scopes", &["ip", "range"]);
+    if scopes.is_empty() {
+        s.problem("scopes", "must not be empty (LAPI returns nothing for an empty scope list); use [\"ip\", \"range\"]");
+    }
+    let decision_types = s.strings("decision_types", &["ban"]);
+    if decision_types.is_empty() {
+        s.problem("decision_types", "must not be empty; use [\"ban\"]");
+    }
+    // Read every key before returning, so unread keys are not reported as unknown.
+    let update_frequency = s.duration("update_frequency", "10s", Duration::from_millis(100));
+    let origins = s.strings("origins", &[]);
+    let scenarios_containing = s.strings("scenarios_containing", &[]);
+    let scenarios_not_containing = s.strings("scenarios_not_containing", &[]);
+    let ca_cert_path = s.opt_path("ca_cert_path");
+    let insecure_skip_verify = s.bool("insecure_skip_verify", false);
+    let request_timeout = s.duration("request_timeout", "2m", Duration::from_secs(1));
+    Some(CrowdsecConfig {
+        api_url: api_url?,
+        api_key,
+        update_frequency,
+        decision_types,
+        scopes,
+        origins,
+        scenarios_containing,
+        scenarios_not_containing,
+        cert_path,
+        key_path,
+        ca_cert_path,
+        insecure_skip_verify,
+        request_timeout,
+    })
+}
+
+fn read_cloudflare(
+    s: &mut Section<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<CloudflareConfig> {
+    let api_url = s
+        .url("api_url", "https://api.cloudflare.com/client/v4")
+        .map(|url| url.trim_end_matches('/').to_owned());
+    let api_token = s.secret("api_token", ENV_CF_TOKEN, env);
+    if api_token.is_none() {
+        s.problem(
+            "api_token",
+            &format!(
+                "missing: create an API token with the permission Account > Account Filter Lists > Edit \
+                 and put it in api_token, in a file named by api_token_file, or in env {ENV_CF_TOKEN}"
+            ),
+        );
+    }
+    let account_id = s.string("account_id", "");
+    if account_id.len() != 32 || !account_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        s.problem(
+            "account_id",
+            "expected the 32-character hexadecimal account ID (dashboard: Account Home > the account's menu > Copy account ID)",
+        );
+    }
+    let list_id = s.string("list_id", "");
+    let list_name = s.string("list_name", "");
+    let list = match (list_id.is_empty(), list_name.is_empty()) {
+        (false, true) if list_id.len() == 32 => Some(ListRef::Id(list_id)),
+        (false, true) => {
+            s.problem(
+                "list_id",
+                "expected the 32-character list ID (or set list_name instead)",
+            );
+            None
+        }
+        (true, false) if is_list_name(&list_name) => Some(ListRef::Name(list_name)),
+        (true, false) => {
+            s.problem(
+                "list_name",
+                "expected 1 to 50 characters of a-z, 0-9 and _ (e.g. \"crowdsec_ban\")",
+            );
+            None
+        }
+        (true, true) => {
+            s.problem(
+                "list_id",
+                "missing: set list_id, or list_name = \"crowdsec_ban\" to look it up at start",
+            );
+            None
+        }
+        (false, false) => {
+            s.problem("list_id and list_name", "set only one of them");
+            None
+        }
+    };
+    let batch_size = s.uint("batch_size", 1000, 1, 10_000);
+    let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
+    let request_timeout = s.duration("request_timeout", "30s", Duration::from_secs(1));
+    Some(CloudflareConfig {
+        api_url: api_url?,
+        api_token: api_token?,
+        account_id,
+        list: list?,
+        batch_size: batch_size as usize,
+        ipv6_prefix: ipv6_prefix as u8,
+        request_timeout,
+    })
+}
+
+fn is_list_name(name: &str) -> bool {
+    (1..=50).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// One `[section]` being read: typed getters that record problems instead of failing,
+/// and [`Section::finish`] to report keys nobody asked for.
+struct Section<'p> {
+    name: &'static str,
+    table: Table,
+    problems: &'p mut Vec<String>,
+}
+
+impl<'p> Section<'p> {
+    fn take(root: &mut Table, name: &'static str, problems: &'p mut Vec<String>) -> Section<'p> {
+        let table = match root.remove(name) {
+            Some(Value::Table(table)) => table,
+            Some(_) => {
+                problems.push(format!("`{name}` must be a section ([{name}])"));
+                Table::new()
+            }
+            None => Table::new(),
+        };
+        Section {
+            name,
+            table,
+            problems,
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: &str) {
+        self.problems
+            .push(format!("{}.{key}: {message}", self.name));
+    }
+
+    fn finish(self) {
+        for key in self.table.keys() {
+            self.problems.push(format!(
+                "{}.{key}: unknown key (see config.toml.example for the valid ones)",
+                self.name
+            ));
+        }
+    }
+
+    fn string(&mut self, key: &str, default: &str) -> String {
+        match self.table.remove(key) {
+            None => default.to_owned(),
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected a string, found {}", other.type_str()),
+                );
+                default.to_owned()
+            }
+        }
+    }
+
+    fn opt_path(&mut self, key: &str) -> Option<PathBuf> {
+        let value = self.string(key, "");
+        (!value.is_empty()).then(|| PathBuf::from(value))
+    }
+
+    fn url(&mut self, key: &str, default: &str) -> Option<String> {
+        let url = self.string(key, default);
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Some(url);
+        }
+        self.problem(
+            key,
+            &format!("expected an http:// or https:// URL, found {url:?}"),
+        );
+        None
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.table.remove(key) {
+            None => default,
+            Some(Value::Boolean(b)) => b,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected true or false, found {}", other.type_str()),
+                );
+                default
+            }
+        }
+    }
+
+    fn uint(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.table.remove(key) {
+            None => default,
+            Some(Value::Integer(n)) if (min as i64..=max as i64).contains(&n) => n as u64,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected a whole number from {min} to {max}, found {other}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {
+        let as_strings = |values: &[Value]| -> Option<Vec<String>> {
+            values
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let default: Vec<String> = default.iter().map(|s| (*s).to_owned()).collect();
+        match self.table.remove(key) {
+            None => default,
+            Some(Value::Array(values)) => as_strings(&values).unwrap_or_else(|| {
+                self.problem(key, "expected a list of strings, like [\"a\", \"b\"]");
+                default
+            }),
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!(
+                        "expected a list of strings, like [\"a\", \"b\"], found {}",
+                        other.type_str()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: &str, min: Duration) -> Duration {
+        let text = self.string(key, default);
+        match godur::parse_std(&text) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                self.problem(
+                    key,
+                    &format!(
+                        "{text:?} is too short: the minimum is {}",
+                        godur::format(min)
+                    ),
+                );
+                godur::parse_std(default).unwrap_or(min)
+            }
+            Err(err) => {
+                self.problem(key, &err.to_string());
+                godur::parse_std(default).unwrap_or(min)
+            }
+        }
+    }
+
+    /// A secret from `env_name`, else `<key>` inline, else the file named by `<key>_file`.
+    fn secret(
+        &mut self,
+        key: &str,
+        env_name: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret> {
+        let inline = self.string(key, "");
+        let file_key = format!("{key}_file");
+        let file = self.string(&file_key, "");
+        if !inline.is_empty() && !file.is_empty() {
+            self.problem(&format!("{key} and {file_key}"), "set only one of them");
+        }
+        if let Some(value) = env(env_name).filter(|v| !v.trim().is_empty()) {
+            return Some(Secret::new(value.trim()));
+        }
+        if !inline.is_empty() {
+            return Some(Secret::new(inline.trim()));
+        }
+        if file.is_empty() {
+            return None;
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
+            Ok(_) => {
+                self.problem(&file_key, &format!("{file} is empty"));
+                None
+            }
+            Err(err) => {
+                self.problem(&file_key, &format!("cannot read {file}: {err}"));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
