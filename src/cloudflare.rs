@@ -1,0 +1,548 @@
+//! The Cloudflare Lists API client (docs/cloudflare-lists.md §1–§3).
+//!
+//! One small `async fn` per endpoint over one request helper that handles auth, the v4
+//! envelope and errors. Wire types stay in this module; callers see [`ListInfo`],
+//! [`ListedItem`] and [`OpStatus`].
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CloudflareConfig, ListRef, Secret};
+use crate::item::Item;
+use crate::lapi::USER_AGENT;
+
+/// The largest page the API serves (docs/cloudflare-lists.md §2.3).
+pub const MAX_PER_PAGE: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 429: the global request limit, or a write while a bulk operation is pending.
+    #[error("Cloudflare rate limited the request (HTTP 429{}): {}", retry_hint(.retry_after), messages(.errors))]
+    RateLimited {
+        retry_after: Option<Duration>,
+        errors: Vec<ApiMessage>,
+    },
+    /// Cloudflare answered, and said no.
+    #[error("Cloudflare refused {what} (HTTP {status}): {}{}", messages(.errors), auth_hint(*.status, .errors))]
+    Api {
+        what: &'static str,
+        status: u16,
+        errors: Vec<ApiMessage>,
+    },
+    #[error("cannot reach Cloudflare for {what}: {source}")]
+    Transport {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Cloudflare sent an unexpected answer to {what}: {detail}")]
+    Decode { what: &'static str, detail: String },
+    #[error("no IP list named {0:?} in this account: create it (Manage Account > Configurations > Lists) or fix cloudflare.list_name")]
+    ListNotFound(String),
+    #[error("list {name:?} is a {kind} list; the bouncer needs an IP list (kind ip)")]
+    WrongKind { name: String, kind: String },
+}
+
+impl Error {
+    /// How long Cloudflare asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same request could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::Transport { .. } | Error::Decode { .. } => true,
+            Error::Api { status, .. } => *status >= 500,
+            Error::ListNotFound(_) | Error::WrongKind { .. } => false,
+        }
+    }
+}
+
+/// One entry of an envelope's `errors` or `messages`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ApiMessage {
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+}
+
+fn messages(errors: &[ApiMessage]) -> String {
+    if errors.is_empty() {
+        return "no error detail".to_owned();
+    }
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{} ({})", e.message, e.code))
+        .collect();
+    parts.join("; ")
+}
+
+fn retry_hint(retry_after: &Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| format!(", retry after {}s", d.as_secs()))
+}
+
+fn auth_hint(status: u16, errors: &[ApiMessage]) -> &'static str {
+    if status == 403 || status == 401 || errors.iter().any(|e| e.code == 10000) {
+        " — check cloudflare.api_token, cloudflare.account_id, and that the token has the permission \
+         Account > Account Filter Lists > Edit"
+    } else {
+        ""
+    }
+}
+
+/// A list as the account holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub num_items: u64,
+}
+
+/// An item as a list read returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedItem {
+    pub id: String,
+    pub ip: String,
+    pub comment: Option<String>,
+}
+
+/// Where a bulk operation stands (docs/cloudflare-lists.md §2.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpStatus {
+    Pending,
+    Completed,
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    #[serde(default)]
+    success: bool,
+    #[serde(default)]
+    errors: Vec<ApiMessage>,
+    result: Option<T>,
+    #[serde(default)]
+    result_info: Option<ResultInfo>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResultInfo {
+    #[serde(default)]
+    cursors: Option<Cursors>,
+}
+
+#[derive(Deserialize, Default)]
+struct Cursors {
+    #[serde(default)]
+    after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireList {
+    id: String,
+    name: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    num_items: f64,
+}
+
+#[derive(Deserialize)]
+struct WireItem {
+    id: String,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireOperationId {
+    operation_id: String,
+}
+
+#[derive(Deserialize)]
+struct WireOperation {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NewItem<'a> {
+    ip: String,
+    comment: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeleteItems<'a> {
+    items: Vec<ItemId<'a>>,
+}
+
+#[derive(Serialize)]
+struct ItemId<'a> {
+    id: &'a str,
+}
+
+pub struct CloudflareClient {
+    http: reqwest::Client,
+    account_url: String,
+    token: Secret,
+}
+
+impl CloudflareClient {
+    /// # Errors
+    /// Fails only if the HTTP client cannot be built (no TLS provider).
+    pub fn new(config: &CloudflareConfig) -> Result<CloudflareClient, Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| Error::Transport {
+                what: "client setup",
+                source,
+            })?;
+        Ok(CloudflareClient {
+            http,
+            account_url: format!("{}/accounts/{}", config.api_url, config.account_id),
+            token: config.api_token.clone(),
+        })
+    }
+
+    /// Finds the configured list and checks it is an IP list.
+    ///
+    /// # Errors
+    /// [`Error::ListNotFound`], [`Error::WrongKind`], or the request's error.
+    pub async fn find_list(&self, list: &ListRef) -> Result<ListInfo, Error> {
+        let info: ListInfo = match list {
+            ListRef::Id(id) => {
+                let url = format!("{}/rules/lists/{id}", self.account_url);
+                let (list, _) = self
+                    .call::<WireList, ()>("reading the list", reqwest::Method::GET, url, None)
+                    .await?;
+                list.into()
+            }
+            ListRef::Name(name) => {
+                let url = format!("{}/rules/lists", self.account_url);
+                let (lists, _) = self
+                    .call::<Vec<WireList>, ()>(
+                        "listing the account's lists",
+                        reqwest::Method::GET,
+                        url,
+                        None,
+                    )
+                    .await?;
+                let found = lists.into_iter().find(|l| &l.name == name);
+                found
+                    .ok_or_else(|| Error::ListNotFound(name.clone()))?
+                    .into()
+            }
+        };
+        if info.kind != "ip" {
+            return Err(Error::WrongKind {
+                name: info.name,
+                kind: info.kind,
+            });
+        }
+        Ok(info)
+    }
+
+    /// Reads one page of items (`per_page` = 500); returns the items and the next cursor.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn items_page(
+        &self,
+        list_id: &str,
+        cursor: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<(Vec<ListedItem>, Option<String>), Error> {
+        let mut url = format!(
+            "{}/rules/lists/{list_id}/items?per_page={MAX_PER_PAGE}",
+            self.account_url
+        );
+        for (name, value) in [("cursor", cursor), ("search", search)] {
+            if let Some(value) = value {
+                url.push_str(&format!("&{name}={}", encode(value)));
+            }
+        }
+        let (items, info) = self
+            .call::<Vec<WireItem>, ()>("reading list items", reqwest::Method::GET, url, None)
+            .await?;
+        let next = info
+            .and_then(|info| info.cursors)
+            .and_then(|cursors| cursors.after)
+            .filter(|after| !after.is_empty() && !items.is_empty());
+        let items = items
+            .into_iter()
+            .filter_map(|item| {
+                Some(ListedItem {
+                    id: item.id,
+                    ip: item.ip?,
+                    comment: item.comment,
+                })
+            })
+            .collect();
+        Ok((items, next))
+    }
+
+    /// Reads every item of the list, following cursors.
+    ///
+    /// # Errors
+    /// The first failing page's error; no partial result is returned.
+    pub async fn all_items(&self, list_id: &str) -> Result<Vec<ListedItem>, Error> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (items, next) = self.items_page(list_id, cursor.as_deref(), None).await?;
+            all.extend(items);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Finds one item's id with `search` (a prefix match: `1.2.3.4` also finds
+    /// `1.2.3.40`, so results are compared exactly). `None`: not on the list.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn find_item(&self, list_id: &str, item: Item) -> Result<Option<String>, Error> {
+        let text = item.to_string();
+        let mut cursor = None;
+        loop {
+            let (items, next) = self
+                .items_page(list_id, cursor.as_deref(), Some(&text))
+                .await?;
+            let found = items
+                .into_iter()
+                .find(|listed| Item::from_cloudflare(&listed.ip) == Some(item));
+            if let Some(found) = found {
+                return Ok(Some(found.id));
+            }
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Starts a bulk add (upsert); returns the operation id.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn add_items(
+        &self,
+        list_id: &str,
+        items: &[(Item, String)],
+    ) -> Result<String, Error> {
+        let body: Vec<NewItem<'_>> = items
+            .iter()
+            .map(|(item, comment)| NewItem {
+                ip: item.to_string(),
+                comment,
+            })
+            .collect();
+        let url = format!("{}/rules/lists/{list_id}/items", self.account_url);
+        let (op, _) = self
+            .call::<WireOperationId, _>(
+                "adding list items",
+                reqwest::Method::POST,
+                url,
+                Some(&body),
+            )
+            .await?;
+        Ok(op.operation_id)
+    }
+
+    /// Starts a bulk delete by item id; returns the operation id.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn delete_items(&self, list_id: &str, ids: &[&str]) -> Result<String, Error> {
+        let body = DeleteItems {
+            items: ids.iter().map(|id| ItemId { id }).collect(),
+        };
+        let url = format!("{}/rules/lists/{list_id}/items", self.account_url);
+        let (op, _) = self
+            .call::<WireOperationId, _>(
+                "deleting list items",
+                reqwest::Method::DELETE,
+                url,
+                Some(&body),
+            )
+            .await?;
+        Ok(op.operation_id)
+    }
+
+    /// Reads a bulk operation's status.
+    ///
+    /// # Errors
+    /// The request's error; an unknown status is a [`Error::Decode`].
+    pub async fn operation(&self, op_id: &str) -> Result<OpStatus, Error> {
+        let url = format!("{}/rules/lists/bulk_operations/{op_id}", self.account_url);
+        let (op, _) = self
+            .call::<WireOperation, ()>("reading a bulk operation", reqwest::Method::GET, url, None)
+            .await?;
+        match op.status.as_str() {
+            "pending" | "running" => Ok(OpStatus::Pending),
+            "completed" => Ok(OpStatus::Completed),
+            "failed" => Ok(OpStatus::Failed(
+                op.error.unwrap_or_else(|| "no error message".into()),
+            )),
+            other => Err(Error::Decode {
+                what: "reading a bulk operation",
+                detail: format!("unknown status {other:?}"),
+            }),
+        }
+    }
+
+    /// Sends one request and unwraps the v4 envelope.
+    async fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        url: String,
+        body: Option<&B>,
+    ) -> Result<(T, Option<ResultInfo>), Error> {
+        let mut request = self
+            .http
+            .request(method, &url)
+            .bearer_auth(self.token.expose());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::Transport { what, source })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| Error::Transport { what, source })?;
+        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
+        if status == 429 {
+            let errors = envelope.map(|e| e.errors).unwrap_or_default();
+            return Err(Error::RateLimited {
+                retry_after,
+                errors,
+            });
+        }
+        let envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(err) if (200..300).contains(&status) => {
+                return Err(Error::Decode {
+                    what,
+                    detail: err.to_string(),
+                })
+            }
+            Err(_) => {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                let errors = vec![ApiMessage {
+                    code: 0,
+                    message: text,
+                }];
+                return Err(Error::Api {
+                    what,
+                    status,
+                    errors,
+                });
+            }
+        };
+        // The list write throttle (10040) has been seen inside a 200 body (§3).
+        if envelope.errors.iter().any(|e| e.code == 10040) {
+            return Err(Error::RateLimited {
+                retry_after,
+                errors: envelope.errors,
+            });
+        }
+        if !(200..300).contains(&status) || !envelope.success {
+            return Err(Error::Api {
+                what,
+                status,
+                errors: envelope.errors,
+            });
+        }
+        let result = envelope.result.ok_or_else(|| Error::Decode {
+            what,
+            detail: "success without a result".into(),
+        })?;
+        Ok((result, envelope.result_info))
+    }
+}
+
+impl From<WireList> for ListInfo {
+    fn from(list: WireList) -> ListInfo {
+        ListInfo {
+            id: list.id,
+            name: list.name,
+            kind: list.kind,
+            num_items: list.num_items.max(0.0) as u64,
+        }
+    }
+}
+
+/// Percent-encodes a query value (cursors are opaque; searches contain `/` and `:`).
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_query_values() {
+        assert_eq!(encode("2001:db8::/64"), "2001%3Adb8%3A%3A%2F64");
+        assert_eq!(encode("abc-_.~"), "abc-_.~");
+        assert_eq!(encode("a+b=c&d"), "a%2Bb%3Dc%26d");
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        let err = Error::Api {
+            what: "adding list items",
+            status: 403,
+            errors: vec![ApiMessage {
+                code: 10000,
+                message: "Authentication error".into(),
+            }],
+        };
+        let text = err.to_string();
+        assert!(text.contains("Authentication error (10000)"), "{text}");
+        assert!(text.contains("Account Filter Lists > Edit"), "{text}");
+        assert!(!err.is_retryable());
+        let limited = Error::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            errors: vec![],
+        };
+        assert!(limited.is_retryable());
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
+        assert!(limited.to_string().contains("retry after 7s"));
+    }
+}
