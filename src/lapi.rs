@@ -172,6 +172,31 @@ impl LapiClient {
         }
         Ok(StreamBody(body))
     }
+
+    /// Checks that LAPI accepts the key, without moving the stream's `last_pull`
+    /// (see the `check` module).
+    ///
+    /// # Errors
+    /// As [`LapiClient::stream`].
+    pub async fn probe(&self) -> Result<(), Error> {
+        let url = self.stream_url.replace("/decisions/stream", "/decisions");
+        let mut request = self.http.head(&url).query(&[("ip", "127.0.0.1")]);
+        if let Some(key) = &self.api_key {
+            request = request.header("X-Api-Key", key.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::Transport { url, source })?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            403 => Err(Error::Forbidden),
+            status => Err(Error::Status {
+                status,
+                body: String::new(),
+            }),
+        }
+    }
 }
 
 impl StreamBody {

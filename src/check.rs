@@ -1,0 +1,81 @@
+//! `check`: the pre-flight an operator (or `ExecStartPre=`) runs. The configuration is
+//! already valid when this runs; here both APIs are reached with it.
+//!
+//! LAPI is probed with `HEAD /v1/decisions?ip=127.0.0.1` (live mode): it checks the key
+//! without touching the stream's `last_pull` while a daemon with the same key polls
+//! (live mode moves it at most once a minute, and the daemon pulls more often).
+
+use std::fmt::Write as _;
+
+use crate::cloudflare::CloudflareClient;
+use crate::config::Config;
+use crate::lapi::{self, LapiClient};
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub what: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Reaches LAPI and Cloudflare; returns one finding for each.
+pub async fn run(config: &Config) -> Vec<Finding> {
+    crate::install_tls_provider();
+    vec![check_lapi(config).await, check_cloudflare(config).await]
+}
+
+/// Renders findings for a person; the bool is whether all is well.
+pub fn render(findings: &[Finding]) -> (String, bool) {
+    let mut out = String::new();
+    for finding in findings {
+        let status = if finding.ok { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "{status} {:<10} {}", finding.what, finding.detail);
+    }
+    (out, findings.iter().all(|f| f.ok))
+}
+
+async fn check_lapi(config: &Config) -> Finding {
+    let url = &config.crowdsec.api_url;
+    let result = match LapiClient::new(&config.crowdsec) {
+        Ok(client) => client.probe().await,
+        Err(err) => Err(err),
+    };
+    Finding {
+        what: "lapi",
+        ok: result.is_ok(),
+        detail: match result {
+            Ok(()) => format!("{url} accepts the bouncer key"),
+            Err(err @ lapi::Error::Transport { .. }) => {
+                format!("{err} (is LAPI running? check crowdsec.api_url)")
+            }
+            Err(err) => err.to_string(),
+        },
+    }
+}
+
+async fn check_cloudflare(config: &Config) -> Finding {
+    let finding = |ok, detail: String| Finding {
+        what: "cloudflare",
+        ok,
+        detail,
+    };
+    let client = match CloudflareClient::new(&config.cloudflare) {
+        Ok(client) => client,
+        Err(err) => return finding(false, err.to_string()),
+    };
+    let list = match client.find_list(&config.cloudflare.list).await {
+        Ok(list) => list,
+        Err(err) => return finding(false, err.to_string()),
+    };
+    match client.items_page(&list.id, None, None).await {
+        Ok(_) => finding(
+            true,
+            format!(
+                "token accepted; list {} ({}) is readable and holds {} items",
+                list.name, list.id, list.num_items
+            ),
+        ),
+        Err(err) => finding(false, err.to_string()),
+    }
+}
