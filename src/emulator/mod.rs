@@ -1,1 +1,336 @@
-//! A stateful emulator of the Cloudflare Lists API (placeholder, being written).
+//! A stateful emulator of the Cloudflare Lists API (account-level IP lists), used by the
+//! integration tests in-process and by the demo as the `cf-lists-emulator` binary.
+//!
+//! It follows `docs/cloudflare-lists.md` (cited below as "docs §N"), not a permissive mock:
+//! writes are asynchronous bulk operations that complete after a latency, one operation may
+//! be in flight per account, IPs are validated and stored in canonical form, pages are capped
+//! at 500 items. Where the docs found no source (docs §12) the behaviour is a switch in
+//! [`Settings`] or is marked "unverified"/"invented" at the place it is implemented.
+//! Only `kind: "ip"` lists are implemented fully; lists of other kinds can be created but
+//! refuse item writes with 10058.
+//!
+//! # Layout
+//! - `mod.rs`: the public types and the [`Emulator`] handle.
+//! - `http.rs`: the router and the gate every API request passes (auth, rate limit, faults).
+//! - `handlers.rs`: one handler per endpoint; `admin.rs`: the `/__emulator` surface.
+//! - `state.rs`: the shared state, lazy advancing of operations, the write rules.
+//! - `store.rs`: lists and items; `ops.rs`: bulk operations; `items.rs`: write validation.
+//! - `canonical.rs`: IP parsing, canonical text, cursors; `envelope.rs`: responses and codes.
+//! - `limits.rs`: the global rate limit; `faults.rs`: injected faults; `clock.rs`: timestamps.
+
+mod admin;
+mod canonical;
+mod clock;
+mod envelope;
+mod faults;
+mod handlers;
+mod http;
+mod items;
+mod limits;
+mod ops;
+mod state;
+mod store;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use canonical::{ip_text, parse_item_ip, IpRules};
+use faults::RequestFault;
+use state::{lock, Shared, State};
+use store::Item;
+
+/// What a write does while a bulk operation is pending or running (docs §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PendingWrite {
+    /// Current docs: refused with 429, `Retry-After: 1`, code 10040 (code unverified).
+    #[default]
+    Reject,
+    /// Older docs: accepted and executed FIFO after the operations before it.
+    Queue,
+}
+
+/// What happens to a CIDR with host bits set, e.g. `1.1.1.1/24` (docs §6.3, unverified).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostBits {
+    /// Stored masked: `1.1.1.0/24`.
+    #[default]
+    Mask,
+    /// Refused with 400, code 10035.
+    Reject,
+}
+
+/// How exceeding the account item quota is reported (docs §4.1, unverified).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CapacityError {
+    /// The operation ends `failed` with `list item limit exceeded`; nothing is applied.
+    #[default]
+    FailedOperation,
+    /// Refused at submit with 400 and an invented code (10061).
+    Sync,
+}
+
+/// Configuration of one emulated account.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// 32 chars like a real account id (docs §1).
+    pub account_id: String,
+    /// The only accepted `Authorization: Bearer` token.
+    pub api_token: String,
+    /// Bulk operation latency, drawn uniformly from `min..=max` per operation.
+    pub op_latency: (Duration, Duration),
+    pub pending_write: PendingWrite,
+    /// Largest accepted IPv6 prefix: 128 now, 64 before 2025-07 (docs §6.1).
+    pub ipv6_max_prefix: u8,
+    pub host_bits: HostBits,
+    pub capacity_error: CapacityError,
+    /// Items across all lists of the account (docs §4.1: 10,000 below Enterprise).
+    pub account_item_limit: usize,
+    /// Requests per 300 s; `None` turns the global limit off (docs §4.4).
+    pub global_rate_limit: Option<u32>,
+    /// `per_page` when absent; 25 is inferred (docs §2.3).
+    pub default_per_page: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            account_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            api_token: "emulator-token".to_owned(),
+            op_latency: (Duration::from_millis(300), Duration::from_millis(1200)),
+            pending_write: PendingWrite::Reject,
+            ipv6_max_prefix: 128,
+            host_bits: HostBits::Mask,
+            capacity_error: CapacityError::FailedOperation,
+            account_item_limit: 10_000,
+            global_rate_limit: Some(1200),
+            default_per_page: 25,
+        }
+    }
+}
+
+impl Settings {
+    /// The item IP rules selected by these settings.
+    pub(crate) fn ip_rules(&self) -> IpRules {
+        IpRules {
+            ipv6_max_prefix: self.ipv6_max_prefix,
+            host_bits: self.host_bits,
+        }
+    }
+}
+
+/// What the emulator has seen since start (or the last [`Emulator::reset_counters`]).
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Every request under `/client/v4`, including refused ones; admin requests excluded.
+    pub requests: u64,
+    /// GET items pages.
+    pub list_reads: u64,
+    /// GET bulk operation status.
+    pub status_polls: u64,
+    /// Accepted POST/PUT/DELETE items (each created one bulk operation).
+    pub writes: u64,
+    /// Item writes refused after authentication: validation 400s, 429 pending, sync capacity.
+    pub rejected_writes: u64,
+    /// Item writes received while an operation was pending or running, in both modes.
+    pub writes_while_pending: u64,
+    /// GET items with `per_page` > 500.
+    pub per_page_over_max: u64,
+    /// Item creations, edits and deletions applied by completed operations (docs §4.3).
+    pub item_changes: u64,
+    /// Requests refused by the global rate limit.
+    pub rate_limited: u64,
+    /// Every other request that reached a handler: list CRUD, GET one item, unknown routes.
+    pub other: u64,
+}
+
+/// An item of the completed state, in API order.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct StoredItem {
+    pub id: String,
+    /// Canonical text as the API returns it (docs §6.3).
+    pub ip: String,
+    pub comment: Option<String>,
+}
+
+/// True for a valid list name: `^[a-z0-9_]{1,50}$` (docs §2.1, lowercase per DOCS-LISTS-INDEX).
+pub fn is_valid_list_name(name: &str) -> bool {
+    handlers::valid_list_name(name)
+}
+
+/// A running emulator: an axum server on its own task plus a handle on its state.
+pub struct Emulator {
+    shared: Shared,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Binds `bind` (use port 0 in tests) and serves the API on a spawned task.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(settings: Settings, bind: SocketAddr) -> std::io::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shared: Shared = Arc::new(Mutex::new(State::new(settings)));
+        let app = http::router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "emulator server failed");
+            }
+        });
+        Ok(Emulator {
+            shared,
+            addr,
+            stop,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/client/v4` (loopback when bound to an unspecified address).
+    pub fn base_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        format!("http://{addr}/client/v4")
+    }
+
+    pub fn account_id(&self) -> String {
+        self.state().settings.account_id.clone()
+    }
+
+    pub fn api_token(&self) -> String {
+        self.state().settings.api_token.clone()
+    }
+
+    /// Creates an `ip` list and returns its id.
+    ///
+    /// # Panics
+    /// If `name` is not a valid list name (`^[a-z0-9_]{1,50}$`).
+    pub fn create_list(&self, name: &str) -> String {
+        assert!(
+            handlers::valid_list_name(name),
+            "invalid list name {name:?}"
+        );
+        let mut state = self.state();
+        state
+            .create_list(name, "ip", None, Instant::now())
+            .id
+            .clone()
+    }
+
+    /// The completed items of a list in API order; empty if the list does not exist.
+    pub fn items(&self, list_id: &str) -> Vec<StoredItem> {
+        let state = self.state();
+        state
+            .store
+            .list(list_id)
+            .map(|list| list.stored_items())
+            .unwrap_or_default()
+    }
+
+    /// Inserts or updates an item at once, as a dashboard edit would: no operation, no
+    /// counters. The IP is canonicalised with the configured rules.
+    ///
+    /// # Panics
+    /// If the IP is invalid under the settings or the list does not exist (test helper).
+    pub fn insert_item(&self, list_id: &str, ip: &str, comment: Option<&str>) {
+        let mut state = self.state();
+        let rules = state.settings.ip_rules();
+        let net = parse_item_ip(ip, rules)
+            .unwrap_or_else(|err| panic!("insert_item: {}", err.message(0)));
+        let now = state.now_text(Instant::now());
+        let id = store::new_id(&mut state.rng);
+        let list = state
+            .store
+            .list_mut(list_id)
+            .unwrap_or_else(|| panic!("insert_item: no list {list_id}"));
+        let item = list.items.entry(net).or_insert_with(|| Item {
+            id,
+            comment: None,
+            created_on: now.clone(),
+            modified_on: now.clone(),
+        });
+        item.comment = comment.map(str::to_owned);
+        item.modified_on = now;
+        tracing::debug!(ip = %ip_text(&net), "item inserted by hand");
+    }
+
+    /// Removes an item at once, as a dashboard delete would: no operation, no counters.
+    /// Returns whether the item was there.
+    ///
+    /// # Panics
+    /// If the IP is invalid under the settings (test helper).
+    pub fn remove_item(&self, list_id: &str, ip: &str) -> bool {
+        let mut state = self.state();
+        let rules = state.settings.ip_rules();
+        let net = parse_item_ip(ip, rules)
+            .unwrap_or_else(|err| panic!("remove_item: {}", err.message(0)));
+        let list = state.store.list_mut(list_id);
+        list.is_some_and(|list| list.items.remove(&net).is_some())
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.state().counters.clone()
+    }
+
+    pub fn reset_counters(&self) {
+        self.state().counters = Counters::default();
+    }
+
+    /// True while a bulk operation is pending or running.
+    pub fn operation_pending(&self) -> bool {
+        self.state().ops.busy()
+    }
+
+    /// The next `n` API requests get `status` and an error envelope, with no effect.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn fail_next_requests(&self, n: u32, status: u16) {
+        let status = StatusCode::from_u16(status)
+            .unwrap_or_else(|_| panic!("fail_next_requests: invalid status {status}"));
+        self.state()
+            .faults
+            .fail_next_requests(n, RequestFault::Status(status));
+    }
+
+    /// The next `n` bulk operations created end `failed` with `message`, nothing applied.
+    pub fn fail_next_operations(&self, n: u32, message: &str) {
+        self.state().faults.fail_next_operations(n, message);
+    }
+
+    /// Latency of operations created from now on.
+    pub fn set_op_latency(&self, min: Duration, max: Duration) {
+        self.state().settings.op_latency = (min, max.max(min));
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+
+    /// Locks the state after completing every operation that is due.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = lock(&self.shared);
+        state.advance(Instant::now());
+        state
+    }
+}

@@ -1,0 +1,130 @@
+//! The global API rate limit (docs §4.4): a fixed window of 300 s per account. Once the
+//! window's budget is spent, every request is refused until the window ends ("all API calls
+//! for the next five minutes will be blocked").
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+/// Length of the documented window: "1200 requests per 300 seconds".
+const WINDOW: Duration = Duration::from_secs(300);
+
+/// Outcome of counting one request against the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Served; `remaining` requests left, window resets in `reset` seconds.
+    Allowed { remaining: u32, reset: u64 },
+    /// Refused with 429; `Retry-After` = seconds left in the window.
+    Limited { retry_after: u64 },
+}
+
+/// A fixed-window request counter; the window opens on the first request.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    limit: u32,
+    window_start: Option<Instant>,
+    used: u32,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: u32) -> RateLimiter {
+        RateLimiter {
+            limit,
+            window_start: None,
+            used: 0,
+        }
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Counts one request at `now`.
+    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
+        let start = match self.window_start {
+            Some(start) if now < start + WINDOW => start,
+            _ => {
+                self.used = 0;
+                self.window_start = Some(now);
+                now
+            }
+        };
+        self.used = self.used.saturating_add(1);
+        let left = (start + WINDOW).saturating_duration_since(now);
+        let reset = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        if self.used > self.limit {
+            Verdict::Limited {
+                retry_after: reset.max(1),
+            }
+        } else {
+            Verdict::Allowed {
+                remaining: self.limit - self.used,
+                reset,
+            }
+        }
+    }
+}
+
+/// The message of the global 429 (observed, docs §4.4), for `limit` requests.
+pub(crate) fn limited_message(limit: u32) -> String {
+    format!(
+        "More than {limit} requests per {} seconds reached. Please wait and consider throttling your request speed",
+        WINDOW.as_secs()
+    )
+}
+
+/// Adds `Ratelimit` and `Ratelimit-Policy` (docs §4.4: "always returned").
+pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, verdict: Verdict) {
+    let (remaining, reset) = match verdict {
+        Verdict::Allowed { remaining, reset } => (remaining, reset),
+        Verdict::Limited { retry_after } => (0, retry_after),
+    };
+    let pairs = [
+        ("ratelimit", format!("\"default\";r={remaining};t={reset}")),
+        (
+            "ratelimit-policy",
+            format!("\"default\";q={limit};w={}", WINDOW.as_secs()),
+        ),
+    ];
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_blocks_then_reopens() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(2);
+        assert_eq!(
+            limiter.check(t0),
+            Verdict::Allowed {
+                remaining: 1,
+                reset: 300
+            }
+        );
+        assert_eq!(
+            limiter.check(t0),
+            Verdict::Allowed {
+                remaining: 0,
+                reset: 300
+            }
+        );
+        let later = t0 + Duration::from_millis(100_500);
+        assert_eq!(limiter.check(later), Verdict::Limited { retry_after: 200 });
+        let next_window = t0 + WINDOW;
+        assert_eq!(
+            limiter.check(next_window),
+            Verdict::Allowed {
+                remaining: 1,
+                reset: 300
+            }
+        );
+    }
+}

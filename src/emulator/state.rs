@@ -1,0 +1,289 @@
+//! The whole mutable state of the emulated account behind one `std::sync::Mutex`, and the
+//! rules that tie its parts together: lazy advancing of operations, the
+//! one-pending-operation rule (docs §3), the account capacity (docs §4.1), counters.
+//!
+//! The mutex is only ever held for a few map operations and never across an `.await`.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::http::StatusCode;
+use tokio::time::Instant;
+
+use super::clock::Clock;
+use super::envelope::{code, ApiError};
+use super::faults::Faults;
+use super::items::{parse_delete_ids, parse_ip_items};
+use super::limits::RateLimiter;
+use super::ops::{Operation, Operations};
+use super::store::{new_id, Change, List, Store};
+use super::{CapacityError, Counters, PendingWrite, Settings};
+
+/// Error of an operation that would push the account over its item quota. The real text is
+/// unverified (docs §12).
+const CAPACITY_MESSAGE: &str = "list item limit exceeded";
+
+/// The state shared by the HTTP handlers and the [`super::Emulator`] handle.
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+/// Locks the state; a poisoned lock (a panicking test helper) is still usable.
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Which item write endpoint was called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    /// POST items.
+    Upsert,
+    /// PUT items.
+    Replace,
+    /// DELETE items.
+    Delete,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub settings: Settings,
+    pub store: Store,
+    pub ops: Operations,
+    pub counters: Counters,
+    pub faults: Faults,
+    /// `None` when the global rate limit is off.
+    pub limiter: Option<RateLimiter>,
+    pub clock: Clock,
+    pub rng: fastrand::Rng,
+}
+
+impl State {
+    pub(crate) fn new(settings: Settings) -> State {
+        State {
+            limiter: settings.global_rate_limit.map(RateLimiter::new),
+            settings,
+            store: Store::default(),
+            ops: Operations::default(),
+            counters: Counters::default(),
+            faults: Faults::default(),
+            clock: Clock::new(),
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    pub(crate) fn now_text(&self, now: Instant) -> String {
+        self.clock.rfc3339(now)
+    }
+
+    /// Completes every operation whose deadline is `<= now`, in FIFO order, each as of its
+    /// own deadline. Called first on every request and every handle call.
+    pub(crate) fn advance(&mut self, now: Instant) {
+        while let Some((op, deadline)) = self.ops.pop_due(now) {
+            let id = op.id.clone();
+            let list_id = op.list_id.clone();
+            let forced_error = op.forced_error.take();
+            let change = op.change.take();
+            let completed = self.clock.rfc3339(deadline);
+            let error = match (forced_error, change) {
+                (Some(message), _) => Some(message),
+                (None, Some(change)) => self.apply(&list_id, change, &completed).err(),
+                (None, None) => None,
+            };
+            self.ops.finish(&id, completed, error);
+        }
+    }
+
+    /// Applies a completed operation to the store, all or nothing.
+    fn apply(&mut self, list_id: &str, change: Change, now: &str) -> Result<(), String> {
+        let total = self.store.total_after(list_id, &change);
+        let Some(total) = total else {
+            return Err("list not found".to_owned());
+        };
+        if total > self.settings.account_item_limit {
+            return Err(CAPACITY_MESSAGE.to_owned());
+        }
+        let list = self.store.list_mut(list_id).ok_or("list not found")?;
+        self.counters.item_changes += list.apply(change, now, &mut self.rng);
+        Ok(())
+    }
+
+    /// Validates one item write and creates its bulk operation; returns the operation id.
+    ///
+    /// Order: unknown list (404), then body validation (400), then the one-pending-operation
+    /// rule (429 or queue), then the synchronous capacity check if selected.
+    pub(crate) fn submit_write(
+        &mut self,
+        list_id: &str,
+        kind: WriteKind,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<String, ApiError> {
+        self.advance(now);
+        let list = self
+            .store
+            .list(list_id)
+            .ok_or_else(|| ApiError::not_found("list"))?;
+        let list_kind_is_ip = list.kind == "ip";
+        let busy = self.ops.busy();
+        if busy {
+            // Counted in both modes: the bouncer must never write while an op is in flight.
+            self.counters.writes_while_pending += 1;
+        }
+        let result = self.checked_change(list_id, list_kind_is_ip, kind, body, busy);
+        let change = result.inspect_err(|_| self.counters.rejected_writes += 1)?;
+        self.counters.writes += 1;
+        let id = new_id(&mut self.rng);
+        let (min, max) = self.settings.op_latency;
+        let latency = min + max.saturating_sub(min).mul_f64(self.rng.f64());
+        let mut op = Operation::new(id.clone(), list_id.to_owned(), change, latency);
+        op.forced_error = self.faults.take_operation_fault();
+        self.ops.submit(op, now);
+        Ok(id)
+    }
+
+    fn checked_change(
+        &self,
+        list_id: &str,
+        list_kind_is_ip: bool,
+        kind: WriteKind,
+        body: &[u8],
+        busy: bool,
+    ) -> Result<Change, ApiError> {
+        let rules = self.settings.ip_rules();
+        let change = match kind {
+            WriteKind::Upsert | WriteKind::Replace if !list_kind_is_ip => {
+                // The emulator only implements IP lists fully (see the module docs of mod.rs).
+                return Err(ApiError::bad_request(
+                    code::INCOMPATIBLE_ITEMS,
+                    "List items incompatible with list type",
+                ));
+            }
+            WriteKind::Upsert => Change::Upsert(parse_ip_items(body, rules)?),
+            WriteKind::Replace => Change::Replace(parse_ip_items(body, rules)?),
+            WriteKind::Delete => Change::Delete(parse_delete_ids(body)?),
+        };
+        if busy && self.settings.pending_write == PendingWrite::Reject {
+            // docs §3: "you will receive a 429"; the code 10040 is a guess (docs §12).
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::LIST_RATE_LIMITED,
+                "you have been ratelimited please wait and try again",
+            )
+            .with_retry_after(1));
+        }
+        let total = self.store.total_after(list_id, &change).unwrap_or(0);
+        if self.settings.capacity_error == CapacityError::Sync
+            && total > self.settings.account_item_limit
+        {
+            // Invented synchronous form of the unverified quota error (docs §4.1).
+            return Err(ApiError::bad_request(
+                code::CAPACITY_EXCEEDED,
+                CAPACITY_MESSAGE,
+            ));
+        }
+        Ok(change)
+    }
+
+    /// Creates a list as the API does (validation is the caller's job).
+    pub(crate) fn create_list(
+        &mut self,
+        name: &str,
+        kind: &str,
+        description: Option<String>,
+        now: Instant,
+    ) -> &List {
+        let now_text = self.now_text(now);
+        let list = List {
+            id: new_id(&mut self.rng),
+            name: name.to_owned(),
+            description,
+            kind: kind.to_owned(),
+            created_on: now_text.clone(),
+            modified_on: now_text,
+            items: Default::default(),
+        };
+        self.store.lists.push(list);
+        &self.store.lists[self.store.lists.len() - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The operation timeline with explicit instants: no sleeping, no paused clock needed.
+
+    use std::time::Duration;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn state(pending_write: PendingWrite) -> (State, String) {
+        let settings = Settings {
+            op_latency: (100 * MS, 100 * MS),
+            pending_write,
+            ..Settings::default()
+        };
+        let mut state = State::new(settings);
+        let list_id = state
+            .create_list("l", "ip", None, Instant::now())
+            .id
+            .clone();
+        (state, list_id)
+    }
+
+    fn status(state: &mut State, op_id: &str, at: Instant) -> String {
+        state.advance(at);
+        let json = state.ops.status_json(op_id, at).unwrap_or_default();
+        json["status"].as_str().unwrap_or("").to_owned()
+    }
+
+    #[test]
+    fn operation_goes_pending_running_completed() {
+        let (mut state, list_id) = state(PendingWrite::Reject);
+        let t0 = Instant::now();
+        let op = state.submit_write(&list_id, WriteKind::Upsert, br#"[{"ip":"1.1.1.1"}]"#, t0);
+        let op = op.unwrap();
+        assert_eq!(status(&mut state, &op, t0 + 49 * MS), "pending");
+        assert_eq!(state.store.total_items(), 0);
+        assert_eq!(status(&mut state, &op, t0 + 50 * MS), "running");
+        assert_eq!(status(&mut state, &op, t0 + 100 * MS), "completed");
+        assert_eq!(state.store.total_items(), 1);
+    }
+
+    #[test]
+    fn queued_operations_start_when_the_previous_one_completes() {
+        let (mut state, list_id) = state(PendingWrite::Queue);
+        let t0 = Instant::now();
+        let body = br#"[{"ip":"1.1.1.1"}]"#;
+        let first = state
+            .submit_write(&list_id, WriteKind::Upsert, body, t0)
+            .unwrap();
+        let delete = br#"{"items":[{"id":"0123456789abcdef0123456789abcdef"}]}"#;
+        let second = state.submit_write(&list_id, WriteKind::Delete, delete, t0 + 10 * MS);
+        let second = second.unwrap();
+        assert_eq!(state.counters.writes_while_pending, 1);
+        assert_eq!(status(&mut state, &second, t0 + 140 * MS), "pending");
+        assert_eq!(status(&mut state, &first, t0 + 140 * MS), "completed");
+        assert_eq!(status(&mut state, &second, t0 + 150 * MS), "running");
+        assert_eq!(status(&mut state, &second, t0 + 200 * MS), "completed");
+        assert!(!state.ops.busy());
+    }
+
+    #[test]
+    fn rejected_write_creates_no_operation() {
+        let (mut state, list_id) = state(PendingWrite::Reject);
+        let t0 = Instant::now();
+        let body = br#"[{"ip":"1.1.1.1"}]"#;
+        state
+            .submit_write(&list_id, WriteKind::Upsert, body, t0)
+            .unwrap();
+        let err = state
+            .submit_write(&list_id, WriteKind::Upsert, body, t0)
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(1))
+        );
+        assert_eq!(
+            (state.counters.writes, state.counters.rejected_writes),
+            (1, 1)
+        );
+    }
+}
