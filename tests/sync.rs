@@ -180,8 +180,14 @@ async fn reconcile_repairs_hard_deletes_and_hand_edits() {
     let mut world = World::start("t-reconcile").await;
     world.sync_extra = "reconcile_interval = \"2s\"\n".into();
     // Two alerts: `cscli alerts delete --ip` deletes a whole alert with its decisions.
-    world.lapi.add_decisions(&[NewDecision::ban_ip("4.4.4.4")]).await;
-    world.lapi.add_decisions(&[NewDecision::ban_ip("5.5.5.5")]).await;
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("4.4.4.4")])
+        .await;
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("5.5.5.5")])
+        .await;
     let bouncer = world.spawn_bouncer();
     world.expect_list(&["4.4.4.4", "5.5.5.5"]).await;
 
@@ -343,5 +349,56 @@ async fn decision_to_edge_latency_at_one_second_polling() {
     bouncer.stop().await;
     latencies.sort();
     eprintln!("cscli decisions add -> on the list, update_frequency 1s, op latency 0.3-1.2s: {latencies:?}");
+    world.assert_well_behaved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_against_the_older_documented_api_behaviour() {
+    // Where the docs disagree (docs/cloudflare-lists.md §3, §6): writes queued FIFO instead
+    // of refused, IPv6 limited to /64, CIDRs with host bits refused instead of masked.
+    use cfbouncer::emulator::{HostBits, PendingWrite, Settings};
+    let settings = Settings {
+        op_latency: (Duration::from_millis(20), Duration::from_millis(80)),
+        pending_write: PendingWrite::Queue,
+        ipv6_max_prefix: 64,
+        host_bits: HostBits::Reject,
+        ..Settings::default()
+    };
+    let world = World::with_settings("t-legacy", settings).await;
+    let bouncer = world.spawn_bouncer();
+    world
+        .lapi
+        .add_decisions(&[
+            NewDecision::ban_ip("2001:db8::1"),
+            NewDecision::ban_range("10.1.2.3/24"),
+            NewDecision::ban_range("2001:db8:5::1/48"),
+        ])
+        .await;
+    world
+        .expect_list(&["10.1.2.0/24", "2001:db8::/64", "2001:db8:5::/48"])
+        .await;
+    world
+        .lapi
+        .cscli_ok(&["decisions", "delete", "--ip", "2001:db8::1"]);
+    world.expect_list(&["10.1.2.0/24", "2001:db8:5::/48"]).await;
+    bouncer.stop().await;
+    let counters = world.assert_well_behaved();
+    assert_eq!(counters.rejected_writes, 0, "{counters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_hosts_can_be_pushed_as_slash_128() {
+    let mut world = World::start("t-ipv6-128").await;
+    world.cloudflare_extra = "ipv6_prefix = 128\n".into();
+    let bouncer = world.spawn_bouncer();
+    world
+        .lapi
+        .add_decisions(&[
+            NewDecision::ban_ip("2001:DB8::1"),
+            NewDecision::ban_ip("2001:db8::2"),
+        ])
+        .await;
+    world.expect_list(&["2001:db8::1", "2001:db8::2"]).await;
+    bouncer.stop().await;
     world.assert_well_behaved();
 }
