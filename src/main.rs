@@ -1,6 +1,7 @@
 //! The `crowdsec-cloudflare-iplist-bouncer` binary: command line, logging, exit codes.
 //! Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
