@@ -182,7 +182,7 @@ async fn sigterm_lets_the_in_flight_operation_finish_and_exits_zero() {
         .cf
         .set_op_latency(Duration::from_millis(1500), Duration::from_millis(1500));
     let config = world.config_file();
-    let mut child = bouncer(&["-c", config.to_str().expect("utf-8 path")])
+    let child = bouncer(&["-c", config.to_str().expect("utf-8 path")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
