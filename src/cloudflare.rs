@@ -4,11 +4,13 @@
 //! envelope and errors. Wire types stay in this module; callers see [`ListInfo`],
 //! [`ListedItem`] and [`OpStatus`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::RequestBudget;
 use crate::config::{CloudflareConfig, ListRef, Secret};
 use crate::item::Item;
 use crate::lapi::USER_AGENT;
@@ -52,6 +54,39 @@ impl Error {
             Error::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// Whether this is Cloudflare's account-wide limit (1 200 requests / 5 minutes),
+    /// which blocks every call for the rest of its window, rather than a write refused
+    /// while a bulk operation is pending.
+    pub fn is_global_limit(&self) -> bool {
+        match self {
+            Error::RateLimited { errors, .. } => errors
+                .iter()
+                .any(|e| e.code != 10040 && e.message.contains("requests per")),
+            _ => false,
+        }
+    }
+
+    /// Whether a write that failed this way may still have been accepted (so an operation
+    /// may be pending): the answer was lost, garbled, or came from a failing edge.
+    pub fn may_have_been_accepted(&self) -> bool {
+        match self {
+            Error::Transport { .. } | Error::Decode { .. } => true,
+            Error::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Whether the token lacks access (invalid, or without the needed permission).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            Error::Api {
+                status: 401 | 403,
+                ..
+            }
+        ) || matches!(self, Error::Api { errors, .. } if errors.iter().any(|e| e.code == 10000))
     }
 
     /// Whether retrying the same request could succeed.
@@ -196,12 +231,14 @@ pub struct CloudflareClient {
     http: reqwest::Client,
     account_url: String,
     token: Secret,
+    budget: Arc<RequestBudget>,
 }
 
 impl CloudflareClient {
     /// # Errors
     /// Fails only if the HTTP client cannot be built (no TLS provider).
     pub fn new(config: &CloudflareConfig) -> Result<CloudflareClient, Error> {
+        crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(config.request_timeout)
@@ -215,7 +252,25 @@ impl CloudflareClient {
             http,
             account_url: format!("{}/accounts/{}", config.api_url, config.account_id),
             token: config.api_token.clone(),
+            budget: Arc::new(RequestBudget::new(config.max_requests_per_minute)),
         })
+    }
+
+    /// Every list of the account (one request; the API does not paginate it).
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn lists(&self) -> Result<Vec<ListInfo>, Error> {
+        let url = format!("{}/rules/lists", self.account_url);
+        let (lists, _) = self
+            .call::<Vec<WireList>, ()>(
+                "listing the account's lists",
+                reqwest::Method::GET,
+                url,
+                None,
+            )
+            .await?;
+        Ok(lists.into_iter().map(ListInfo::from).collect())
     }
 
     /// Finds the configured list and checks it is an IP list.
@@ -232,19 +287,8 @@ impl CloudflareClient {
                 list.into()
             }
             ListRef::Name(name) => {
-                let url = format!("{}/rules/lists", self.account_url);
-                let (lists, _) = self
-                    .call::<Vec<WireList>, ()>(
-                        "listing the account's lists",
-                        reqwest::Method::GET,
-                        url,
-                        None,
-                    )
-                    .await?;
-                let found = lists.into_iter().find(|l| &l.name == name);
-                found
-                    .ok_or_else(|| Error::ListNotFound(name.clone()))?
-                    .into()
+                let found = self.lists().await?.into_iter().find(|l| &l.name == name);
+                found.ok_or_else(|| Error::ListNotFound(name.clone()))?
             }
         };
         if info.kind != "ip" {
@@ -415,6 +459,7 @@ impl CloudflareClient {
         url: String,
         body: Option<&B>,
     ) -> Result<(T, Option<ResultInfo>), Error> {
+        self.budget.acquire().await;
         let mut request = self
             .http
             .request(method, &url)

@@ -18,6 +18,9 @@ pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplis
 pub const ENV_LAPI_KEY: &str = "CROWDSEC_API_KEY";
 /// Environment variable that overrides `cloudflare.api_token`.
 pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
+/// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
+pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
+pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
 
 /// A secret string. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct Config {
     pub crowdsec: CrowdsecConfig,
     pub cloudflare: CloudflareConfig,
     pub sync: SyncConfig,
+    pub safety: SafetyConfig,
+    /// Things worth telling the operator that do not stop the bouncer.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +83,38 @@ pub struct CloudflareConfig {
     pub batch_size: usize,
     pub ipv6_prefix: u8,
     pub request_timeout: Duration,
+    /// Items the account can hold across all its lists (10 000 below Enterprise).
+    pub capacity: usize,
+    /// Origins in priority order when the desired set exceeds capacity.
+    pub origin_priority: Vec<String>,
+    pub manage: Manage,
+    /// First word of every comment the bouncer writes; marks its items in `tagged` mode.
+    pub tag: String,
+    /// Client-side budget shared by every Cloudflare request.
+    pub max_requests_per_minute: u32,
+}
+
+/// Which list items the bouncer may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manage {
+    /// The list is the bouncer's: anything LAPI does not ban is removed.
+    All,
+    /// Only items whose comment starts with the bouncer's tag are touched.
+    Tagged,
+}
+
+/// Rails that keep one bad decision or one bad pull from hurting the edge.
+#[derive(Debug, Clone)]
+pub struct SafetyConfig {
+    /// Networks never pushed, nor any range overlapping them.
+    pub allowlist: Vec<ipnet::IpNet>,
+    /// Ranges wider than these prefixes are refused.
+    pub min_ipv4_prefix: u8,
+    pub min_ipv6_prefix: u8,
+    /// A reconcile removing more than this share of the list (and more than
+    /// `mass_removal_min_items`) waits for the next reconcile to confirm it.
+    pub mass_removal_share: f64,
+    pub mass_removal_min_items: usize,
 }
 
 /// How the list is named in the configuration.
@@ -133,10 +171,14 @@ impl Config {
                 "cannot read the configuration file: {err} (pass another one with -c FILE)"
             )],
         })?;
-        Config::parse(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError {
+        let mut config = Config::parse(&text, &process_env).map_err(|problems| ConfigError {
             path: path.to_owned(),
             problems,
-        })
+        })?;
+        if let Some(warning) = readable_by_others(path, &text) {
+            config.warnings.push(warning);
+        }
+        Ok(config)
     }
 
     /// Validates configuration text; `env` looks up environment overrides.
@@ -154,6 +196,9 @@ impl Config {
         let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
         let cloudflare_config = read_cloudflare(&mut cloudflare, env);
         cloudflare.finish();
+        let mut safety = Section::take(&mut root, "safety", &mut problems);
+        let safety_config = read_safety(&mut safety);
+        safety.finish();
         let mut sync = Section::take(&mut root, "sync", &mut problems);
         let sync_config = SyncConfig {
             reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
@@ -162,7 +207,7 @@ impl Config {
         sync.finish();
         for key in root.keys() {
             problems.push(format!(
-                "unknown section or key `{key}` (expected [crowdsec], [cloudflare] and [sync])"
+                "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety] and [sync])"
             ));
         }
         match (crowdsec_config, cloudflare_config) {
@@ -170,9 +215,69 @@ impl Config {
                 crowdsec,
                 cloudflare,
                 sync: sync_config,
+                safety: safety_config,
+                warnings: Vec::new(),
             }),
             _ => Err(problems),
         }
+    }
+}
+
+/// Environment lookups, including systemd credentials: `CROWDSEC_API_KEY` also reads
+/// `$CREDENTIALS_DIRECTORY/crowdsec_api_key` when the variable itself is unset.
+fn process_env(name: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(name) {
+        return Some(value);
+    }
+    let credential = match name {
+        ENV_LAPI_KEY => CREDENTIAL_LAPI_KEY,
+        ENV_CF_TOKEN => CREDENTIAL_CF_TOKEN,
+        _ => return None,
+    };
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    std::fs::read_to_string(Path::new(&dir).join(credential)).ok()
+}
+
+/// A warning when the file holds a secret inline and others may read it.
+fn readable_by_others(path: &Path, text: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let holds_secret = text.lines().any(|line| {
+        let line = line.trim_start();
+        (line.starts_with("api_key") || line.starts_with("api_token"))
+            && !line.starts_with("api_key_file")
+            && !line.starts_with("api_token_file")
+    });
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (holds_secret && mode & 0o077 != 0).then(|| {
+        format!(
+            "{} holds a secret and is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+fn read_safety(s: &mut Section<'_>) -> SafetyConfig {
+    let mut allowlist = Vec::new();
+    for text in s.strings("allowlist", &[]) {
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => allowlist.push(net.trunc()),
+            Err(_) => s.problem(
+                "allowlist",
+                &format!("{text:?} is not an IP address or CIDR"),
+            ),
+        }
+    }
+    SafetyConfig {
+        allowlist,
+        min_ipv4_prefix: s.uint("min_ipv4_prefix", 16, 8, 32) as u8,
+        min_ipv6_prefix: s.uint("min_ipv6_prefix", 32, u64::from(MIN_IPV6_PREFIX), 128) as u8,
+        mass_removal_share: s.float("mass_removal_share", 0.5, 0.0, 1.0),
+        mass_removal_min_items: s.uint("mass_removal_min_items", 10, 0, u64::from(u32::MAX))
+            as usize,
     }
 }
 
@@ -296,6 +401,27 @@ fn read_cloudflare(
     let batch_size = s.uint("batch_size", 1000, 1, 10_000);
     let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
     let request_timeout = s.duration("request_timeout", "30s", Duration::from_secs(1));
+    let capacity = s.uint("capacity", 10_000, 1, 10_000_000) as usize;
+    let origin_priority = s.strings("origin_priority", &["cscli", "crowdsec", "lists", "CAPI"]);
+    let manage = match s.string("manage", "all").as_str() {
+        "all" => Manage::All,
+        "tagged" => Manage::Tagged,
+        other => {
+            s.problem(
+                "manage",
+                &format!("expected \"all\" or \"tagged\", found {other:?}"),
+            );
+            Manage::All
+        }
+    };
+    let tag = s.string("tag", "crowdsec");
+    if tag.is_empty() || tag.contains(char::is_whitespace) || tag.len() > 64 {
+        s.problem(
+            "tag",
+            "expected one word of at most 64 characters, like \"crowdsec\"",
+        );
+    }
+    let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
     Some(CloudflareConfig {
         api_url: api_url?,
         api_token: api_token?,
@@ -304,6 +430,11 @@ fn read_cloudflare(
         batch_size: batch_size as usize,
         ipv6_prefix: ipv6_prefix as u8,
         request_timeout,
+        capacity,
+        origin_priority,
+        manage,
+        tag,
+        max_requests_per_minute,
     })
 }
 
@@ -410,6 +541,29 @@ impl<'p> Section<'p> {
                 default
             }
         }
+    }
+
+    fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
+        let value = match self.table.remove(key) {
+            None => return default,
+            Some(Value::Float(f)) => f,
+            Some(Value::Integer(n)) => n as f64,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected a number from {min} to {max}, found {other}"),
+                );
+                return default;
+            }
+        };
+        if (min..=max).contains(&value) {
+            return value;
+        }
+        self.problem(
+            key,
+            &format!("expected a number from {min} to {max}, found {value}"),
+        );
+        default
     }
 
     fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {

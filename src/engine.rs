@@ -4,9 +4,9 @@
 //!   (a full pull at start, after any failed pull, and every `reconcile_interval`; deltas
 //!   in between), updates the desired state, expires decisions, and after a full pull asks
 //!   the writer for a fresh list read.
-//! - The **writer** is the only code that talks to Cloudflare. It reads the list when
-//!   asked, then drains the pending queue one bulk operation at a time: submit, poll to
-//!   completion, confirm, next. So at most one write is in flight, by construction.
+//! - The **writer** (`engine/writer.rs`) is the only code that talks to Cloudflare. It
+//!   reads the list when asked, then drains the pending queue one bulk operation at a
+//!   time: submit, poll to completion, confirm, next. At most one write is in flight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,18 +17,19 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cloudflare::{self, CloudflareClient, OpStatus, MAX_PER_PAGE};
-use crate::config::Config;
+use crate::budget::WriteBudget;
+use crate::cloudflare::{self, CloudflareClient};
+use crate::config::{Config, Manage};
 use crate::item::Item;
 use crate::lapi::{self, LapiClient, Pull};
-use crate::state::{Batch, Confirmed, Filter, SyncState};
+use crate::state::{Policy, SyncState};
 
-/// First wait before polling a bulk operation; later waits grow by [`POLL_GROWTH`].
-const FIRST_POLL: Duration = Duration::from_millis(200);
-const POLL_GROWTH: f64 = 1.3;
-const MAX_POLL: Duration = Duration::from_secs(2);
+mod writer;
+
 /// Longest wait between retries of a failing LAPI pull or Cloudflare call.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// Cloudflare's global limit blocks every call for the rest of a 5-minute window.
+const GLOBAL_LIMIT_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,8 +39,20 @@ pub enum Error {
     Cloudflare(#[from] cloudflare::Error),
     #[error("bulk operation {op_id} failed: {message}")]
     OperationFailed { op_id: String, message: String },
-    #[error("the list still differs from LAPI after syncing: {missing} missing, {extra} extra")]
-    NotInStep { missing: usize, extra: usize },
+    /// A write whose answer was lost: an operation may be pending that we cannot poll.
+    #[error("a write may have been accepted without our knowing its operation: {0}")]
+    Unconfirmed(#[source] cloudflare::Error),
+    #[error("bulk operation {0} is unknown to Cloudflare")]
+    OperationLost(String),
+    #[error(
+        "the list still differs from LAPI after syncing: {missing} missing, {extra} extra{}",
+        if *.held > 0 { format!(" ({} removals held by the mass-removal guard: run again to confirm)", .held) } else { String::new() }
+    )]
+    NotInStep {
+        missing: usize,
+        extra: usize,
+        held: usize,
+    },
     #[error("stopped before the sync finished")]
     Cancelled,
 }
@@ -50,6 +63,7 @@ struct Shared {
     wake: Notify,
     /// A full list read is wanted (set after each full LAPI pull).
     refresh_list: AtomicBool,
+    writes: Mutex<WriteBudget>,
 }
 
 impl Shared {
@@ -59,6 +73,13 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Logs what the state wants an operator to know (refusals, guard decisions).
+    fn log_notices(&self) {
+        for notice in self.state().take_notices() {
+            warn!("{notice}");
+        }
     }
 }
 
@@ -75,15 +96,24 @@ impl Engine {
     /// TLS setup errors of either client.
     pub fn new(config: Config) -> Result<Engine, Error> {
         crate::install_tls_provider();
-        let filter = Filter {
+        let policy = Policy {
             decision_types: config.crowdsec.decision_types.clone(),
             ipv6_prefix: config.cloudflare.ipv6_prefix,
+            min_ipv4_prefix: config.safety.min_ipv4_prefix,
+            min_ipv6_prefix: config.safety.min_ipv6_prefix,
+            allowlist: config.safety.allowlist.clone(),
+            origin_priority: config.cloudflare.origin_priority.clone(),
+            manage_all: config.cloudflare.manage == Manage::All,
+            tag: config.cloudflare.tag.clone(),
+            mass_removal_share: config.safety.mass_removal_share,
+            mass_removal_min_items: config.safety.mass_removal_min_items,
         };
         Ok(Engine {
             shared: Arc::new(Shared {
-                state: Mutex::new(SyncState::new(filter)),
+                state: Mutex::new(SyncState::new(policy)),
                 wake: Notify::new(),
                 refresh_list: AtomicBool::new(false),
+                writes: Mutex::new(WriteBudget::default()),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
             cloudflare: CloudflareClient::new(&config.cloudflare)?,
@@ -134,36 +164,9 @@ impl Engine {
             .cloudflare
             .find_list(&self.config.cloudflare.list)
             .await?;
-        let body = self.lapi.stream(Pull::Full).await?;
-        {
-            let stream = body.parse()?;
-            self.shared
-                .state()
-                .replace_desired(stream.new_decisions(), Instant::now());
-        }
-        drop(body);
+        self.pull(Pull::Full).await?;
         self.read_list(&list.id).await?;
-        let mut failures = 0;
-        let mut writes = 0;
-        loop {
-            if token.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let batch = self
-                .shared
-                .state()
-                .take_batch(self.config.cloudflare.batch_size);
-            let Some(batch) = batch else { break };
-            match self.write(&list.id, batch, &token).await {
-                Ok(_) => writes += 1,
-                Err(err) if failures < 5 && is_transient(&err) => {
-                    failures += 1;
-                    warn!(error = %err, "write failed; retrying");
-                    tokio::time::sleep(retry_delay(&err, failures)).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let writes = self.drain_once(&list.id, &token).await?;
         let listed: Vec<Item> = self
             .cloudflare
             .all_items(&list.id)
@@ -171,17 +174,32 @@ impl Engine {
             .iter()
             .filter_map(|listed| Item::from_cloudflare(&listed.ip))
             .collect();
-        let desired = self.shared.state().desired_items();
-        let missing = desired.iter().filter(|item| !listed.contains(item)).count();
-        let extra = listed
+        let state = self.shared.state();
+        let desired = state.desired_items();
+        let managed: Vec<Item> = if self.config.cloudflare.manage == Manage::All {
+            listed
+        } else {
+            state.managed_listed_items()
+        };
+        let missing = desired
+            .iter()
+            .filter(|item| !managed.contains(item))
+            .count();
+        let extra = managed
             .iter()
             .filter(|item| desired.binary_search(item).is_err())
             .count();
         if missing > 0 || extra > 0 {
-            return Err(Error::NotInStep { missing, extra });
+            let held = state.counts().held;
+            return Err(Error::NotInStep {
+                missing,
+                extra,
+                held,
+            });
         }
         Ok(OnceReport {
             items: desired.len(),
+            left_out: state.counts().left_out,
             writes,
             elapsed: started.elapsed(),
         })
@@ -203,11 +221,7 @@ impl Engine {
                 Err(err) => {
                     attempt += 1;
                     error!(error = %err, "cannot use the Cloudflare list; retrying");
-                    let delay = if err.is_retryable() {
-                        backoff_delay(attempt)
-                    } else {
-                        MAX_RETRY_DELAY
-                    };
+                    let delay = retry_delay(&Error::Cloudflare(err), attempt);
                     if !sleep_or_cancel(delay, token).await {
                         return None;
                     }
@@ -234,6 +248,9 @@ impl Engine {
             };
             let delay = match result {
                 Ok(()) => {
+                    if failures > 0 {
+                        info!("LAPI is back");
+                    }
                     failures = 0;
                     if pull == Pull::Full {
                         next_full = Instant::now() + self.config.sync.reconcile_interval;
@@ -245,8 +262,12 @@ impl Engine {
                     // A failed pull may still have moved LAPI's last_pull: only a full
                     // pull is sure to miss nothing.
                     next_full = Instant::now();
-                    warn!(error = %err, ?pull, "LAPI pull failed; the list is left untouched");
-                    backoff_delay(failures).max(frequency)
+                    if matches!(err, Error::Lapi(lapi::Error::Forbidden)) {
+                        error!(error = %err, "LAPI pull refused; the list is left untouched");
+                    } else {
+                        warn!(error = %err, ?pull, "LAPI pull failed; the list is left untouched");
+                    }
+                    retry_delay(&err, failures).max(frequency)
                 }
             };
             if !sleep_or_cancel(delay, &token).await {
@@ -266,234 +287,33 @@ impl Engine {
             Pull::Full => {
                 state.replace_desired(stream.new_decisions(), now);
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
-                let counts = state.counts();
-                info!(
-                    decisions = counts.decisions,
-                    items = counts.desired_items,
-                    skipped = state.skipped().total(),
-                    bytes = body.len(),
-                    "full pull from LAPI"
-                );
             }
             Pull::Delta => {
                 state.apply_delta(stream.deleted_decisions(), stream.new_decisions(), now);
-                if n_new + n_deleted > 0 {
-                    debug!(new = n_new, deleted = n_deleted, "delta from LAPI");
-                }
             }
         }
         let expired = state.expire(now);
-        if expired > 0 {
-            debug!(expired, "decisions expired locally");
-        }
+        state.rebalance();
+        let counts = state.counts();
+        let skipped = state.skipped();
         drop(state);
+        match pull {
+            Pull::Full => info!(
+                decisions = counts.decisions,
+                items = counts.desired_items,
+                left_out = counts.left_out,
+                skipped = skipped.total(),
+                bytes = body.len(),
+                "full pull from LAPI"
+            ),
+            Pull::Delta if n_new + n_deleted + expired > 0 => {
+                debug!(new = n_new, deleted = n_deleted, expired, "delta from LAPI");
+            }
+            Pull::Delta => {}
+        }
+        self.shared.log_notices();
         self.shared.wake.notify_one();
         Ok(())
-    }
-
-    /// The writer task: see the module docs.
-    async fn write_cloudflare(&self, list_id: &str, token: CancellationToken) {
-        let mut failures = 0;
-        loop {
-            if token.is_cancelled() {
-                return;
-            }
-            if self.shared.refresh_list.swap(false, Ordering::SeqCst) {
-                if let Err(err) = self.read_list(list_id).await {
-                    self.shared.refresh_list.store(true, Ordering::SeqCst);
-                    failures += 1;
-                    warn!(error = %err, "reading the list failed; retrying");
-                    if !sleep_or_cancel(retry_delay(&err, failures), &token).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            let batch = self
-                .shared
-                .state()
-                .take_batch(self.config.cloudflare.batch_size);
-            let Some(batch) = batch else {
-                tokio::select! {
-                    biased;
-                    () = token.cancelled() => return,
-                    () = self.shared.wake.notified() => continue,
-                }
-            };
-            match self.write(list_id, batch, &token).await {
-                Ok(_) => failures = 0,
-                Err(Error::Cancelled) => return,
-                Err(err) => {
-                    failures += 1;
-                    warn!(error = %err, "write failed; the change stays queued");
-                    if !sleep_or_cancel(retry_delay(&err, failures), &token).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reads the whole list and replaces the list view with it.
-    async fn read_list(&self, list_id: &str) -> Result<(), Error> {
-        let started = Instant::now();
-        let listed = self.cloudflare.all_items(list_id).await?;
-        let n_listed = listed.len();
-        let items = listed.into_iter().filter_map(|listed| {
-            let item = Item::from_cloudflare(&listed.ip);
-            if item.is_none() {
-                warn!(ip = %listed.ip, "list item is not an IP or CIDR; ignored");
-            }
-            Some((item?, listed.id.into_boxed_str()))
-        });
-        let mut state = self.shared.state();
-        state.replace_list(items);
-        let counts = state.counts();
-        info!(
-            listed = n_listed,
-            desired = counts.desired_items,
-            queued = counts.queued,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "read the list"
-        );
-        Ok(())
-    }
-
-    /// Sends one batch as one bulk operation and waits for it. On failure the batch's
-    /// items are back in the queue.
-    async fn write(
-        &self,
-        list_id: &str,
-        batch: Batch,
-        token: &CancellationToken,
-    ) -> Result<usize, Error> {
-        let items = batch.items();
-        let result = self.submit_and_wait(list_id, batch, token).await;
-        if result.is_err() {
-            self.shared.state().requeue(items);
-        }
-        result
-    }
-
-    async fn submit_and_wait(
-        &self,
-        list_id: &str,
-        batch: Batch,
-        token: &CancellationToken,
-    ) -> Result<usize, Error> {
-        let started = Instant::now();
-        let (op_id, outcome, items) = match batch {
-            Batch::Add(adds) => {
-                let op_id = self.cloudflare.add_items(list_id, &adds).await?;
-                (
-                    op_id,
-                    Confirmed::Added,
-                    adds.into_iter().map(|(item, _)| item).collect(),
-                )
-            }
-            Batch::Remove(removes) => {
-                let Some((ids, items)) = self.resolve_ids(list_id, removes).await? else {
-                    return Ok(0);
-                };
-                let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
-                let op_id = self.cloudflare.delete_items(list_id, &ids).await?;
-                (op_id, Confirmed::Removed, items)
-            }
-        };
-        let items: Vec<Item> = items;
-        match self.wait_for(&op_id, token).await? {
-            OpStatus::Completed => {
-                self.shared.state().confirm(outcome, &items);
-                let (added, removed) = match outcome {
-                    Confirmed::Added => (items.len(), 0),
-                    Confirmed::Removed => (0, items.len()),
-                };
-                info!(
-                    added,
-                    removed,
-                    op_id,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "bulk operation completed"
-                );
-                Ok(items.len())
-            }
-            OpStatus::Failed(message) => Err(Error::OperationFailed { op_id, message }),
-            OpStatus::Pending => Err(Error::Cancelled),
-        }
-    }
-
-    /// Finds the ids a removal needs. Ids come from list reads; for items added by this
-    /// bouncer since the last read, search each one when that costs fewer requests than
-    /// reading the whole list, else read the whole list (which requeues everything
-    /// with fresh ids). Returns `None` when nothing is left to send now.
-    async fn resolve_ids(
-        &self,
-        list_id: &str,
-        removes: Vec<(Item, Option<Box<str>>)>,
-    ) -> Result<Option<(Vec<Box<str>>, Vec<Item>)>, Error> {
-        let unknown = removes.iter().filter(|(_, id)| id.is_none()).count();
-        if unknown > 0 {
-            let listed = self.shared.state().counts().listed_items;
-            let pages = listed.div_ceil(MAX_PER_PAGE).max(1);
-            if unknown > pages {
-                debug!(unknown, pages, "resolving item ids with a full list read");
-                self.shared
-                    .state()
-                    .requeue(removes.iter().map(|(item, _)| *item));
-                self.read_list(list_id).await?;
-                return Ok(None);
-            }
-            debug!(unknown, "resolving item ids by search");
-        }
-        let mut ids = Vec::with_capacity(removes.len());
-        let mut items = Vec::with_capacity(removes.len());
-        for (item, id) in removes {
-            let id = match id {
-                Some(id) => Some(id),
-                None => {
-                    let found = self.cloudflare.find_item(list_id, item).await?;
-                    let found = found.map(String::into_boxed_str);
-                    self.shared.state().resolve_id(item, found.clone());
-                    found
-                }
-            };
-            if let Some(id) = id {
-                ids.push(id);
-                items.push(item);
-            }
-        }
-        Ok((!ids.is_empty()).then_some((ids, items)))
-    }
-
-    /// Polls a bulk operation with growing intervals until it ends. On shutdown, keeps
-    /// polling for `shutdown_grace`, then gives up with [`OpStatus::Pending`].
-    async fn wait_for(&self, op_id: &str, token: &CancellationToken) -> Result<OpStatus, Error> {
-        let mut interval = FIRST_POLL;
-        let mut cancelled_at: Option<Instant> = None;
-        loop {
-            tokio::time::sleep(interval).await;
-            if token.is_cancelled() {
-                let since = *cancelled_at.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.config.sync.shutdown_grace {
-                    warn!(op_id, "shutting down with a bulk operation still pending");
-                    return Ok(OpStatus::Pending);
-                }
-            }
-            match self.cloudflare.operation(op_id).await {
-                Ok(OpStatus::Pending) => {}
-                Ok(status) => return Ok(status),
-                // Never give up on an operation that may still be pending: a second write
-                // now would be rejected, and could pile up.
-                Err(err) => {
-                    warn!(op_id, error = %err, "polling the bulk operation failed; retrying");
-                    if let Some(after) = err.retry_after() {
-                        interval = interval.max(after);
-                        continue;
-                    }
-                }
-            }
-            interval = interval.mul_f64(POLL_GROWTH).min(MAX_POLL);
-        }
     }
 }
 
@@ -501,25 +321,31 @@ impl Engine {
 #[derive(Debug, Clone, Copy)]
 pub struct OnceReport {
     pub items: usize,
+    pub left_out: usize,
     pub writes: usize,
     pub elapsed: Duration,
 }
 
-fn is_transient(err: &Error) -> bool {
-    match err {
-        Error::Cloudflare(err) => err.is_retryable(),
-        Error::OperationFailed { .. } => true,
-        _ => false,
-    }
-}
-
-/// Delay before retrying after `err`: Cloudflare's `Retry-After` when it gave one.
+/// Delay before retrying after `err`. Cloudflare's `Retry-After` when given; the rest
+/// of the 5-minute window for its global limit; a minute for refused credentials (they
+/// need a person); else capped exponential backoff with jitter.
 fn retry_delay(err: &Error, failures: u32) -> Duration {
-    let asked = match err {
-        Error::Cloudflare(err) => err.retry_after(),
-        _ => None,
-    };
-    asked.unwrap_or_else(|| backoff_delay(failures))
+    match err {
+        Error::Cloudflare(err) => {
+            if let Some(after) = err.retry_after() {
+                return after;
+            }
+            if err.is_global_limit() {
+                return GLOBAL_LIMIT_WAIT;
+            }
+            if !err.is_retryable() {
+                return MAX_RETRY_DELAY;
+            }
+            backoff_delay(failures)
+        }
+        Error::Lapi(lapi::Error::Forbidden) => MAX_RETRY_DELAY,
+        _ => backoff_delay(failures),
+    }
 }
 
 /// Capped exponential backoff with jitter: about 1 s, 2 s, 4 s … up to a minute.
@@ -557,5 +383,36 @@ mod tests {
         let later = backoff_delay(4);
         assert!(later >= Duration::from_secs(8), "{later:?}");
         assert!(backoff_delay(50) <= MAX_RETRY_DELAY * 2);
+    }
+
+    #[test]
+    fn retry_delay_honours_cloudflare() {
+        let limited = |retry_after, message: &str, code| {
+            Error::Cloudflare(cloudflare::Error::RateLimited {
+                retry_after,
+                errors: vec![cloudflare::ApiMessage {
+                    code,
+                    message: message.into(),
+                }],
+            })
+        };
+        let pending = limited(
+            Some(Duration::from_secs(1)),
+            "you have been ratelimited",
+            10040,
+        );
+        assert_eq!(retry_delay(&pending, 3), Duration::from_secs(1));
+        let global = limited(None, "More than 1200 requests per 300 seconds reached", 971);
+        assert_eq!(retry_delay(&global, 1), GLOBAL_LIMIT_WAIT);
+        let auth = Error::Cloudflare(cloudflare::Error::Api {
+            what: "adding list items",
+            status: 403,
+            errors: vec![],
+        });
+        assert_eq!(retry_delay(&auth, 1), MAX_RETRY_DELAY);
+        assert_eq!(
+            retry_delay(&Error::Lapi(lapi::Error::Forbidden), 1),
+            MAX_RETRY_DELAY
+        );
     }
 }

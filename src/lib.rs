@@ -9,6 +9,7 @@
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
 //! - [`emulator`]: a stateful Cloudflare Lists API emulator for tests and the demo.
 
+pub mod budget;
 pub mod check;
 pub mod cloudflare;
 pub mod config;

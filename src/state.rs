@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::godur;
+use ipnet::IpNet;
+
 use crate::item::{Item, ItemError};
 
 /// Expiry used for decisions whose duration does not fit in an `Instant` (absurdly long).
@@ -30,13 +32,65 @@ pub struct DecisionRef<'a> {
     pub duration: &'a str,
 }
 
-/// Which decisions become items, and how.
+/// Which decisions become items, and which items the bouncer may write.
 #[derive(Debug, Clone)]
-pub struct Filter {
+pub struct Policy {
     /// Decision types pushed to the list (`ban`); others are skipped.
     pub decision_types: Vec<String>,
     /// IPv6 addresses and narrower networks are widened to this prefix.
     pub ipv6_prefix: u8,
+    /// Ranges wider than these are refused.
+    pub min_ipv4_prefix: u8,
+    pub min_ipv6_prefix: u8,
+    /// Networks never pushed, nor anything overlapping them.
+    pub allowlist: Vec<IpNet>,
+    /// Origins by priority, highest first, for when the desired set exceeds capacity.
+    pub origin_priority: Vec<String>,
+    /// `false`: only items carrying `tag` may be removed (`manage = "tagged"`).
+    pub manage_all: bool,
+    /// First word of every comment the bouncer writes.
+    pub tag: String,
+    /// Mass-removal guard: a reconcile removing more than `share` of the list and more
+    /// than `min_items` items waits for the next reconcile to confirm it.
+    pub mass_removal_share: f64,
+    pub mass_removal_min_items: usize,
+}
+
+impl Policy {
+    /// The defaults of the configuration file, for tests and tools.
+    pub fn new(decision_types: Vec<String>, ipv6_prefix: u8) -> Policy {
+        Policy {
+            decision_types,
+            ipv6_prefix,
+            min_ipv4_prefix: 16,
+            min_ipv6_prefix: 32,
+            allowlist: Vec::new(),
+            origin_priority: ["cscli", "crowdsec", "lists", "CAPI"]
+                .map(String::from)
+                .to_vec(),
+            manage_all: true,
+            tag: "crowdsec".into(),
+            mass_removal_share: 0.5,
+            mass_removal_min_items: 10,
+        }
+    }
+
+    /// Rank of an origin: 0 is the highest. `cscli-import` ranks as `cscli`.
+    fn origin_rank(&self, origin: &str) -> usize {
+        self.origin_priority
+            .iter()
+            .position(|p| {
+                origin.eq_ignore_ascii_case(p)
+                    || origin
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('-'))
+            })
+            .unwrap_or(self.origin_priority.len())
+    }
+
+    fn is_tagged(&self, comment: Option<&str>) -> bool {
+        comment.is_some_and(|c| c == self.tag || c.starts_with(&format!("{} ", self.tag)))
+    }
 }
 
 /// Decisions skipped since start, by reason. Never fatal.
@@ -47,11 +101,12 @@ pub struct Skipped {
     pub value: u64,
     pub too_broad: u64,
     pub duration: u64,
+    pub allowlisted: u64,
 }
 
 impl Skipped {
     pub fn total(&self) -> u64 {
-        self.kind + self.scope + self.value + self.too_broad + self.duration
+        self.kind + self.scope + self.value + self.too_broad + self.duration + self.allowlisted
     }
 }
 
@@ -102,6 +157,16 @@ struct DecisionKey {
 struct Active {
     item: Item,
     expires_at: Instant,
+    origin: Arc<str>,
+}
+
+/// An item on the list, as far as the bouncer knows.
+#[derive(Debug, Clone)]
+struct Listed {
+    /// The Cloudflare item id, once a list read or search has shown it.
+    id: Option<Box<str>>,
+    /// Carries the bouncer's tag (or was added by it).
+    ours: bool,
 }
 
 /// Why an item is desired: how many active decisions map to it, and the labels of the
@@ -122,35 +187,56 @@ enum Intent {
 /// Desired state, list view and pending queue. See the module docs.
 #[derive(Debug)]
 pub struct SyncState {
-    filter: Filter,
+    policy: Policy,
     decisions: HashMap<DecisionKey, Active>,
     wanted: HashMap<Item, Wanted>,
-    /// What the list holds, as far as completed operations and list reads tell;
-    /// the Cloudflare item id when a list read has shown it.
-    listed: HashMap<Item, Option<Box<str>>>,
+    /// When the desired set exceeds capacity: the wanted items that fit, by priority.
+    /// `None`: every wanted item fits.
+    admitted: Option<HashSet<Item>>,
+    capacity: usize,
+    /// What the list holds, as far as completed operations and list reads tell.
+    listed: HashMap<Item, Listed>,
     queue: VecDeque<Item>,
     queued: HashSet<Item>,
+    /// Removals held by the mass-removal guard until the next reconcile confirms them.
+    held: HashSet<Item>,
+    mass_removal_seen: bool,
+    /// Items whose one-item bulk operation failed; retried after the next list read.
+    quarantined: HashSet<Item>,
     labels: HashSet<Arc<str>>,
     earliest_expiry: Option<Instant>,
     desired_known: bool,
     list_known: bool,
     skipped: Skipped,
+    /// Refusals already reported, so each is logged once.
+    noticed: HashSet<Box<str>>,
+    notices: Vec<String>,
 }
 
+/// Most refusals remembered for log-once; beyond it, refusals are only counted.
+const MAX_NOTICED: usize = 10_000;
+
 impl SyncState {
-    pub fn new(filter: Filter) -> SyncState {
+    pub fn new(policy: Policy) -> SyncState {
         SyncState {
-            filter,
+            policy,
             decisions: HashMap::new(),
             wanted: HashMap::new(),
+            admitted: None,
+            capacity: usize::MAX,
             listed: HashMap::new(),
             queue: VecDeque::new(),
             queued: HashSet::new(),
+            held: HashSet::new(),
+            mass_removal_seen: false,
+            quarantined: HashSet::new(),
             labels: HashSet::new(),
             earliest_expiry: None,
             desired_known: false,
             list_known: false,
             skipped: Skipped::default(),
+            noticed: HashSet::new(),
+            notices: Vec::new(),
         }
     }
 
@@ -219,13 +305,22 @@ impl SyncState {
         expired.len()
     }
 
-    /// Replaces the list view with a full read of the list (item, id) and queues every
-    /// item where desired and listed differ.
-    pub fn replace_list(&mut self, items: impl IntoIterator<Item = (Item, Box<str>)>) {
+    /// Replaces the list view with a full read of the list (item, id, comment), queues
+    /// every item where desired and listed differ, and runs the mass-removal guard.
+    /// Quarantined items get another chance.
+    pub fn replace_list<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (Item, Box<str>, Option<&'a str>)>,
+    ) {
+        let policy = &self.policy;
         self.listed = items
             .into_iter()
-            .map(|(item, id)| (item, Some(id)))
+            .map(|(item, id, comment)| {
+                let ours = policy.is_tagged(comment);
+                (item, Listed { id: Some(id), ours })
+            })
             .collect();
+        self.quarantined.clear();
         let changed: Vec<Item> = self
             .listed
             .keys()
@@ -239,20 +334,27 @@ impl SyncState {
             .collect();
         self.enqueue_all(changed);
         self.list_known = true;
+        self.guard_mass_removal();
     }
 
     /// Takes up to `max` queued items that need the same kind of write, oldest first.
-    /// Items already in step leave the queue. Returns `None` when nothing needs writing,
-    /// or while desired state or list contents are still unknown.
+    /// Items already in step leave the queue; so do held and quarantined ones. Returns
+    /// `None` when nothing needs writing, or while desired state or list are unknown.
     pub fn take_batch(&mut self, max: usize) -> Option<Batch> {
-        if !self.desired_known || !self.list_known || max == 0 {
+        if !self.is_primed() || max == 0 {
             return None;
         }
         let mut kind = None;
         let mut taken = Vec::new();
         let mut skipped_other = Vec::new();
         while let Some(item) = self.queue.pop_front() {
-            match self.intent(&item) {
+            let intent = self
+                .intent(&item)
+                .filter(|_| !self.quarantined.contains(&item));
+            match intent {
+                Some(Intent::Remove) if self.held.contains(&item) => {
+                    self.queued.remove(&item);
+                }
                 None => {
                     self.queued.remove(&item);
                 }
@@ -280,15 +382,27 @@ impl SyncState {
             Intent::Remove => Some(Batch::Remove(
                 taken
                     .into_iter()
-                    .map(|item| (item, self.listed.get(&item).cloned().flatten()))
+                    .map(|item| (item, self.listed.get(&item).and_then(|l| l.id.clone())))
                     .collect(),
             )),
         }
     }
 
-    /// Puts items back in the queue (a write failed or was not attempted).
+    /// Puts items back at the front of the queue, in order (a write failed or was not
+    /// attempted), so a retry takes the same items first.
     pub fn requeue(&mut self, items: impl IntoIterator<Item = Item>) {
-        self.enqueue_all(items);
+        let items: Vec<Item> = items.into_iter().collect();
+        for item in items.into_iter().rev() {
+            if self.queued.insert(item) {
+                self.queue.push_front(item);
+            }
+        }
+    }
+
+    /// Sets an item aside after its one-item bulk operation failed: it is retried after
+    /// the next full list read, and does not block the rest of the queue meanwhile.
+    pub fn quarantine(&mut self, item: Item) {
+        self.quarantined.insert(item);
     }
 
     /// Records a completed bulk operation: only this changes the list view.
@@ -297,7 +411,13 @@ impl SyncState {
             match outcome {
                 // The POST response carries no ids; a later read or search finds them.
                 Confirmed::Added => {
-                    self.listed.entry(*item).or_insert(None);
+                    self.listed.insert(
+                        *item,
+                        Listed {
+                            id: None,
+                            ours: true,
+                        },
+                    );
                 }
                 Confirmed::Removed => {
                     self.listed.remove(item);
@@ -312,19 +432,21 @@ impl SyncState {
 
     /// Records what a search for one item found: its id, or that it is not on the list.
     pub fn resolve_id(&mut self, item: Item, id: Option<Box<str>>) {
-        match id {
-            Some(id) => {
-                self.listed.insert(item, Some(id));
+        match (id, self.listed.get_mut(&item)) {
+            (Some(id), Some(listed)) => listed.id = Some(id),
+            (Some(id), None) => {
+                self.listed.insert(
+                    item,
+                    Listed {
+                        id: Some(id),
+                        ours: true,
+                    },
+                );
             }
-            None => {
+            (None, _) => {
                 self.listed.remove(&item);
             }
         }
-    }
-
-    /// Items on the list whose ids the bouncer does not know.
-    pub fn listed_without_id(&self) -> usize {
-        self.listed.values().filter(|id| id.is_none()).count()
     }
 
     /// True when the first full pull and the first list read have both happened.
@@ -345,9 +467,26 @@ impl SyncState {
         self.queue.is_empty()
     }
 
-    /// Items desired, sorted (for `once`'s final comparison and for tests).
+    /// Items that should be on the list (desired, within capacity), sorted.
     pub fn desired_items(&self) -> Vec<Item> {
-        let mut items: Vec<Item> = self.wanted.keys().copied().collect();
+        let mut items: Vec<Item> = self
+            .wanted
+            .keys()
+            .filter(|item| self.is_admitted(item))
+            .copied()
+            .collect();
+        items.sort();
+        items
+    }
+
+    /// Items on the list that the bouncer manages (all of them in `manage = "all"`).
+    pub fn managed_listed_items(&self) -> Vec<Item> {
+        let mut items: Vec<Item> = self
+            .listed
+            .iter()
+            .filter(|(_, listed)| self.policy.manage_all || listed.ours)
+            .map(|(item, _)| *item)
+            .collect();
         items.sort();
         items
     }
@@ -357,7 +496,14 @@ impl SyncState {
             decisions: self.decisions.len(),
             desired_items: self.wanted.len(),
             listed_items: self.listed.len(),
+            listed_without_id: self.listed.values().filter(|l| l.id.is_none()).count(),
             queued: self.queue.len(),
+            left_out: self
+                .admitted
+                .as_ref()
+                .map_or(0, |a| self.wanted.len() - a.len()),
+            held: self.held.len(),
+            quarantined: self.quarantined.len(),
         }
     }
 
@@ -365,13 +511,16 @@ impl SyncState {
         self.skipped
     }
 
+    /// Refusals and guard decisions worth one log line each, since the last call.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
     fn intent(&self, item: &Item) -> Option<Intent> {
-        match (
-            self.wanted.contains_key(item),
-            self.listed.contains_key(item),
-        ) {
-            (true, false) => Some(Intent::Add),
-            (false, true) => Some(Intent::Remove),
+        let desired = self.wanted.contains_key(item) && self.is_admitted(item);
+        match (desired, self.listed.get(item)) {
+            (true, None) => Some(Intent::Add),
+            (false, Some(listed)) if self.policy.manage_all || listed.ours => Some(Intent::Remove),
             _ => None,
         }
     }
@@ -380,7 +529,7 @@ impl SyncState {
         let Some(wanted) = self.wanted.get(item) else {
             return String::new();
         };
-        let mut comment = format!("crowdsec {}: {}", wanted.origin, wanted.scenario);
+        let mut comment = format!("{} {}: {}", self.policy.tag, wanted.origin, wanted.scenario);
         if let Some((cut, _)) = comment.char_indices().nth(MAX_COMMENT_CHARS) {
             comment.truncate(cut);
         }
@@ -396,17 +545,21 @@ impl SyncState {
     /// Records an active decision; returns its item if the item just became desired.
     fn insert_quietly(&mut self, decision: &DecisionRef<'_>, now: Instant) -> Option<Item> {
         let key = self.key_of(decision, true)?;
-        let item = match Item::from_decision(decision.value, self.filter.ipv6_prefix) {
+        let item = match Item::from_decision(decision.value, self.policy.ipv6_prefix) {
             Ok(item) => item,
             Err(ItemError::Invalid) => {
                 self.skipped.value += 1;
                 return None;
             }
             Err(ItemError::TooBroad) => {
+                self.refuse(decision, "a range wider than Cloudflare accepts");
                 self.skipped.too_broad += 1;
                 return None;
             }
         };
+        if !self.passes_rails(decision, item) {
+            return None;
+        }
         let nanos = match godur::parse_nanos(decision.duration) {
             Ok(nanos) if nanos > 0 => nanos as u64,
             _ => {
@@ -423,7 +576,12 @@ impl SyncState {
         );
         let origin = self.intern(decision.origin);
         let scenario = self.intern(decision.scenario);
-        let previous = self.decisions.insert(key, Active { item, expires_at });
+        let active = Active {
+            item,
+            expires_at,
+            origin: origin.clone(),
+        };
+        let previous = self.decisions.insert(key, active);
         let wanted = self.wanted.entry(item).or_insert(Wanted {
             refs: 0,
             origin: origin.clone(),
@@ -435,6 +593,46 @@ impl SyncState {
         }
         wanted.refs += 1;
         (wanted.refs == 1).then_some(item)
+    }
+
+    /// The safety rails: broad ranges and the allowlist. Refusals are counted, and
+    /// reported once per value.
+    fn passes_rails(&mut self, decision: &DecisionRef<'_>, item: Item) -> bool {
+        let net = item.net();
+        let min_prefix = if item.is_ipv6() {
+            self.policy.min_ipv6_prefix
+        } else {
+            self.policy.min_ipv4_prefix
+        };
+        if net.prefix_len() < min_prefix {
+            self.refuse(
+                decision,
+                &format!("a range wider than /{min_prefix} (safety.min_ipv*_prefix)"),
+            );
+            self.skipped.too_broad += 1;
+            return false;
+        }
+        let allowed = self
+            .policy
+            .allowlist
+            .iter()
+            .find(|allow| allow.contains(&net) || net.contains(*allow));
+        if let Some(allow) = allowed {
+            let reason = format!("it overlaps the allowlisted {allow}");
+            self.refuse(decision, &reason);
+            self.skipped.allowlisted += 1;
+            return false;
+        }
+        true
+    }
+
+    fn refuse(&mut self, decision: &DecisionRef<'_>, reason: &str) {
+        if self.noticed.len() < MAX_NOTICED && self.noticed.insert(decision.value.into()) {
+            self.notices.push(format!(
+                "decision on {} ({}, origin {}) is not pushed: {reason}",
+                decision.value, decision.scenario, decision.origin
+            ));
+        }
     }
 
     fn forget(&mut self, key: &DecisionKey) {
@@ -462,7 +660,7 @@ impl SyncState {
             return None;
         };
         if !self
-            .filter
+            .policy
             .decision_types
             .iter()
             .any(|t| t == decision.kind)
@@ -505,8 +703,17 @@ pub struct Counts {
     pub decisions: usize,
     pub desired_items: usize,
     pub listed_items: usize,
+    /// Listed items whose Cloudflare id is not known yet (added since the last read).
+    pub listed_without_id: usize,
     pub queued: usize,
+    /// Desired items left out because the account's capacity is reached.
+    pub left_out: usize,
+    /// Removals held by the mass-removal guard.
+    pub held: usize,
+    /// Items whose bulk operation failed on their own, waiting for the next read.
+    pub quarantined: usize,
 }
 
+mod rails;
 #[cfg(test)]
 mod tests;

@@ -2,11 +2,8 @@
 
 use super::*;
 
-fn filter() -> Filter {
-    Filter {
-        decision_types: vec!["ban".into()],
-        ipv6_prefix: 64,
-    }
+fn policy() -> Policy {
+    Policy::new(vec!["ban".into()], 64)
 }
 
 fn ban(value: &str) -> DecisionRef<'_> {
@@ -26,14 +23,14 @@ fn item(text: &str) -> Item {
 
 /// A state whose desired set and list are both known (empty unless given).
 fn primed(desired: &[&str], listed: &[&str]) -> SyncState {
-    let mut state = SyncState::new(filter());
+    let mut state = SyncState::new(policy());
     let now = Instant::now();
     state.replace_desired(desired.iter().map(|v| ban(v)), now);
     state.replace_list(
         listed
             .iter()
             .enumerate()
-            .map(|(i, v)| (item(v), format!("{i:032x}").into())),
+            .map(|(i, v)| (item(v), format!("{i:032x}").into(), None)),
     );
     state
 }
@@ -90,10 +87,10 @@ fn in_step_state_writes_nothing() {
 
 #[test]
 fn nothing_is_written_before_both_sides_are_known() {
-    let mut state = SyncState::new(filter());
+    let mut state = SyncState::new(policy());
     state.apply_delta([], [ban("1.1.1.1")], Instant::now());
     assert!(state.take_batch(10).is_none(), "desired and list unknown");
-    state.replace_list([(item("5.5.5.5"), "a".repeat(32).into())]);
+    state.replace_list([(item("5.5.5.5"), "a".repeat(32).into(), None)]);
     assert!(
         state.take_batch(10).is_none(),
         "a list read alone must never cause removals"
@@ -216,7 +213,8 @@ fn skips_and_counts_what_is_not_ours() {
             scope: 1,
             value: 1,
             too_broad: 1,
-            duration: 2
+            duration: 2,
+            allowlisted: 0,
         }
     );
     assert!(state.take_batch(10).is_none());
@@ -306,14 +304,14 @@ fn removal_carries_known_ids_and_learns_missing_ones() {
         other => panic!("expected a removal, got {other:?}"),
     }
     // 7.7.7.7 was added by a POST: no id known until a read or search finds it.
-    assert_eq!(state.listed_without_id(), 1);
+    assert_eq!(state.counts().listed_without_id, 1);
     state.apply_delta([ban("7.7.7.7")], [], Instant::now());
     let Some(Batch::Remove(items)) = state.take_batch(10) else {
         panic!("expected a removal");
     };
     assert_eq!(items, [(item("7.7.7.7"), None)]);
     state.resolve_id(item("7.7.7.7"), Some("f".repeat(32).into()));
-    assert_eq!(state.listed_without_id(), 0);
+    assert_eq!(state.counts().listed_without_id, 0);
 }
 
 #[test]
@@ -329,4 +327,206 @@ fn comments_name_origin_and_scenario_within_500_chars() {
     assert_eq!(items[0].1.chars().count(), 500);
     assert!(items[0].1.starts_with("crowdsec cscli: sss"));
     assert_eq!(items[1].1, "crowdsec cscli: test/manual");
+}
+
+fn ban_from(
+    value: &'static str,
+    origin: &'static str,
+    duration: &'static str,
+) -> DecisionRef<'static> {
+    DecisionRef {
+        origin,
+        duration,
+        ..ban(value)
+    }
+}
+
+#[test]
+fn broad_ranges_and_allowlisted_networks_are_refused_once_each() {
+    let mut policy = policy();
+    policy.allowlist = vec![
+        "192.0.2.0/24".parse().expect("net"),
+        "2001:db8::1/128".parse().expect("net"),
+    ];
+    let mut state = SyncState::new(policy);
+    state.replace_desired([], Instant::now());
+    state.replace_list([]);
+    let now = Instant::now();
+    let decisions = [
+        ban("10.0.0.0/15"),   // wider than /16
+        ban("2001:db8::/31"), // wider than /32
+        ban("192.0.2.7"),     // inside the allowlist
+        ban("192.0.0.0/16"),  // contains an allowlisted network
+        ban("2001:db8::5"),   // its /64 contains an allowlisted address
+        ban("10.0.0.0/16"),   // fine
+    ];
+    state.apply_delta([], decisions, now);
+    state.apply_delta([], decisions, now);
+    let skipped = state.skipped();
+    assert_eq!(
+        (skipped.too_broad, skipped.allowlisted),
+        (4, 6),
+        "{skipped:?}"
+    );
+    assert_eq!(
+        state.take_notices().len(),
+        5,
+        "each refusal is reported once"
+    );
+    assert_eq!(adds(&drain(&mut state, 10)[0]), ["10.0.0.0/16"]);
+}
+
+#[test]
+fn over_capacity_the_highest_priority_items_are_kept() {
+    let mut state = primed(&[], &[]);
+    let now = Instant::now();
+    state.apply_delta(
+        [],
+        [
+            ban_from("1.0.0.1", "CAPI", "4h"),
+            ban_from("1.0.0.2", "lists", "4h"),
+            ban_from("1.0.0.3", "crowdsec", "1h"),
+            ban_from("1.0.0.4", "crowdsec", "3h"),
+            ban_from("1.0.0.5", "cscli-import", "1m"),
+        ],
+        now,
+    );
+    state.set_capacity(3);
+    let mut kept = adds(&drain(&mut state, 10)[0]);
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["1.0.0.3", "1.0.0.4", "1.0.0.5"],
+        "cscli first, then crowdsec"
+    );
+    assert_eq!(state.counts().left_out, 2);
+    assert!(state
+        .take_notices()
+        .iter()
+        .any(|n| n.starts_with("2 desired items are left out")));
+
+    // A higher-priority ban pushes out the lowest: crowdsec with 1h left.
+    state.apply_delta([], [ban_from("1.0.0.6", "cscli", "4h")], now);
+    state.rebalance();
+    let writes = drain(&mut state, 10);
+    assert_eq!(adds(&writes[0]), ["1.0.0.6"]);
+    assert_eq!(removes(&writes[1]), ["1.0.0.3"]);
+
+    // Room again: everything fits.
+    state.set_capacity(10);
+    let mut added = adds(&drain(&mut state, 10)[0]);
+    added.sort();
+    assert_eq!(added, ["1.0.0.1", "1.0.0.2", "1.0.0.3"]);
+    assert_eq!(state.counts().left_out, 0);
+}
+
+#[test]
+fn a_mass_removal_waits_for_a_second_reconcile() {
+    let values: Vec<String> = (1..=30).map(|i| format!("10.9.0.{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let mut state = primed(&refs, &refs);
+    assert!(drain(&mut state, 100).is_empty());
+    let listed = |state: &SyncState| -> Vec<(Item, Box<str>, Option<&'static str>)> {
+        state
+            .managed_listed_items()
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| (item, format!("{i:032x}").into(), None))
+            .collect()
+    };
+    // LAPI comes back nearly empty (restored from an old backup).
+    state.replace_desired([ban("10.9.0.1")], Instant::now());
+    let items = listed(&state);
+    state.replace_list(items);
+    assert!(
+        drain(&mut state, 100).is_empty(),
+        "29 of 30 removals are held"
+    );
+    assert_eq!(state.counts().held, 29);
+    assert!(state.take_notices()[0].starts_with("MASS REMOVAL HELD"));
+
+    // A delta still works meanwhile.
+    state.apply_delta([ban("10.9.0.1")], [], Instant::now());
+    assert_eq!(removes(&drain(&mut state, 100)[0]), ["10.9.0.1"]);
+
+    // The next reconcile sees the same: the removal goes ahead.
+    state.replace_desired([], Instant::now());
+    let items = listed(&state);
+    state.replace_list(items);
+    let removed: usize = drain(&mut state, 100).iter().map(Batch::len).sum();
+    assert_eq!(removed, 29);
+    assert_eq!(state.counts().held, 0);
+}
+
+#[test]
+fn a_mass_removal_cancelled_by_the_next_reconcile_removes_nothing() {
+    let values: Vec<String> = (1..=30).map(|i| format!("10.8.0.{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let mut state = primed(&refs, &refs);
+    drain(&mut state, 100);
+    state.replace_desired([], Instant::now());
+    state.replace_list(
+        refs.iter()
+            .enumerate()
+            .map(|(i, v)| (item(v), format!("{i:032x}").into(), None)),
+    );
+    assert!(drain(&mut state, 100).is_empty());
+    // LAPI recovered: the next full pull has everything again.
+    state.replace_desired(refs.iter().map(|v| ban(v)), Instant::now());
+    state.replace_list(
+        refs.iter()
+            .enumerate()
+            .map(|(i, v)| (item(v), format!("{i:032x}").into(), None)),
+    );
+    assert!(drain(&mut state, 100).is_empty());
+    assert_eq!(state.counts().held, 0);
+}
+
+#[test]
+fn tagged_mode_removes_only_tagged_items() {
+    let mut policy = policy();
+    policy.manage_all = false;
+    let mut state = SyncState::new(policy);
+    state.replace_desired([ban("1.1.1.1")], Instant::now());
+    state.replace_list([
+        (item("1.1.1.1"), "a".repeat(32).into(), Some("made by hand")),
+        (item("2.2.2.2"), "b".repeat(32).into(), Some("made by hand")),
+        (
+            item("3.3.3.3"),
+            "c".repeat(32).into(),
+            Some("crowdsec cscli: old ban"),
+        ),
+        (
+            item("4.4.4.4"),
+            "d".repeat(32).into(),
+            Some("crowdsecurity is not our tag"),
+        ),
+    ]);
+    let writes = drain(&mut state, 10);
+    assert_eq!(
+        writes.len(),
+        1,
+        "1.1.1.1 is already there, untagged: left alone"
+    );
+    assert_eq!(removes(&writes[0]), ["3.3.3.3"]);
+}
+
+#[test]
+fn a_quarantined_item_waits_for_the_next_list_read() {
+    let mut state = primed(&["1.1.1.1", "2.2.2.2"], &[]);
+    let batch = state.take_batch(1).expect("an add");
+    state.requeue(batch.items());
+    assert_eq!(
+        state.take_batch(1),
+        Some(batch.clone()),
+        "requeued items come first"
+    );
+    state.quarantine(batch.items()[0]);
+    state.requeue(batch.items());
+    let rest = drain(&mut state, 10);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(adds(&rest[0]), ["2.2.2.2"]);
+    assert_eq!(state.counts().quarantined, 1);
+    state.replace_list([(item("2.2.2.2"), "b".repeat(32).into(), None)]);
+    assert_eq!(adds(&drain(&mut state, 10)[0]), ["1.1.1.1"]);
 }

@@ -1,0 +1,395 @@
+//! The writer: the only code that talks to Cloudflare. See the `engine` module docs.
+//!
+//! Rules it keeps:
+//! - one write in flight: a write is followed by polling its operation to the end;
+//! - a write whose answer was lost may have started an operation nobody can poll, so
+//!   the next write waits well past any operation seen so far;
+//! - a failed operation is split in halves until the bad item is found and set aside.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{retry_delay, sleep_or_cancel, Engine, Error};
+use crate::cloudflare::{OpStatus, MAX_PER_PAGE};
+use crate::item::Item;
+use crate::state::{Batch, Confirmed};
+
+/// First wait before polling a bulk operation; later waits grow by [`POLL_GROWTH`].
+const FIRST_POLL: Duration = Duration::from_millis(200);
+const POLL_GROWTH: f64 = 1.3;
+const MAX_POLL: Duration = Duration::from_secs(2);
+/// Polling slows down to this once an operation is pending for long.
+const SLOW_POLL: Duration = Duration::from_secs(15);
+/// After this, a still-pending operation is reported (and again every such period).
+const PENDING_TOO_LONG: Duration = Duration::from_secs(60);
+/// An operation Cloudflare says it does not know for this long is given up.
+const LOST_AFTER: Duration = Duration::from_secs(30);
+/// Bounds of the wait after a write whose answer was lost.
+const MIN_UNCONFIRMED_WAIT: Duration = Duration::from_secs(5);
+const MAX_UNCONFIRMED_WAIT: Duration = Duration::from_secs(120);
+
+/// The writer's memory between writes.
+pub(super) struct Pace {
+    /// Current most items per write: halves after a failed operation, doubles back.
+    cap: usize,
+    /// Longest operation seen, to size the wait after an unconfirmed write.
+    longest_op: Duration,
+    failures: u32,
+}
+
+impl Engine {
+    /// The writer task: see the module docs.
+    pub(super) async fn write_cloudflare(&self, list_id: &str, token: CancellationToken) {
+        let mut pace = Pace {
+            cap: self.config.cloudflare.batch_size,
+            longest_op: Duration::ZERO,
+            failures: 0,
+        };
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            if self.shared.refresh_list.swap(false, Ordering::SeqCst) {
+                if let Err(err) = self.read_list(list_id).await {
+                    self.shared.refresh_list.store(true, Ordering::SeqCst);
+                    pace.failures += 1;
+                    warn!(error = %err, "reading the list failed; retrying");
+                    if !sleep_or_cancel(retry_delay(&err, pace.failures), &token).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let batch = self.shared.state().take_batch(pace.cap);
+            let Some(batch) = batch else {
+                tokio::select! {
+                    biased;
+                    () = token.cancelled() => return,
+                    () = self.shared.wake.notified() => continue,
+                }
+            };
+            let result = self.write(list_id, batch, &token, &mut pace).await;
+            if let Some(delay) = self.after_write(result, &mut pace) {
+                if !sleep_or_cancel(delay, &token).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `once`'s drain: like the writer task, but gives up after repeated failures.
+    pub(super) async fn drain_once(
+        &self,
+        list_id: &str,
+        token: &CancellationToken,
+    ) -> Result<usize, Error> {
+        let mut pace = Pace {
+            cap: self.config.cloudflare.batch_size,
+            longest_op: Duration::ZERO,
+            failures: 0,
+        };
+        let mut writes = 0;
+        loop {
+            if token.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let batch = self.shared.state().take_batch(pace.cap);
+            let Some(batch) = batch else {
+                return Ok(writes);
+            };
+            let result = self.write(list_id, batch, token, &mut pace).await;
+            match result {
+                Ok(n) if n > 0 => writes += 1,
+                Ok(_) => {}
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(err) if pace.failures >= 5 => return Err(err),
+                Err(err) => {
+                    if let Some(delay) = self.after_write(Err(err), &mut pace) {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adjusts the pace after a write; returns how long to wait before the next one.
+    fn after_write(&self, result: Result<usize, Error>, pace: &mut Pace) -> Option<Duration> {
+        let err = match result {
+            Ok(_) => {
+                pace.failures = 0;
+                pace.cap = (pace.cap * 2).min(self.config.cloudflare.batch_size);
+                return None;
+            }
+            Err(Error::Cancelled) => return None,
+            Err(err) => err,
+        };
+        pace.failures += 1;
+        match &err {
+            Error::Unconfirmed(_) | Error::OperationLost(_) => {
+                let wait = (pace.longest_op * 10).clamp(MIN_UNCONFIRMED_WAIT, MAX_UNCONFIRMED_WAIT);
+                warn!(error = %err, wait_s = wait.as_secs(), "waiting out a possibly pending operation before the next write");
+                Some(wait)
+            }
+            Error::OperationFailed { .. } => None,
+            Error::Cloudflare(cf) if cf.is_auth() => {
+                error!(error = %err, "Cloudflare refused the token; the change stays queued");
+                Some(retry_delay(&err, pace.failures))
+            }
+            _ => {
+                warn!(error = %err, "write failed; the change stays queued");
+                Some(retry_delay(&err, pace.failures))
+            }
+        }
+    }
+
+    /// Reads the account's lists (for the capacity left by the others) and the whole
+    /// list, and replaces the list view with it.
+    pub(super) async fn read_list(&self, list_id: &str) -> Result<(), Error> {
+        let started = Instant::now();
+        let lists = self.cloudflare.lists().await?;
+        let others: u64 = lists
+            .iter()
+            .filter(|l| l.id != list_id)
+            .map(|l| l.num_items)
+            .sum();
+        let listed = self.cloudflare.all_items(list_id).await?;
+        let n_listed = listed.len();
+        let mut unreadable = 0;
+        let items = listed.iter().filter_map(|listed| {
+            let item = Item::from_cloudflare(&listed.ip);
+            unreadable += usize::from(item.is_none());
+            Some((
+                item?,
+                listed.id.clone().into_boxed_str(),
+                listed.comment.as_deref(),
+            ))
+        });
+        let mut state = self.shared.state();
+        state.set_capacity(
+            self.config
+                .cloudflare
+                .capacity
+                .saturating_sub(others as usize),
+        );
+        state.replace_list(items);
+        let counts = state.counts();
+        drop(state);
+        if unreadable > 0 {
+            warn!(
+                unreadable,
+                "list items that are not an IP or CIDR were ignored"
+            );
+        }
+        info!(
+            listed = n_listed,
+            desired = counts.desired_items,
+            queued = counts.queued,
+            left_out = counts.left_out,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "read the list"
+        );
+        self.shared.log_notices();
+        Ok(())
+    }
+
+    /// Sends one batch as one bulk operation and waits for it. On failure the batch's
+    /// items are back at the front of the queue; a failed operation halves the pace,
+    /// and a failed one-item operation sets its item aside.
+    async fn write(
+        &self,
+        list_id: &str,
+        batch: Batch,
+        token: &CancellationToken,
+        pace: &mut Pace,
+    ) -> Result<usize, Error> {
+        let items = batch.items();
+        let started = Instant::now();
+        let result = self.submit_and_wait(list_id, batch, token).await;
+        pace.longest_op = pace.longest_op.max(started.elapsed());
+        match &result {
+            Ok(_) => {}
+            Err(Error::OperationFailed { message, .. }) if items.len() == 1 => {
+                error!(item = %items[0], error = %message, "Cloudflare refused this item; set aside until the next reconcile");
+                self.shared.state().quarantine(items[0]);
+            }
+            Err(err @ Error::OperationFailed { .. }) => {
+                pace.cap = (items.len() / 2).max(1);
+                warn!(error = %err, items = items.len(), "bulk operation failed; retrying in halves to find the bad item");
+                self.shared.state().requeue(items);
+            }
+            Err(_) => self.shared.state().requeue(items),
+        }
+        result
+    }
+
+    async fn submit_and_wait(
+        &self,
+        list_id: &str,
+        batch: Batch,
+        token: &CancellationToken,
+    ) -> Result<usize, Error> {
+        let started = Instant::now();
+        let unconfirmed = |err: crate::cloudflare::Error| {
+            if err.may_have_been_accepted() {
+                Error::Unconfirmed(err)
+            } else {
+                Error::Cloudflare(err)
+            }
+        };
+        let (op_id, outcome, items) = match batch {
+            Batch::Add(adds) => {
+                let op_id = self
+                    .cloudflare
+                    .add_items(list_id, &adds)
+                    .await
+                    .map_err(unconfirmed)?;
+                (
+                    op_id,
+                    Confirmed::Added,
+                    adds.into_iter().map(|(item, _)| item).collect(),
+                )
+            }
+            Batch::Remove(removes) => {
+                let Some((ids, items)) = self.resolve_ids(list_id, removes).await? else {
+                    return Ok(0);
+                };
+                let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
+                let op_id = self
+                    .cloudflare
+                    .delete_items(list_id, &ids)
+                    .await
+                    .map_err(unconfirmed)?;
+                (op_id, Confirmed::Removed, items)
+            }
+        };
+        let items: Vec<Item> = items;
+        self.record_write(items.len());
+        match self.wait_for(&op_id, token).await? {
+            OpStatus::Completed => {
+                self.shared.state().confirm(outcome, &items);
+                let (added, removed) = match outcome {
+                    Confirmed::Added => (items.len(), 0),
+                    Confirmed::Removed => (0, items.len()),
+                };
+                info!(
+                    added,
+                    removed,
+                    op_id,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "bulk operation completed"
+                );
+                Ok(items.len())
+            }
+            OpStatus::Failed(message) => Err(Error::OperationFailed { op_id, message }),
+            OpStatus::Pending => Err(Error::Cancelled),
+        }
+    }
+
+    fn record_write(&self, items: usize) {
+        let mut budget = self.shared.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(warning) = budget.record(items as u64, Instant::now()).warning {
+            warn!("{warning}");
+        }
+    }
+
+    /// Finds the ids a removal needs. Ids come from list reads; for items added by this
+    /// bouncer since the last read, search each one when that costs fewer requests than
+    /// reading the whole list, else read the whole list (which requeues everything
+    /// with fresh ids). Returns `None` when nothing is left to send now.
+    async fn resolve_ids(
+        &self,
+        list_id: &str,
+        removes: Vec<(Item, Option<Box<str>>)>,
+    ) -> Result<Option<(Vec<Box<str>>, Vec<Item>)>, Error> {
+        let unknown = removes.iter().filter(|(_, id)| id.is_none()).count();
+        if unknown > 0 {
+            let listed = self.shared.state().counts().listed_items;
+            let pages = listed.div_ceil(MAX_PER_PAGE).max(1);
+            if unknown > pages {
+                debug!(unknown, pages, "resolving item ids with a full list read");
+                self.shared
+                    .state()
+                    .requeue(removes.iter().map(|(item, _)| *item));
+                self.read_list(list_id).await?;
+                return Ok(None);
+            }
+            debug!(unknown, "resolving item ids by search");
+        }
+        let mut ids = Vec::with_capacity(removes.len());
+        let mut items = Vec::with_capacity(removes.len());
+        for (item, id) in removes {
+            let id = match id {
+                Some(id) => Some(id),
+                None => {
+                    let found = self.cloudflare.find_item(list_id, item).await?;
+                    let found = found.map(String::into_boxed_str);
+                    self.shared.state().resolve_id(item, found.clone());
+                    found
+                }
+            };
+            if let Some(id) = id {
+                ids.push(id);
+                items.push(item);
+            }
+        }
+        Ok((!ids.is_empty()).then_some((ids, items)))
+    }
+
+    /// Polls a bulk operation with growing intervals until it ends. Never gives up on an
+    /// operation that may still be pending (a second write now would be refused and could
+    /// pile up), except on shutdown after `shutdown_grace` ([`OpStatus::Pending`]) or when
+    /// Cloudflare keeps saying it does not know it ([`Error::OperationLost`]).
+    async fn wait_for(&self, op_id: &str, token: &CancellationToken) -> Result<OpStatus, Error> {
+        let started = Instant::now();
+        let mut interval = FIRST_POLL;
+        let mut cancelled_at: Option<Instant> = None;
+        let mut unknown_since: Option<Instant> = None;
+        let mut reported = Duration::ZERO;
+        loop {
+            tokio::time::sleep(interval).await;
+            if token.is_cancelled() {
+                let since = *cancelled_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.sync.shutdown_grace {
+                    warn!(op_id, "shutting down with a bulk operation still pending");
+                    return Ok(OpStatus::Pending);
+                }
+                interval = interval.min(MAX_POLL);
+            }
+            match self.cloudflare.operation(op_id).await {
+                Ok(OpStatus::Pending) => unknown_since = None,
+                Ok(status) => return Ok(status),
+                Err(crate::cloudflare::Error::Api { status: 404, .. }) => {
+                    let since = *unknown_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= LOST_AFTER {
+                        return Err(Error::OperationLost(op_id.to_owned()));
+                    }
+                }
+                Err(err) => {
+                    warn!(op_id, error = %err, "polling the bulk operation failed; retrying");
+                    if let Some(after) = err.retry_after() {
+                        interval = interval.max(after);
+                        continue;
+                    }
+                }
+            }
+            let pending = started.elapsed();
+            if pending >= reported + PENDING_TOO_LONG {
+                reported = pending;
+                warn!(
+                    op_id,
+                    pending_s = pending.as_secs(),
+                    "bulk operation still pending; no other write is sent until it ends"
+                );
+            }
+            let cap = if pending >= PENDING_TOO_LONG {
+                SLOW_POLL
+            } else {
+                MAX_POLL
+            };
+            interval = interval.mul_f64(POLL_GROWTH).min(cap);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The rails on what reaches the list: capacity admission by priority, and the
+//! mass-removal guard. Part of [`SyncState`]; no IO.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{Intent, SyncState};
+use crate::item::Item;
+
+impl SyncState {
+    /// Sets how many items the list may hold (the account's capacity minus what its
+    /// other lists hold), then re-admits by priority.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        if capacity != self.capacity {
+            self.capacity = capacity;
+            self.rebalance();
+        }
+    }
+
+    /// When the desired set exceeds capacity, admits the `capacity` highest-priority
+    /// items: by origin (`policy.origin_priority`), then by remaining duration, longest
+    /// first. Items whose admission changed are queued. Cheap when under capacity.
+    pub fn rebalance(&mut self) {
+        let before = self.admitted.take();
+        if self.wanted.len() > self.capacity {
+            self.admitted = Some(self.highest_priority(self.capacity));
+        }
+        let changed: Vec<Item> = match (&before, &self.admitted) {
+            (None, None) => Vec::new(),
+            (Some(old), None) => self
+                .wanted
+                .keys()
+                .filter(|i| !old.contains(i))
+                .copied()
+                .collect(),
+            (None, Some(new)) => self
+                .wanted
+                .keys()
+                .filter(|i| !new.contains(i))
+                .copied()
+                .collect(),
+            (Some(old), Some(new)) => old.symmetric_difference(new).copied().collect(),
+        };
+        let left_out = |admitted: &Option<std::collections::HashSet<Item>>| {
+            admitted
+                .as_ref()
+                .map_or(0, |a| self.wanted.len().saturating_sub(a.len()))
+        };
+        let (was, now) = (left_out(&before), left_out(&self.admitted));
+        if was != now && now > 0 {
+            self.notices.push(format!(
+                "{now} desired items are left out: the list may hold {} (cloudflare.capacity minus \
+                 the account's other lists); the highest-priority ones are kept",
+                self.capacity
+            ));
+        } else if was > 0 && now == 0 {
+            self.notices
+                .push("every desired item fits in the list again".into());
+        }
+        self.enqueue_all(changed);
+    }
+
+    pub(super) fn is_admitted(&self, item: &Item) -> bool {
+        self.admitted
+            .as_ref()
+            .is_none_or(|admitted| admitted.contains(item))
+    }
+
+    fn highest_priority(&self, capacity: usize) -> std::collections::HashSet<Item> {
+        // An item ranks as its best decision: best origin, then latest expiry.
+        let mut best: HashMap<Item, (usize, Reverse<Instant>)> =
+            HashMap::with_capacity(self.wanted.len());
+        for active in self.decisions.values() {
+            let rank = (
+                self.policy.origin_rank(&active.origin),
+                Reverse(active.expires_at),
+            );
+            best.entry(active.item)
+                .and_modify(|current| *current = (*current).min(rank))
+                .or_insert(rank);
+        }
+        let mut ranked: Vec<(usize, Reverse<Instant>, Item)> = best
+            .into_iter()
+            .map(|(item, (origin, expiry))| (origin, expiry, item))
+            .collect();
+        if capacity < ranked.len() {
+            ranked.select_nth_unstable(capacity);
+            ranked.truncate(capacity);
+        }
+        ranked.into_iter().map(|(_, _, item)| item).collect()
+    }
+
+    /// After a full list read: if the diff would remove more than
+    /// `mass_removal_share` of the list and more than `mass_removal_min_items`, hold those
+    /// removals until the next reconcile. If that one still wants them, they go ahead.
+    /// A LAPI that was wiped or restored from an old backup cannot unban everyone at once.
+    pub(super) fn guard_mass_removal(&mut self) {
+        let removals: Vec<Item> = self
+            .listed
+            .keys()
+            .filter(|item| self.intent(item) == Some(Intent::Remove))
+            .copied()
+            .collect();
+        let share = (self.listed.len() as f64 * self.policy.mass_removal_share).floor() as usize;
+        let threshold = share.max(self.policy.mass_removal_min_items);
+        let excessive = removals.len() > threshold;
+        if excessive && !self.mass_removal_seen {
+            self.mass_removal_seen = true;
+            self.notices.push(format!(
+                "MASS REMOVAL HELD: this reconcile would remove {} of the {} listed items (more than \
+                 safety.mass_removal_share = {}); they stay on the list until the next reconcile \
+                 confirms LAPI really dropped them",
+                removals.len(),
+                self.listed.len(),
+                self.policy.mass_removal_share
+            ));
+            self.held = removals.into_iter().collect();
+            return;
+        }
+        if excessive {
+            self.notices.push(format!(
+                "mass removal confirmed by a second reconcile: removing {} items",
+                removals.len()
+            ));
+        }
+        self.mass_removal_seen = false;
+        let held = std::mem::take(&mut self.held);
+        self.enqueue_all(held);
+    }
+}
