@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod lapi;
+pub mod proxy;
 pub mod world;
