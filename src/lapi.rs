@@ -285,6 +285,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_body_parses_or_fails_cleanly(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let body = StreamBody(bytes::Bytes::from(body));
+            if let Ok(stream) = body.parse() {
+                let _ = stream.new_decisions().count() + stream.deleted_decisions().count();
+            }
+        }
+
+        #[test]
+        fn decisions_with_any_strings_round_trip(value in ".{0,30}", scenario in ".{0,30}") {
+            let json = serde_json::json!({"deleted": null, "new": [{"value": value, "scenario": scenario, "scope": "Ip", "type": "ban", "origin": "cscli", "duration": "1h", "id": 1}]});
+            let body = StreamBody(bytes::Bytes::from(json.to_string()));
+            let stream = body.parse().expect("valid JSON parses");
+            let decision = stream.new_decisions().next().expect("one decision");
+            proptest::prop_assert_eq!(decision.value, value.as_str());
+            proptest::prop_assert_eq!(decision.scenario, scenario.as_str());
+        }
+    }
+
     #[test]
     fn user_agent_has_exactly_one_slash() {
         assert_eq!(USER_AGENT.matches('/').count(), 1);

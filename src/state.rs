@@ -714,6 +714,8 @@ pub struct Counts {
     pub quarantined: usize,
 }
 
+#[cfg(test)]
+mod proptests;
 mod rails;
 #[cfg(test)]
 mod tests;
