@@ -25,6 +25,8 @@ pub struct World {
     pub sync_extra: String,
     /// `crowdsec.update_frequency`; short by default so tests run fast.
     pub update_frequency: String,
+    /// The LAPI URL the bouncer uses, when not the LAPI itself (a fault proxy).
+    pub lapi_via: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -73,6 +75,7 @@ impl World {
             cloudflare_extra: String::new(),
             sync_extra: "reconcile_interval = \"1h\"\nshutdown_grace = \"5s\"\n".into(),
             update_frequency: "300ms".into(),
+            lapi_via: None,
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -83,7 +86,7 @@ impl World {
             "[crowdsec]\napi_url = \"{}\"\napi_key = \"{}\"\nupdate_frequency = \"{}\"\n{}\n\
              [cloudflare]\napi_url = \"{}\"\napi_token = \"{}\"\naccount_id = \"{}\"\nlist_name = \"crowdsec_ban\"\n{}\n\
              [sync]\n{}",
-            self.lapi.url(),
+            self.lapi_via.clone().unwrap_or_else(|| self.lapi.url()),
             self.key,
             self.update_frequency,
             self.crowdsec_extra,
