@@ -12,6 +12,18 @@ step() { printf '\n== %s\n' "$*"; }
 step "install crowdsec (for a real LAPI in tests)"
 bash scripts/install-crowdsec.sh
 
+step "install systemd-analyze (for the unit's verification and security score)"
+if ! command -v systemd-analyze >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null; }
+    else
+        echo "systemd-analyze is missing: run 'apt-get install systemd'" >&2
+        exit 1
+    fi
+fi
+systemd-analyze --version | head -n 1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,644 @@
+//! The operator packaging: the systemd unit (checked by `systemd-analyze`), the install and
+//! uninstall scripts (run against a temp root with a fake `cscli`), the Dockerfile and the
+//! Kubernetes manifests (structural checks). No test touches the network or the host's
+//! systemd.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cfbouncer::config::{self, Config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crowdsec-cloudflare-iplist-bouncer");
+const NAME: &str = "crowdsec-cloudflare-iplist-bouncer";
+const UNIT: &str = "systemd/crowdsec-cloudflare-iplist-bouncer.service";
+/// Where scripts/install.sh puts the binary, and so where the unit runs it from.
+const INSTALLED_BIN: &str = "/usr/local/bin/crowdsec-cloudflare-iplist-bouncer";
+const MAX_EXPOSURE: f64 = 2.0;
+/// What the fake cscli prints for `bouncers add`: `+` and `/` as in real base64 keys.
+const FAKE_KEY: &str = "fAkE+k3y/0123456789=";
+/// What the fake cscli reports as LAPI's port: install.sh writes it into api_url.
+const FAKE_LAPI_PORT: u16 = 8181;
+const KEY_PLACEHOLDER: &str = "api_key = \"<LAPI bouncer key>\"";
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn read(relative: &str) -> String {
+    let path = repo_file(relative);
+    fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn systemd_analyze(args: &[&str]) -> Output {
+    match Command::new("systemd-analyze").args(args).output() {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
+            "systemd-analyze is missing: install it with `apt-get install systemd` \
+             (scripts/test.sh does)"
+        ),
+        Err(err) => panic!("cannot run systemd-analyze: {err}"),
+    }
+}
+
+/// The value of every `Key=` line of the unit, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    let unit = read(UNIT);
+    assert!(
+        unit.contains(&format!("ExecStart={INSTALLED_BIN} ")),
+        "ExecStart must run {INSTALLED_BIN}"
+    );
+    // `verify` insists that the executable exists: point the unit at the one cargo built.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("{NAME}.service"));
+    fs::write(&path, unit.replace(INSTALLED_BIN, BIN)).expect("write the unit");
+    let path = path.to_str().expect("utf-8 path");
+    let out = systemd_analyze(&["verify", "--man=no", path]);
+    let report = text(&out);
+    // verify exits 0 on unknown keys and bad values too; those lines name the unit.
+    let complaints: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains(&format!("{NAME}.service")))
+        .collect();
+    assert!(
+        out.status.success() && complaints.is_empty(),
+        "systemd-analyze verify {path} ({}):\n{report}",
+        out.status
+    );
+}
+
+#[test]
+fn unit_exposure_is_at_most_two() {
+    let path = repo_file(UNIT);
+    let path = path.to_str().expect("utf-8 path");
+    let out = systemd_analyze(&["security", "--offline=true", "--no-pager", path]);
+    let report = text(&out);
+    let exposure = report
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .and_then(|line| line.rsplit(':').next())
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in the output ({}):\n{report}",
+                out.status
+            )
+        });
+    assert!(
+        exposure <= MAX_EXPOSURE,
+        "exposure {exposure} > {MAX_EXPOSURE}:\n{report}"
+    );
+}
+
+#[test]
+fn unit_runs_the_daemon_as_the_binary_expects() {
+    let unit = read(UNIT);
+    for (key, value) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("Restart", "always"),
+        ("RestartSec", "10"),
+        ("DynamicUser", "yes"),
+    ] {
+        assert_eq!(unit_values(&unit, key), [value], "{key}=");
+    }
+    assert!(
+        !unit_values(&unit, "WatchdogSec").is_empty(),
+        "WatchdogSec="
+    );
+    // SIGTERM lets an in-flight bulk operation finish within sync.shutdown_grace (10 s).
+    let stop: Vec<u64> = unit_values(&unit, "TimeoutStopSec")
+        .iter()
+        .map(|v| v.parse().expect("TimeoutStopSec in seconds"))
+        .collect();
+    assert!(
+        matches!(stop[..], [s] if s > 10),
+        "TimeoutStopSec= {stop:?}"
+    );
+    // The config is handed over as a credential, read from the binary's default path.
+    assert_eq!(
+        unit_values(&unit, "LoadCredential"),
+        [format!("config:{}", config::DEFAULT_PATH)]
+    );
+    let config_arg = "-c ${CREDENTIALS_DIRECTORY}/config";
+    assert_eq!(
+        unit_values(&unit, "ExecStartPre"),
+        [format!("{INSTALLED_BIN} {config_arg} check")]
+    );
+    assert_eq!(
+        unit_values(&unit, "ExecStart"),
+        [format!("{INSTALLED_BIN} {config_arg} run")]
+    );
+    for credential in [config::CREDENTIAL_LAPI_KEY, config::CREDENTIAL_CF_TOKEN] {
+        assert!(
+            unit.contains(&format!("LoadCredential={credential}:")),
+            "the unit's comments show how to load {credential}"
+        );
+    }
+}
+
+/// The binary accepts the unit's command lines: with `$CREDENTIALS_DIRECTORY` empty, both
+/// fail on the missing config (exit 2), not on the arguments.
+#[test]
+fn unit_command_lines_are_accepted_by_the_binary() {
+    let unit = read(UNIT);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let credentials = dir.path().to_str().expect("utf-8 path");
+    for key in ["ExecStartPre", "ExecStart"] {
+        let line = unit_values(&unit, key)[0].replace("${CREDENTIALS_DIRECTORY}", credentials);
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove(config::ENV_LAPI_KEY)
+            .env_remove(config::ENV_CF_TOKEN)
+            .output()
+            .expect("the binary runs");
+        assert_eq!(out.status.code(), Some(2), "{key}: {}", text(&out));
+        assert!(
+            text(&out).contains("cannot read the configuration file"),
+            "{key}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// Dockerfile instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<String> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines().map(str::trim) {
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    instructions
+}
+
+#[test]
+fn dockerfile_builds_locked_and_runs_unprivileged_without_secrets() {
+    let instructions = dockerfile_instructions();
+    let word = |i: &String| i.split_whitespace().next().unwrap_or("").to_uppercase();
+    let stages: Vec<usize> = (0..instructions.len())
+        .filter(|&n| word(&instructions[n]) == "FROM")
+        .collect();
+    assert!(stages.len() >= 2, "a multi-stage build: {instructions:#?}");
+    // glibc of the builder must match the final image's.
+    assert!(
+        instructions[stages[0]].contains("bookworm"),
+        "builder on Debian 12"
+    );
+    let last = *stages.last().expect("a FROM");
+    assert!(
+        ["debian12", "bookworm"]
+            .iter()
+            .any(|d| instructions[last].contains(d)),
+        "final image on Debian 12: {}",
+        instructions[last]
+    );
+    let build = &instructions[..last];
+    assert!(
+        build.iter().any(|i| i.contains("cargo build")
+            && i.contains("--release")
+            && i.contains("--locked")),
+        "cargo build --release --locked"
+    );
+    let final_stage = &instructions[last..];
+    let users: Vec<&String> = final_stage.iter().filter(|i| word(i) == "USER").collect();
+    let user = users.last().expect("a USER in the final stage");
+    let name = user
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("");
+    assert!(!["", "root", "0"].contains(&name), "non-root USER: {user}");
+    assert!(
+        final_stage
+            .iter()
+            .any(|i| word(i) == "COPY" && i.contains("--from=") && i.contains(NAME)),
+        "the binary is copied from the build stage"
+    );
+    let expected = [
+        format!("ENTRYPOINT [\"{INSTALLED_BIN}\"]"),
+        format!("CMD [\"-c\", \"{}\"]", config::DEFAULT_PATH),
+        "EXPOSE 60602".to_owned(),
+    ];
+    for wanted in &expected {
+        assert!(final_stage.contains(wanted), "missing {wanted}");
+    }
+    for i in instructions
+        .iter()
+        .filter(|i| ["ENV", "ARG"].contains(&word(i).as_str()))
+    {
+        let upper = i.to_uppercase();
+        for secret in ["API_KEY", "TOKEN", "SECRET", "PASSWORD"] {
+            assert!(!upper.contains(secret), "secret baked into the image: {i}");
+        }
+    }
+    let ignore = read(".dockerignore");
+    for entry in ["target", ".git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim_end_matches('/') == entry),
+            ".dockerignore lacks {entry}"
+        );
+    }
+}
+
+/// Which `cscli` the install scripts get.
+#[derive(Clone, Copy)]
+enum Cscli {
+    /// The fake: logs its arguments, prints FAKE_KEY for `bouncers add`.
+    Fake,
+    /// CSCLI="": none available.
+    Absent,
+}
+
+/// A temp root for the install scripts and a fake `cscli` that logs its arguments.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cscli = dir.path().join("cscli");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >>\"$(dirname \"$0\")/cscli.log\"\n\
+             case \"$*\" in *'bouncers add'*) echo '{FAKE_KEY}' ;;\n\
+             *'config show'*) echo '127.0.0.1:{FAKE_LAPI_PORT}' ;; esac\n"
+        );
+        fs::write(&cscli, script).expect("write the fake cscli");
+        fs::set_permissions(&cscli, fs::Permissions::from_mode(0o755)).expect("chmod");
+        Host { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn path(&self, absolute: &str) -> PathBuf {
+        self.root().join(absolute.trim_start_matches('/'))
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path(config::DEFAULT_PATH)
+    }
+
+    fn id_file(&self) -> PathBuf {
+        self.path(&format!("{}.id", config::DEFAULT_PATH))
+    }
+
+    fn cscli_calls(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("cscli.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs scripts/<script> with ROOT set.
+    fn run(&self, script: &str, args: &[&str], cscli: Cscli) -> String {
+        let fake = self.dir.path().join("cscli");
+        let out = Command::new("bash")
+            .arg(repo_file(&format!("scripts/{script}")))
+            .args(args)
+            .env("ROOT", self.root())
+            .env(
+                "CSCLI",
+                match cscli {
+                    Cscli::Fake => fake.as_os_str(),
+                    Cscli::Absent => OsStr::new(""),
+                },
+            )
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{script} {args:?} failed:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    let meta = fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    meta.permissions().mode() & 0o777
+}
+
+#[test]
+fn install_registers_once_keeps_the_config_and_uninstall_deletes_the_bouncer() {
+    let host = Host::new();
+    host.run("install.sh", &[BIN], Cscli::Fake);
+
+    let installed = host.path(INSTALLED_BIN);
+    assert_eq!(mode(&installed), 0o755);
+    assert_eq!(
+        fs::read(&installed).expect("binary"),
+        fs::read(BIN).expect("cargo's binary")
+    );
+    let unit = host.path(&format!("/etc/systemd/system/{NAME}.service"));
+    assert_eq!(fs::read_to_string(&unit).expect("unit"), read(UNIT));
+
+    // The config: the example with the key cscli printed and LAPI's port, private, and
+    // parsed as written.
+    let cfg = host.config();
+    assert_eq!(mode(&cfg), 0o600);
+    let written = fs::read_to_string(&cfg).expect("config");
+    let key_line = format!("api_key = \"{FAKE_KEY}\"");
+    let expected = read("config.toml.example")
+        .replace(KEY_PLACEHOLDER, &key_line)
+        .replace(
+            "api_url = \"http://127.0.0.1:8080/\"",
+            &format!("api_url = \"http://127.0.0.1:{FAKE_LAPI_PORT}/\""),
+        );
+    assert_eq!(written, expected);
+    let parsed = Config::parse(&written, &|_| None).expect("the installed config is valid");
+    let key = parsed.crowdsec.api_key.as_ref().map(|k| k.expose());
+    assert_eq!(key, Some(FAKE_KEY));
+    let url = parsed.crowdsec.api_url.to_string();
+    assert!(url.contains(&format!(":{FAKE_LAPI_PORT}/")), "{url}");
+    let name = fs::read_to_string(host.id_file()).expect(".id file");
+    let name = name.trim();
+    assert_eq!(mode(&host.id_file()), 0o600);
+    let suffix = name.strip_prefix(&format!("{NAME}-")).expect("name prefix");
+    assert!(suffix.chars().all(|c| c.is_ascii_digit()), "{name}");
+    let add = format!("-oraw bouncers add {name}");
+    assert_eq!(host.cscli_calls().iter().filter(|c| **c == add).count(), 1);
+
+    // Again: the config and the registration stay as they are.
+    host.run("install.sh", &[BIN], Cscli::Fake);
+    assert_eq!(fs::read_to_string(&cfg).expect("config"), written);
+    let adds = |host: &Host| {
+        host.cscli_calls()
+            .iter()
+            .filter(|c| c.contains("bouncers add"))
+            .count()
+    };
+    assert_eq!(adds(&host), 1, "{:?}", host.cscli_calls());
+
+    // Uninstall: the bouncer is deleted, the config kept with the dead key taken out.
+    host.run("uninstall.sh", &[], Cscli::Fake);
+    assert!(host
+        .cscli_calls()
+        .contains(&format!("bouncers delete {name}")));
+    assert!(!installed.exists() && !unit.exists());
+    assert!(!host.id_file().exists());
+    assert_eq!(mode(&cfg), 0o600);
+    let kept = fs::read_to_string(&cfg).expect("config kept");
+    assert_eq!(kept, written.replace(&key_line, KEY_PLACEHOLDER));
+
+    // So installing again registers a fresh bouncer; --purge removes everything.
+    host.run("install.sh", &[BIN], Cscli::Fake);
+    assert_eq!(adds(&host), 2, "{:?}", host.cscli_calls());
+    host.run("uninstall.sh", &["--purge"], Cscli::Fake);
+    let deletes = host
+        .cscli_calls()
+        .iter()
+        .filter(|c| c.contains("bouncers delete"))
+        .count();
+    assert_eq!(deletes, 2, "{:?}", host.cscli_calls());
+    assert!(!cfg.exists() && !host.id_file().exists());
+}
+
+#[test]
+fn install_without_cscli_leaves_the_key_to_the_operator() {
+    let host = Host::new();
+    let out = host.run("install.sh", &[BIN], Cscli::Absent);
+    assert!(out.contains("cscli bouncers add"), "{out}");
+    let written = fs::read_to_string(host.config()).expect("config");
+    assert_eq!(written, read("config.toml.example"));
+    assert!(!host.id_file().exists());
+    assert!(host.cscli_calls().is_empty());
+}
+
+const MANIFESTS: [&str; 2] = [
+    "deploy/kubernetes/sidecar.yaml",
+    "deploy/kubernetes/standalone.yaml",
+];
+
+/// The YAML documents of a manifest as JSON, if PyYAML is available.
+fn yaml_documents(relative: &str) -> Option<Vec<serde_json::Value>> {
+    let script = "import json, sys, yaml\n\
+                  docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+                  print(json.dumps(docs))";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(repo_file(relative))
+        .output()
+        .ok()?;
+    if !out.status.success() && text(&out).contains("No module named 'yaml'") {
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "{relative} is not valid YAML:\n{}",
+        text(&out)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("JSON from python"))
+}
+
+/// The bouncer's config embedded in a manifest's ConfigMap (a `|` block, indented 4).
+fn embedded_config(manifest: &str) -> String {
+    let start = manifest
+        .find(&format!("{NAME}.toml: |"))
+        .expect("a ConfigMap with the config");
+    let block = manifest[start..].lines().skip(1);
+    let body: Vec<&str> = block
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| line.get(4..).unwrap_or(""))
+        .collect();
+    body.join("\n")
+}
+
+#[test]
+fn manifests_configure_the_bouncer_validly() {
+    for manifest in MANIFESTS {
+        let toml_text = embedded_config(&read(manifest));
+        let table: toml::Table = toml_text.parse().expect("TOML");
+        let listen = table["admin"]["listen"].as_str().expect("admin.listen");
+        assert_eq!(
+            listen, "0.0.0.0:60602",
+            "{manifest}: the kubelet probes the pod IP"
+        );
+        let secrets = |name: &str| {
+            [config::ENV_LAPI_KEY, config::ENV_CF_TOKEN]
+                .contains(&name)
+                .then(|| "from-the-secret".to_owned())
+        };
+        // Until the binary knows [admin], that one problem is expected.
+        if let Err(problems) = Config::parse(&toml_text, &secrets) {
+            let real: Vec<&String> = problems
+                .iter()
+                .filter(|p| !p.contains("unknown section or key `admin`"))
+                .collect();
+            assert!(real.is_empty(), "{manifest}: {real:#?}");
+        }
+        for secret in ["api_key", "api_token"] {
+            assert!(
+                !toml_text.contains(&format!("{secret} =")),
+                "{manifest}: secrets come from the Secret"
+            );
+        }
+    }
+}
+
+/// The bouncer container of a parsed manifest, and its pod spec.
+fn bouncer_container(docs: &[serde_json::Value]) -> (&serde_json::Value, &serde_json::Value) {
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1, "one bouncer");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().expect("containers");
+    let container = containers
+        .iter()
+        .find(|c| c["image"].as_str().is_some_and(|i| i.contains(NAME)))
+        .expect("the bouncer container");
+    (container, pod)
+}
+
+fn assert_hardened(manifest: &str, container: &serde_json::Value, pod: &serde_json::Value) {
+    let ctx = &container["securityContext"];
+    let either = |key: &str| {
+        if ctx[key].is_null() {
+            &pod["securityContext"][key]
+        } else {
+            &ctx[key]
+        }
+    };
+    assert_eq!(either("runAsNonRoot"), true, "{manifest}");
+    assert_eq!(
+        either("seccompProfile")["type"],
+        "RuntimeDefault",
+        "{manifest}"
+    );
+    assert_eq!(ctx["readOnlyRootFilesystem"], true, "{manifest}");
+    assert_eq!(ctx["allowPrivilegeEscalation"], false, "{manifest}");
+    assert_eq!(
+        ctx["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{manifest}"
+    );
+    let resources = &container["resources"];
+    assert!(resources["requests"]["memory"].is_string(), "{manifest}");
+    assert!(resources["limits"]["memory"].is_string(), "{manifest}");
+}
+
+fn secret_env<'a>(container: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let env = container["env"].as_array().expect("env");
+    let var = env.iter().find(|e| e["name"] == name).expect(name);
+    assert!(var["value"].is_null(), "{name} must come from a Secret");
+    &var["valueFrom"]["secretKeyRef"]
+}
+
+#[test]
+fn manifests_probe_harden_and_share_the_key() {
+    let Some(_) = yaml_documents(MANIFESTS[0]) else {
+        eprintln!("no python3 with PyYAML here: checking the manifests as text");
+        return manifests_as_text();
+    };
+    for manifest in MANIFESTS {
+        let docs = yaml_documents(manifest).expect("parsed");
+        let (container, pod) = bouncer_container(&docs);
+        let probe = |kind: &str| container[kind]["httpGet"]["path"].clone();
+        assert_eq!(probe("livenessProbe"), "/healthz", "{manifest}");
+        assert_eq!(container["ports"][0]["containerPort"], 60602, "{manifest}");
+        assert_eq!(container["livenessProbe"]["httpGet"]["port"], "admin");
+        assert_hardened(manifest, container, pod);
+        let lapi_key = secret_env(container, config::ENV_LAPI_KEY);
+        assert!(lapi_key["name"].is_string());
+        secret_env(container, config::ENV_CF_TOKEN);
+        if manifest.ends_with("sidecar.yaml") {
+            // A sidecar's readiness is the LAPI pod's: it must not depend on Cloudflare.
+            assert!(container["readinessProbe"].is_null(), "{manifest}");
+            let containers = pod["containers"].as_array().expect("containers");
+            let lapi = containers
+                .iter()
+                .find(|c| {
+                    c["image"]
+                        .as_str()
+                        .is_some_and(|i| i.contains("crowdsecurity/crowdsec"))
+                })
+                .expect("the crowdsec container");
+            let registered = secret_env(lapi, "BOUNCER_KEY_cloudflare_iplist");
+            assert_eq!(registered, lapi_key, "LAPI registers the bouncer's key");
+        } else {
+            assert_eq!(probe("readinessProbe"), "/readyz", "{manifest}");
+        }
+    }
+}
+
+/// Without a YAML parser: the same facts, as text.
+fn manifests_as_text() {
+    for manifest in MANIFESTS {
+        let yaml = read(manifest);
+        assert!(
+            !yaml.contains('\t'),
+            "{manifest}: tabs are not YAML indentation"
+        );
+        let active: String = yaml
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for wanted in [
+            "kind: Deployment",
+            "replicas: 1",
+            "type: Recreate",
+            "path: /healthz",
+            "containerPort: 60602",
+            "runAsNonRoot: true",
+            "readOnlyRootFilesystem: true",
+            "allowPrivilegeEscalation: false",
+            "drop: [\"ALL\"]",
+            "type: RuntimeDefault",
+            "name: CROWDSEC_API_KEY",
+            "name: CLOUDFLARE_API_TOKEN",
+        ] {
+            assert!(active.contains(wanted), "{manifest} lacks {wanted}");
+        }
+        let limits = active.find("limits:").expect("resources.limits");
+        assert!(
+            active[limits..].contains("memory:"),
+            "{manifest}: limits.memory"
+        );
+        let readiness = active.contains("path: /readyz");
+        assert_eq!(
+            readiness,
+            manifest.ends_with("standalone.yaml"),
+            "{manifest}"
+        );
+    }
+    let sidecar = read(MANIFESTS[0]);
+    assert!(sidecar.contains("name: BOUNCER_KEY_cloudflare_iplist"));
+}
