@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cfbouncer::emulator::{
-    is_valid_list_name, CapacityError, Emulator, HostBits, PendingWrite, Settings,
+    is_valid_list_name, CapacityError, Emulator, HostBits, PendingWrite, Permissions, Settings,
 };
 use clap::{Parser, ValueEnum};
 
@@ -42,9 +42,16 @@ struct Args {
     /// Account item quota, across all lists.
     #[arg(long, default_value_t = 10_000)]
     capacity: usize,
-    /// Global requests per 300 s, or `off`.
+    /// Global requests per window, or `off`.
     #[arg(long, default_value = "1200", value_parser = parse_rate_limit)]
     rate_limit: RateLimit,
+    /// Window of the global rate limit, in seconds (300 documented).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    rate_limit_window_secs: u64,
+    /// What the API token may do: `edit` everything, `read` GETs only, `none` nothing.
+    #[arg(long, value_enum, default_value_t = PermissionsArg::Edit)]
+    permissions: PermissionsArg,
+    // Faults are runtime-only: `POST /__emulator/faults` (see the library docs).
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -57,6 +64,13 @@ enum PendingWriteArg {
 enum HostBitsArg {
     Mask,
     Reject,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PermissionsArg {
+    Edit,
+    Read,
+    None,
 }
 
 /// `Some(n)` requests per window, `None` for `off` (a newtype so clap does not treat the
@@ -109,6 +123,12 @@ impl Args {
             capacity_error: CapacityError::FailedOperation,
             account_item_limit: self.capacity,
             global_rate_limit: self.rate_limit.0,
+            rate_limit_window: Duration::from_secs(self.rate_limit_window_secs),
+            permissions: match self.permissions {
+                PermissionsArg::Edit => Permissions::Edit,
+                PermissionsArg::Read => Permissions::Read,
+                PermissionsArg::None => Permissions::None,
+            },
             default_per_page: defaults.default_per_page,
         }
     }

@@ -15,6 +15,9 @@ pub(crate) mod code {
     pub const AUTHENTICATION: u32 = 10000;
     /// Injected 5xx fault. Invented: no code is documented for Cloudflare-side failures.
     pub const INTERNAL: u32 = 10001;
+    /// `could not find entrypoint ruleset in the <phase> phase`, HTTP 404. Observed for the
+    /// `http_request_firewall_managed` phase (ibm-mas/ansible-devops PR #2403), not in docs.
+    pub const ENTRYPOINT_NOT_FOUND: u32 = 10003;
     /// List, item or operation not found. Invented: the 404 body is unverified (docs §2.2).
     pub const NOT_FOUND: u32 = 10006;
     /// List name already used in the account. Invented.
@@ -24,6 +27,8 @@ pub(crate) mod code {
     pub const INVALID_REQUEST: u32 = 10026;
     /// `The add list items operation contains duplicate items` (verified, docs §6.4).
     pub const DUPLICATE_ITEMS: u32 = 10028;
+    /// `filters.api.ip_list_in_use`: deleting a list a rule references (observed, docs §7).
+    pub const LIST_IN_USE: u32 = 10031;
     /// `invalid value for ip at position N…` (observed, docs §6.1).
     pub const INVALID_IP: u32 = 10035;
     /// `you have been ratelimited please wait and try again` (observed; that it is the body of
@@ -36,6 +41,16 @@ pub(crate) mod code {
     /// Account item quota exceeded at submit time ([`super::super::CapacityError::Sync`]).
     /// Invented: the real error is unverified (docs §4.1, §12).
     pub const CAPACITY_EXCEEDED: u32 = 10061;
+    /// Creating a zone ruleset for a phase whose entry point already exists. Invented.
+    pub const ENTRYPOINT_EXISTS: u32 = 20070;
+    /// A rule with a bad action or expression (empty, over 4096 chars). Invented.
+    pub const INVALID_RULE: u32 = 20071;
+    /// A rule expression referencing `$name` while no list has that name. Invented: the
+    /// real API refuses it (docs §9: the list must exist first), with an unknown code.
+    pub const UNKNOWN_LIST: u32 = 20072;
+    /// A zone id that is not 32 lowercase hex chars, HTTP 404. From real responses
+    /// (`Could not route to …, perhaps your object identifier is invalid?`), not the docs.
+    pub const INVALID_OBJECT_ID: u32 = 7003;
     /// Global 1200/300 s limit. 971 is "commonly cited", unverified (docs §4.4).
     pub const GLOBAL_RATE_LIMITED: u32 = 971;
     /// Unknown route. Cloudflare's generic `No route for that URI`; not from the docs.

@@ -39,7 +39,8 @@ fn path_error(rejection: PathRejection) -> ApiError {
 pub(crate) async fn list_lists(State(shared): State<Shared>) -> ApiResult {
     let mut state = lock(&shared);
     state.counters.other += 1;
-    let lists = state.store.lists.iter().map(|list| list.json()).collect();
+    let lists = state.store.lists.iter();
+    let lists = lists.map(|list| state.list_json(list)).collect();
     Ok(success(Value::Array(lists)))
 }
 
@@ -71,7 +72,8 @@ pub(crate) async fn create_list(State(shared): State<Shared>, body: Bytes) -> Ap
         return Err(ApiError::bad_request(code::DUPLICATE_LIST_NAME, message));
     }
     let list = state.create_list(&name, &kind, description, Instant::now());
-    Ok(success(list.json()))
+    // No rule can reference a list before it exists, and a referenced list is never deleted.
+    Ok(success(list.json(0)))
 }
 
 /// DOCS-LISTS-INDEX: lowercase letters, digits, underscore; max 50 (docs §2.1).
@@ -101,7 +103,7 @@ pub(crate) async fn get_list(State(shared): State<Shared>, path: ListPath) -> Ap
         .store
         .list(&list_id)
         .ok_or_else(|| ApiError::not_found("list"))?;
-    Ok(success(list.json()))
+    Ok(success(state.list_json(list)))
 }
 
 /// PUT one list: only `description` can change (docs §2.1).
@@ -113,7 +115,9 @@ pub(crate) async fn update_list(
     let Path((_, list_id)) = path.map_err(path_error)?;
     let body = parse_json(&body)?;
     let description = parse_description(&body)?;
-    let mut state = lock(&shared);
+    let mut guard = lock(&shared);
+    // A plain `&mut State`, so that the list and the zones can be borrowed side by side.
+    let state = &mut *guard;
     state.counters.other += 1;
     let now_text = state.now_text(Instant::now());
     let list = state
@@ -122,20 +126,25 @@ pub(crate) async fn update_list(
         .ok_or_else(|| ApiError::not_found("list"))?;
     list.description = description;
     list.modified_on = now_text;
-    Ok(success(list.json()))
+    let list = &*list;
+    Ok(success(list.json(state.zones.referencing(&list.name))))
 }
 
-/// DELETE one list → `{"id"}` (docs §2.1). Nothing references lists in the emulator, so
-/// error 10031 (list in use) never happens.
+/// DELETE one list → `{"id"}` (docs §2.1), refused while a zone rule references it.
 pub(crate) async fn delete_list(State(shared): State<Shared>, path: ListPath) -> ApiResult {
     let Path((_, list_id)) = path.map_err(path_error)?;
     let mut state = lock(&shared);
     state.counters.other += 1;
-    let before = state.store.lists.len();
-    state.store.lists.retain(|list| list.id != list_id);
-    if state.store.lists.len() == before {
-        return Err(ApiError::not_found("list"));
+    let list = state
+        .store
+        .list(&list_id)
+        .ok_or_else(|| ApiError::not_found("list"))?;
+    if state.zones.referencing(&list.name) > 0 {
+        // Observed code and message (docs §2.1, §7); the HTTP status is not documented.
+        let message = "filters.api.ip_list_in_use";
+        return Err(ApiError::bad_request(code::LIST_IN_USE, message));
     }
+    state.store.lists.retain(|list| list.id != list_id);
     Ok(success(json!({ "id": list_id })))
 }
 

@@ -1,14 +1,12 @@
-//! The global API rate limit (docs §4.4): a fixed window of 300 s per account. Once the
-//! window's budget is spent, every request is refused until the window ends ("all API calls
-//! for the next five minutes will be blocked").
+//! The global API rate limit (docs §4.4): a fixed window, 300 s by default
+//! ([`super::Settings::rate_limit_window`]), per account. Once the window's budget is spent,
+//! every request is refused until the window ends ("all API calls for the next five minutes
+//! will be blocked").
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
-
-/// Length of the documented window: "1200 requests per 300 seconds".
-const WINDOW: Duration = Duration::from_secs(300);
 
 /// Outcome of counting one request against the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,14 +21,17 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     limit: u32,
+    window: Duration,
     window_start: Option<Instant>,
     used: u32,
 }
 
 impl RateLimiter {
-    pub(crate) fn new(limit: u32) -> RateLimiter {
+    /// `window` is clamped to at least 1 ms so that it always ends.
+    pub(crate) fn new(limit: u32, window: Duration) -> RateLimiter {
         RateLimiter {
             limit,
+            window: window.max(Duration::from_millis(1)),
             window_start: None,
             used: 0,
         }
@@ -40,10 +41,15 @@ impl RateLimiter {
         self.limit
     }
 
+    /// The window in whole seconds (rounded up), as the headers and message state it.
+    pub(crate) fn window_secs(&self) -> u64 {
+        ceil_secs(self.window)
+    }
+
     /// Counts one request at `now`.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         let start = match self.window_start {
-            Some(start) if now < start + WINDOW => start,
+            Some(start) if now < start + self.window => start,
             _ => {
                 self.used = 0;
                 self.window_start = Some(now);
@@ -51,8 +57,7 @@ impl RateLimiter {
             }
         };
         self.used = self.used.saturating_add(1);
-        let left = (start + WINDOW).saturating_duration_since(now);
-        let reset = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let reset = ceil_secs((start + self.window).saturating_duration_since(now));
         if self.used > self.limit {
             Verdict::Limited {
                 retry_after: reset.max(1),
@@ -66,16 +71,19 @@ impl RateLimiter {
     }
 }
 
-/// The message of the global 429 (observed, docs §4.4), for `limit` requests.
-pub(crate) fn limited_message(limit: u32) -> String {
+fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// The message of the global 429 (observed, docs §4.4), for `limit` requests per `window`.
+pub(crate) fn limited_message(limit: u32, window_secs: u64) -> String {
     format!(
-        "More than {limit} requests per {} seconds reached. Please wait and consider throttling your request speed",
-        WINDOW.as_secs()
+        "More than {limit} requests per {window_secs} seconds reached. Please wait and consider throttling your request speed"
     )
 }
 
 /// Adds `Ratelimit` and `Ratelimit-Policy` (docs §4.4: "always returned").
-pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, verdict: Verdict) {
+pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, window_secs: u64, verdict: Verdict) {
     let (remaining, reset) = match verdict {
         Verdict::Allowed { remaining, reset } => (remaining, reset),
         Verdict::Limited { retry_after } => (0, retry_after),
@@ -84,7 +92,7 @@ pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, verdict: Verdict)
         ("ratelimit", format!("\"default\";r={remaining};t={reset}")),
         (
             "ratelimit-policy",
-            format!("\"default\";q={limit};w={}", WINDOW.as_secs()),
+            format!("\"default\";q={limit};w={window_secs}"),
         ),
     ];
     for (name, value) in pairs {
@@ -101,7 +109,8 @@ mod tests {
     #[test]
     fn window_blocks_then_reopens() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(2);
+        let window = Duration::from_secs(300);
+        let mut limiter = RateLimiter::new(2, window);
         assert_eq!(
             limiter.check(t0),
             Verdict::Allowed {
@@ -118,7 +127,7 @@ mod tests {
         );
         let later = t0 + Duration::from_millis(100_500);
         assert_eq!(limiter.check(later), Verdict::Limited { retry_after: 200 });
-        let next_window = t0 + WINDOW;
+        let next_window = t0 + window;
         assert_eq!(
             limiter.check(next_window),
             Verdict::Allowed {

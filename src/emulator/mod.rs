@@ -9,18 +9,27 @@
 //! Only `kind: "ip"` lists are implemented fully; lists of other kinds can be created but
 //! refuse item writes with 10058.
 //!
+//! Besides the Lists API it serves the zone rulesets endpoints a `setup` command needs (docs
+//! §9: the `http_request_firewall_custom` entry point and its rules), and it can misbehave on
+//! demand: failed, slow, malformed, lost or reset requests, stuck or failing operations,
+//! reduced token permissions, a tighter rate limit (see `faults.rs`).
+//!
 //! # Layout
-//! - `mod.rs`: the public types and the [`Emulator`] handle.
+//! - `mod.rs`: the public types and the core of the [`Emulator`] handle.
 //! - `http.rs`: the router and the gate every API request passes (auth, rate limit, faults).
-//! - `handlers.rs`: one handler per endpoint; `admin.rs`: the `/__emulator` surface.
+//! - `handlers.rs`: one handler per Lists endpoint; `admin.rs`: the `/__emulator` surface.
+//! - `zone_handlers.rs`: the rulesets endpoints; `rulesets.rs`: zone rulesets and rules.
 //! - `state.rs`: the shared state, lazy advancing of operations, the write rules.
 //! - `store.rs`: lists and items; `ops.rs`: bulk operations; `items.rs`: write validation.
 //! - `canonical.rs`: IP parsing, canonical text, cursors; `envelope.rs`: responses and codes.
-//! - `limits.rs`: the global rate limit; `faults.rs`: injected faults; `clock.rs`: timestamps.
+//! - `limits.rs`: the global rate limit; `clock.rs`: timestamps.
+//! - `faults.rs`: injected faults and their handle methods; `conn.rs`: the listener and
+//!   streams that let a fault reset a connection.
 
 mod admin;
 mod canonical;
 mod clock;
+mod conn;
 mod envelope;
 mod faults;
 mod handlers;
@@ -28,20 +37,21 @@ mod http;
 mod items;
 mod limits;
 mod ops;
+mod rulesets;
 mod state;
 mod store;
+mod zone_handlers;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use canonical::{ip_text, parse_item_ip, IpRules};
-use faults::RequestFault;
+use conn::{FaultyListener, KillSwitch};
 use state::{lock, Shared, State};
 use store::Item;
 
@@ -75,6 +85,21 @@ pub enum CapacityError {
     Sync,
 }
 
+/// What the API token is allowed to do (docs §8). Refusals are 403 with code 10000
+/// `Authentication error`, as for a bad token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permissions {
+    /// Account Filter Lists Edit plus Zone WAF Edit: everything.
+    #[default]
+    Edit,
+    /// Read only: GET works, every other method (item writes, list create/update/delete,
+    /// ruleset writes) is refused.
+    Read,
+    /// A valid token without any of the needed permissions: every request is refused.
+    None,
+}
+
 /// Configuration of one emulated account.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -91,8 +116,13 @@ pub struct Settings {
     pub capacity_error: CapacityError,
     /// Items across all lists of the account (docs §4.1: 10,000 below Enterprise).
     pub account_item_limit: usize,
-    /// Requests per 300 s; `None` turns the global limit off (docs §4.4).
+    /// Requests per [`Settings::rate_limit_window`]; `None` turns the global limit off
+    /// (docs §4.4: 1200 per 300 s).
     pub global_rate_limit: Option<u32>,
+    /// The fixed window of the global rate limit: 300 s documented, shorter in tests.
+    pub rate_limit_window: Duration,
+    /// What the API token may do.
+    pub permissions: Permissions,
     /// `per_page` when absent; 25 is inferred (docs §2.3).
     pub default_per_page: usize,
 }
@@ -109,6 +139,8 @@ impl Default for Settings {
             capacity_error: CapacityError::FailedOperation,
             account_item_limit: 10_000,
             global_rate_limit: Some(1200),
+            rate_limit_window: Duration::from_secs(300),
+            permissions: Permissions::Edit,
             default_per_page: 25,
         }
     }
@@ -147,6 +179,14 @@ pub struct Counters {
     pub rate_limited: u64,
     /// Every other request that reached a handler: list CRUD, GET one item, unknown routes.
     pub other: u64,
+    /// Injected faults that fired: each failed, slow, malformed, lost or reset request, each
+    /// reset connection, each operation failed, stuck or poisoned on purpose.
+    pub faults_injected: u64,
+    /// Requests to the zone rulesets endpoints that reached a handler.
+    pub ruleset_requests: u64,
+    /// PUT of a phase entry point, which replaces every rule of the zone (docs §9: a setup
+    /// command must not use it).
+    pub ruleset_replacements: u64,
 }
 
 /// An item of the completed state, in API order.
@@ -156,6 +196,19 @@ pub struct StoredItem {
     /// Canonical text as the API returns it (docs §6.3).
     pub ip: String,
     pub comment: Option<String>,
+}
+
+/// A rule of a zone's `http_request_firewall_custom` entry point (docs §9).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Rule {
+    /// 32 lowercase hex chars.
+    pub id: String,
+    pub expression: String,
+    /// One of `block`, `managed_challenge`, `js_challenge`, `challenge`, `skip`, `log`.
+    pub action: String,
+    /// Empty when none was given.
+    pub description: String,
+    pub enabled: bool,
 }
 
 /// True for a valid list name: `^[a-z0-9_]{1,50}$` (docs §2.1, lowercase per DOCS-LISTS-INDEX).
@@ -180,7 +233,8 @@ impl Emulator {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let shared: Shared = Arc::new(Mutex::new(State::new(settings)));
-        let app = http::router(shared.clone());
+        let listener = FaultyListener::new(listener, shared.clone());
+        let app = http::router(shared.clone()).into_make_service_with_connect_info::<KillSwitch>();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -299,21 +353,9 @@ impl Emulator {
         self.state().ops.busy()
     }
 
-    /// The next `n` API requests get `status` and an error envelope, with no effect.
-    ///
-    /// # Panics
-    /// If `status` is not a valid HTTP status code.
-    pub fn fail_next_requests(&self, n: u32, status: u16) {
-        let status = StatusCode::from_u16(status)
-            .unwrap_or_else(|_| panic!("fail_next_requests: invalid status {status}"));
-        self.state()
-            .faults
-            .fail_next_requests(n, RequestFault::Status(status));
-    }
-
-    /// The next `n` bulk operations created end `failed` with `message`, nothing applied.
-    pub fn fail_next_operations(&self, n: u32, message: &str) {
-        self.state().faults.fail_next_operations(n, message);
+    /// Bulk operations created so far (accepted item writes), finished or not.
+    pub fn operation_count(&self) -> u64 {
+        self.state().ops.count()
     }
 
     /// Latency of operations created from now on.
@@ -321,8 +363,10 @@ impl Emulator {
         self.state().settings.op_latency = (min, max.max(min));
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server and waits for it. Responses held back by a fault are released at
+    /// once, so that no connection keeps the server alive.
     pub async fn shutdown(self) {
+        lock(&self.shared).stopping.send_replace(true);
         let _ = self.stop.send(());
         let _ = self.server.await;
     }

@@ -23,7 +23,7 @@ pub(crate) struct Operation {
     pub change: Option<Change>,
     /// Drawn from `Settings::op_latency` at submission.
     pub latency: Duration,
-    /// `Some(message)`: the operation will fail with it (`fail_next_operations`).
+    /// `Some(message)`: the operation will fail with it (`fail_next_operations`, poison).
     pub forced_error: Option<String>,
     /// When the operation reached the head of the queue.
     start: Option<Instant>,
@@ -87,6 +87,11 @@ impl Operations {
     /// True while an operation is pending or running. Call after draining [`Self::pop_due`].
     pub(crate) fn busy(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Operations created so far, finished or not.
+    pub(crate) fn count(&self) -> u64 {
+        self.all.len() as u64
     }
 
     /// Queues `op`; it starts at once if nothing else is in flight.

@@ -1,12 +1,17 @@
 //! The whole mutable state of the emulated account behind one `std::sync::Mutex`, and the
 //! rules that tie its parts together: lazy advancing of operations, the
-//! one-pending-operation rule (docs §3), the account capacity (docs §4.1), counters.
+//! one-pending-operation rule (docs §3), the account capacity (docs §4.1), operation
+//! faults, counters.
 //!
 //! The mutex is only ever held for a few map operations and never across an `.await`.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use ipnet::IpNet;
+use serde_json::Value;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clock::Clock;
@@ -15,6 +20,7 @@ use super::faults::Faults;
 use super::items::{parse_delete_ids, parse_ip_items};
 use super::limits::RateLimiter;
 use super::ops::{Operation, Operations};
+use super::rulesets::Zones;
 use super::store::{new_id, Change, List, Store};
 use super::{CapacityError, Counters, PendingWrite, Settings};
 
@@ -45,6 +51,8 @@ pub(crate) enum WriteKind {
 pub(crate) struct State {
     pub settings: Settings,
     pub store: Store,
+    /// Zone rulesets; they reference lists of `store` by name.
+    pub zones: Zones,
     pub ops: Operations,
     pub counters: Counters,
     pub faults: Faults,
@@ -52,20 +60,39 @@ pub(crate) struct State {
     pub limiter: Option<RateLimiter>,
     pub clock: Clock,
     pub rng: fastrand::Rng,
+    /// Set once the server is shutting down: releases responses held back by faults.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl State {
     pub(crate) fn new(settings: Settings) -> State {
+        let window = settings.rate_limit_window;
         State {
-            limiter: settings.global_rate_limit.map(RateLimiter::new),
+            limiter: settings
+                .global_rate_limit
+                .map(|limit| RateLimiter::new(limit, window)),
             settings,
             store: Store::default(),
+            zones: Zones::default(),
             ops: Operations::default(),
             counters: Counters::default(),
             faults: Faults::default(),
             clock: Clock::new(),
             rng: fastrand::Rng::new(),
+            stopping: watch::Sender::new(false),
         }
+    }
+
+    /// Replaces the global rate limit; a new window opens on the next request.
+    pub(crate) fn set_rate_limit(&mut self, limit: Option<u32>, window: Duration) {
+        self.settings.global_rate_limit = limit;
+        self.settings.rate_limit_window = window;
+        self.limiter = limit.map(|limit| RateLimiter::new(limit, window));
+    }
+
+    /// The JSON of a list, with `num_referencing_filters` counted over the zone rules.
+    pub(crate) fn list_json(&self, list: &List) -> Value {
+        list.json(self.zones.referencing(&list.name))
     }
 
     pub(crate) fn now_text(&self, now: Instant) -> String {
@@ -131,11 +158,32 @@ impl State {
         self.counters.writes += 1;
         let id = new_id(&mut self.rng);
         let (min, max) = self.settings.op_latency;
-        let latency = min + max.saturating_sub(min).mul_f64(self.rng.f64());
+        let drawn = min + max.saturating_sub(min).mul_f64(self.rng.f64());
+        let stuck = self.faults.stuck_operations.take();
+        let forced_error = match self.faults.failed_operations.take() {
+            Some(message) => Some(message),
+            None => self.faults.poisoned(&self.nets_of(list_id, &change)),
+        };
+        self.counters.faults_injected +=
+            u64::from(stuck.is_some()) + u64::from(forced_error.is_some());
+        let latency = stuck.unwrap_or(drawn);
         let mut op = Operation::new(id.clone(), list_id.to_owned(), change, latency);
-        op.forced_error = self.faults.take_operation_fault();
+        op.forced_error = forced_error;
         self.ops.submit(op, now);
         Ok(id)
+    }
+
+    /// The item networks a change names: its items, or the stored items of its ids.
+    fn nets_of(&self, list_id: &str, change: &Change) -> Vec<IpNet> {
+        match change {
+            Change::Upsert(items) | Change::Replace(items) => {
+                items.iter().map(|item| item.net).collect()
+            }
+            Change::Delete(ids) => self.store.list(list_id).map_or_else(Vec::new, |list| {
+                let deleted = list.items.iter().filter(|(_, item)| ids.contains(&item.id));
+                deleted.map(|(net, _)| *net).collect()
+            }),
+        }
     }
 
     fn checked_change(

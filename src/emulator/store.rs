@@ -66,10 +66,11 @@ pub(crate) struct PageQuery<'a> {
 }
 
 impl List {
-    pub(crate) fn json(&self) -> Value {
+    /// The list object; `num_referencing_filters` is counted by the caller over zone rules.
+    pub(crate) fn json(&self, num_referencing_filters: usize) -> Value {
         let mut list = json!({
             "id": self.id, "name": self.name, "kind": self.kind,
-            "num_items": self.items.len(), "num_referencing_filters": 0,
+            "num_items": self.items.len(), "num_referencing_filters": num_referencing_filters,
             "created_on": self.created_on, "modified_on": self.modified_on,
         });
         if let (Some(description), Some(map)) = (&self.description, list.as_object_mut()) {
@@ -229,6 +230,11 @@ impl Store {
 
     pub(crate) fn list_mut(&mut self, list_id: &str) -> Option<&mut List> {
         self.lists.iter_mut().find(|list| list.id == list_id)
+    }
+
+    /// Whether a list is named `name`: rule expressions reference lists by name (docs §9).
+    pub(crate) fn has_list_named(&self, name: &str) -> bool {
+        self.lists.iter().any(|list| list.name == name)
     }
 
     /// Items across all lists: the account quota counts them all (docs §4.1).
