@@ -128,10 +128,21 @@ impl Engine {
         };
         pace.failures += 1;
         match &err {
+            // Whether the write was applied is unknown: read the list before the next one.
             Error::Unconfirmed(_) | Error::OperationLost(_) => {
-                let wait = (pace.longest_op * 10).clamp(MIN_UNCONFIRMED_WAIT, MAX_UNCONFIRMED_WAIT);
-                warn!(error = %err, wait_s = wait.as_secs(), "waiting out a possibly pending operation before the next write");
-                Some(wait)
+                self.shared.refresh_list.store(true, Ordering::SeqCst);
+                Some(self.unconfirmed_wait(&err, pace))
+            }
+            // A write refused because an operation we do not know of is pending (a lost
+            // answer of ours, a killed predecessor): give it time to finish.
+            Error::Cloudflare(cf)
+                if matches!(cf, crate::cloudflare::Error::RateLimited { .. })
+                    && !cf.is_global_limit() =>
+            {
+                Some(
+                    self.unconfirmed_wait(&err, pace)
+                        .max(retry_delay(&err, pace.failures)),
+                )
             }
             Error::OperationFailed { .. } => None,
             Error::Cloudflare(cf) if cf.is_auth() => {
@@ -143,6 +154,14 @@ impl Engine {
                 Some(retry_delay(&err, pace.failures))
             }
         }
+    }
+
+    /// How long to wait before writing again when an operation we cannot poll may be
+    /// pending: ten times the longest operation seen, within bounds.
+    fn unconfirmed_wait(&self, err: &Error, pace: &Pace) -> Duration {
+        let wait = (pace.longest_op * 10).clamp(MIN_UNCONFIRMED_WAIT, MAX_UNCONFIRMED_WAIT);
+        warn!(error = %err, wait_s = wait.as_secs(), "waiting out a possibly pending operation before the next write");
+        wait
     }
 
     /// Reads the account's lists (for the capacity left by the others) and the whole
@@ -208,9 +227,8 @@ impl Engine {
         let items = batch.items();
         let started = Instant::now();
         let result = self.submit_and_wait(list_id, batch, token).await;
-        pace.longest_op = pace.longest_op.max(started.elapsed());
         match &result {
-            Ok(_) => {}
+            Ok(_) => pace.longest_op = pace.longest_op.max(started.elapsed()),
             Err(Error::OperationFailed { message, .. }) if items.len() == 1 => {
                 error!(item = %items[0], error = %message, "Cloudflare refused this item; set aside until the next reconcile");
                 self.shared.state().quarantine(items[0]);

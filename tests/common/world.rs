@@ -59,6 +59,15 @@ impl World {
     }
 
     pub async fn with_settings(name: &str, settings: Settings) -> World {
+        // The engine's logs, shown for failing tests (RUST_LOG=debug for more).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .try_init();
         let lapi = Lapi::start().await;
         let key = lapi.add_bouncer(name);
         let bind: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
