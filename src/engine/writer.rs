@@ -62,6 +62,7 @@ impl Engine {
                     }
                     continue;
                 }
+                pace.failures = 0;
             }
             let batch = self.shared.state().take_batch(pace.cap);
             let Some(batch) = batch else {

@@ -516,9 +516,17 @@ fn a_quarantined_item_waits_for_the_next_list_read() {
     let mut state = primed(&["1.1.1.1", "2.2.2.2"], &[]);
     let batch = state.take_batch(1).expect("an add");
     let bad = batch.items()[0];
-    let good = if bad == item("1.1.1.1") { "2.2.2.2" } else { "1.1.1.1" };
+    let good = if bad == item("1.1.1.1") {
+        "2.2.2.2"
+    } else {
+        "1.1.1.1"
+    };
     state.requeue(batch.items());
-    assert_eq!(state.take_batch(1), Some(batch.clone()), "requeued items come first");
+    assert_eq!(
+        state.take_batch(1),
+        Some(batch.clone()),
+        "requeued items come first"
+    );
     state.quarantine(bad);
     state.requeue(batch.items());
     let rest = drain(&mut state, 10);
