@@ -60,7 +60,8 @@ async fn check_cloudflare(config: &Config) -> Finding {
         ok,
         detail,
     };
-    let client = match CloudflareClient::new(&config.cloudflare) {
+    let telemetry = std::sync::Arc::new(crate::telemetry::Telemetry::default());
+    let client = match CloudflareClient::new(&config.cloudflare, telemetry) {
         Ok(client) => client,
         Err(err) => return finding(false, err.to_string()),
     };

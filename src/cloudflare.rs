@@ -14,6 +14,11 @@ use crate::budget::RequestBudget;
 use crate::config::{CloudflareConfig, ListRef, Secret};
 use crate::item::Item;
 use crate::lapi::USER_AGENT;
+use crate::telemetry::Telemetry;
+
+mod rulesets;
+
+pub use rulesets::{Rule, Ruleset};
 
 /// The largest page the API serves (docs/cloudflare-lists.md §2.3).
 pub const MAX_PER_PAGE: usize = 500;
@@ -229,15 +234,20 @@ struct ItemId<'a> {
 
 pub struct CloudflareClient {
     http: reqwest::Client,
+    api_url: String,
     account_url: String,
     token: Secret,
     budget: Arc<RequestBudget>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl CloudflareClient {
     /// # Errors
     /// Fails only if the HTTP client cannot be built (no TLS provider).
-    pub fn new(config: &CloudflareConfig) -> Result<CloudflareClient, Error> {
+    pub fn new(
+        config: &CloudflareConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<CloudflareClient, Error> {
         crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
@@ -250,9 +260,11 @@ impl CloudflareClient {
             })?;
         Ok(CloudflareClient {
             http,
+            api_url: config.api_url.clone(),
             account_url: format!("{}/accounts/{}", config.api_url, config.account_id),
             token: config.api_token.clone(),
             budget: Arc::new(RequestBudget::new(config.max_requests_per_minute)),
+            telemetry,
         })
     }
 
@@ -451,8 +463,36 @@ impl CloudflareClient {
         }
     }
 
-    /// Sends one request and unwraps the v4 envelope.
+    /// Sends one request, unwraps the v4 envelope, and records the outcome.
     async fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        url: String,
+        body: Option<&B>,
+    ) -> Result<(T, Option<ResultInfo>), Error> {
+        let result = self.call_once(what, method, url, body).await;
+        let class = match &result {
+            Ok(_) => "2xx",
+            Err(Error::RateLimited { .. }) => "429",
+            Err(Error::Api { status, .. }) if *status >= 500 => "5xx",
+            Err(Error::Api { .. }) => "4xx",
+            Err(_) => "error",
+        };
+        self.telemetry
+            .metrics
+            .cloudflare_request(endpoint_label(what), class);
+        let mut health = self.telemetry.health();
+        match &result {
+            Ok(_) => health.cloudflare_succeeded(),
+            // A missing operation or item is an answer, not a failing Cloudflare.
+            Err(Error::Api { status: 404, .. }) => health.cloudflare_succeeded(),
+            Err(err) => health.cloudflare_failed(err.to_string()),
+        }
+        result
+    }
+
+    async fn call_once<T: DeserializeOwned, B: Serialize>(
         &self,
         what: &'static str,
         method: reqwest::Method,
@@ -541,6 +581,21 @@ impl From<WireList> for ListInfo {
             kind: list.kind,
             num_items: list.num_items.max(0.0) as u64,
         }
+    }
+}
+
+/// The metric label of a call, from a fixed set.
+fn endpoint_label(what: &str) -> &'static str {
+    match what {
+        "listing the account's lists" => "lists",
+        "reading the list" => "list",
+        "creating the list" => "list_create",
+        "reading list items" => "items_read",
+        "adding list items" => "items_add",
+        "deleting list items" => "items_delete",
+        "reading a bulk operation" => "operation",
+        w if w.contains("rule") => "rulesets",
+        _ => "other",
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Config {
     pub cloudflare: CloudflareConfig,
     pub sync: SyncConfig,
     pub safety: SafetyConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
     /// Things worth telling the operator that do not stop the bouncer.
     pub warnings: Vec<String>,
 }
@@ -71,6 +73,8 @@ pub struct CrowdsecConfig {
     pub ca_cert_path: Option<PathBuf>,
     pub insecure_skip_verify: bool,
     pub request_timeout: Duration,
+    /// How often to push usage metrics to LAPI (`None`: never).
+    pub usage_metrics_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +119,26 @@ pub struct SafetyConfig {
     /// `mass_removal_min_items`) waits for the next reconcile to confirm it.
     pub mass_removal_share: f64,
     pub mass_removal_min_items: usize,
+}
+
+/// The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None`: disabled.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `debug`, `cfbouncer=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
 }
 
 /// How the list is named in the configuration.
@@ -199,6 +223,12 @@ impl Config {
         let mut safety = Section::take(&mut root, "safety", &mut problems);
         let safety_config = read_safety(&mut safety);
         safety.finish();
+        let mut admin = Section::take(&mut root, "admin", &mut problems);
+        let admin_config = read_admin(&mut admin);
+        admin.finish();
+        let mut log = Section::take(&mut root, "log", &mut problems);
+        let log_config = read_log(&mut log);
+        log.finish();
         let mut sync = Section::take(&mut root, "sync", &mut problems);
         let sync_config = SyncConfig {
             reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
@@ -207,7 +237,7 @@ impl Config {
         sync.finish();
         for key in root.keys() {
             problems.push(format!(
-                "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety] and [sync])"
+                "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], [sync], [admin] and [log])"
             ));
         }
         match (crowdsec_config, cloudflare_config) {
@@ -216,6 +246,8 @@ impl Config {
                 cloudflare,
                 sync: sync_config,
                 safety: safety_config,
+                admin: admin_config,
+                log: log_config,
                 warnings: Vec::new(),
             }),
             _ => Err(problems),
@@ -255,6 +287,43 @@ fn readable_by_others(path: &Path, text: &str) -> Option<String> {
             mode & 0o777
         )
     })
+}
+
+fn read_admin(s: &mut Section<'_>) -> AdminConfig {
+    let listen = s.string("listen", "127.0.0.1:60602");
+    if listen.is_empty() || listen == "off" {
+        return AdminConfig { listen: None };
+    }
+    match listen.parse() {
+        Ok(addr) => AdminConfig { listen: Some(addr) },
+        Err(_) => {
+            s.problem(
+                "listen",
+                &format!(
+                    "expected ADDRESS:PORT like \"127.0.0.1:60602\", or \"off\"; found {listen:?}"
+                ),
+            );
+            AdminConfig { listen: None }
+        }
+    }
+}
+
+fn read_log(s: &mut Section<'_>) -> LogConfig {
+    let format = match s.string("format", "text").as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            s.problem(
+                "format",
+                &format!("expected \"text\" or \"json\", found {other:?}"),
+            );
+            LogFormat::Text
+        }
+    };
+    LogConfig {
+        format,
+        level: s.string("level", "info"),
+    }
 }
 
 fn read_safety(s: &mut Section<'_>) -> SafetyConfig {
@@ -326,6 +395,18 @@ fn read_crowdsec(
     let ca_cert_path = s.opt_path("ca_cert_path");
     let insecure_skip_verify = s.bool("insecure_skip_verify", false);
     let request_timeout = s.duration("request_timeout", "2m", Duration::from_secs(1));
+    let usage_metrics_interval = s.duration("usage_metrics_interval", "30m", Duration::ZERO);
+    let usage_metrics_interval = match usage_metrics_interval {
+        Duration::ZERO => None,
+        d if d < Duration::from_secs(600) => {
+            s.problem(
+                "usage_metrics_interval",
+                "the minimum is \"10m\" (or \"0s\" to disable)",
+            );
+            None
+        }
+        d => Some(d),
+    };
     Some(CrowdsecConfig {
         api_url: api_url?,
         api_key,
@@ -340,6 +421,7 @@ fn read_crowdsec(
         ca_cert_path,
         insecure_skip_verify,
         request_timeout,
+        usage_metrics_interval,
     })
 }
 

@@ -8,11 +8,13 @@
 //!   reads the list when asked, then drains the pending queue one bulk operation at a
 //!   time: submit, poll to completion, confirm, next. At most one write is in flight.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -23,7 +25,9 @@ use crate::config::{Config, Manage};
 use crate::item::Item;
 use crate::lapi::{self, LapiClient, Pull};
 use crate::state::{Policy, SyncState};
+use crate::telemetry::{Snapshot, Telemetry};
 
+mod operate;
 mod writer;
 
 /// Longest wait between retries of a failing LAPI pull or Cloudflare call.
@@ -55,6 +59,14 @@ pub enum Error {
     },
     #[error("stopped before the sync finished")]
     Cancelled,
+    #[error(
+        "cannot listen on {addr} for [admin] listen: {source} (choose another address, or \"off\")"
+    )]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What both tasks share: the state, and how the poller wakes the writer.
@@ -64,6 +76,8 @@ struct Shared {
     /// A full list read is wanted (set after each full LAPI pull).
     refresh_list: AtomicBool,
     writes: Mutex<WriteBudget>,
+    /// When each task last went round its loop, for the systemd watchdog.
+    beats: Mutex<Instant>,
 }
 
 impl Shared {
@@ -73,6 +87,15 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that a task loop is alive.
+    fn heartbeat(&self) {
+        *self.beats.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn last_beat(&self) -> Instant {
+        *self.beats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Logs what the state wants an operator to know (refusals, guard decisions).
@@ -89,6 +112,8 @@ pub struct Engine {
     lapi: LapiClient,
     cloudflare: CloudflareClient,
     config: Config,
+    telemetry: Arc<Telemetry>,
+    admin: Option<TcpListener>,
 }
 
 impl Engine {
@@ -108,17 +133,49 @@ impl Engine {
             mass_removal_share: config.safety.mass_removal_share,
             mass_removal_min_items: config.safety.mass_removal_min_items,
         };
+        let telemetry = Arc::new(Telemetry::default());
         Ok(Engine {
             shared: Arc::new(Shared {
                 state: Mutex::new(SyncState::new(policy)),
                 wake: Notify::new(),
                 refresh_list: AtomicBool::new(false),
                 writes: Mutex::new(WriteBudget::default()),
+                beats: Mutex::new(Instant::now()),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
-            cloudflare: CloudflareClient::new(&config.cloudflare)?,
+            cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,
             config,
+            telemetry,
+            admin: None,
         })
+    }
+
+    /// Binds the admin listener now (so a caller learns the port before `run`);
+    /// `None` when it is disabled.
+    ///
+    /// # Errors
+    /// The bind error, naming the address.
+    pub async fn bind_admin(&mut self) -> Result<Option<SocketAddr>, Error> {
+        let Some(addr) = self.config.admin.listen else {
+            return Ok(None);
+        };
+        if self.admin.is_none() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Admin { addr, source })?;
+            self.admin = Some(listener);
+        }
+        Ok(self.admin.as_ref().and_then(|l| l.local_addr().ok()))
+    }
+
+    /// A point-in-time view of the bouncer, for the admin listener.
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.shared, &self.telemetry, self.lapi_stale())
+    }
+
+    /// How old the last successful LAPI pull may be while ready.
+    fn lapi_stale(&self) -> Duration {
+        (self.config.crowdsec.update_frequency * 3).max(Duration::from_secs(3))
     }
 
     /// Runs the daemon until `token` is cancelled, then lets an in-flight bulk operation
@@ -126,25 +183,51 @@ impl Engine {
     ///
     /// # Errors
     /// None in practice: failures are logged and retried until cancellation.
-    pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+    pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
+        self.bind_admin().await?;
+        let admin = self.admin.take();
         let Some(list_id) = self.resolve_list(&token).await else {
             return Ok(());
         };
         let engine = Arc::new(self);
-        let poller = tokio::spawn({
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(listener) = admin {
+            let snapshot_of = engine.clone();
+            let router = crate::admin::router(
+                engine.telemetry.clone(),
+                Arc::new(move || snapshot_of.snapshot()),
+            );
+            let token = token.clone();
+            tasks.spawn(async move {
+                if let Err(err) = crate::admin::serve(listener, router, token).await {
+                    error!(error = %err, "the admin listener stopped");
+                }
+            });
+        }
+        tasks.spawn({
             let (engine, token) = (engine.clone(), token.clone());
             async move { engine.poll_lapi(token).await }
         });
-        let writer = tokio::spawn({
-            let engine = engine.clone();
+        tasks.spawn({
+            let (engine, token) = (engine.clone(), token.clone());
             async move { engine.write_cloudflare(&list_id, token).await }
         });
-        let (poller, writer) = tokio::join!(poller, writer);
-        for (task, result) in [("poller", poller), ("writer", writer)] {
+        if let Some(interval) = engine.config.crowdsec.usage_metrics_interval {
+            let (engine, token) = (engine.clone(), token.clone());
+            tasks.spawn(async move { engine.push_usage_metrics(interval, token).await });
+        }
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            let (engine, token) = (engine.clone(), token.clone());
+            tasks.spawn(async move { engine.feed_watchdog(period, token).await });
+        }
+        // Type=notify: started. Readiness to serve is /readyz's business.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        while let Some(result) = tasks.join_next().await {
             if let Err(err) = result {
-                error!(task, error = %err, "task ended abnormally");
+                error!(error = %err, "task ended abnormally");
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let state = engine.shared.state();
         info!(
             queued = state.counts().queued,
@@ -246,6 +329,19 @@ impl Engine {
                 () = token.cancelled() => return,
                 result = self.pull(pull) => result,
             };
+            let kind = if pull == Pull::Full { "full" } else { "delta" };
+            self.telemetry.metrics.lapi_poll(kind, result.is_ok());
+            {
+                let mut health = self.telemetry.health();
+                match &result {
+                    Ok(()) => {
+                        health.lapi_ok = Some(Instant::now());
+                        health.lapi_error = None;
+                    }
+                    Err(err) => health.lapi_error = Some(err.to_string()),
+                }
+            }
+            self.shared.heartbeat();
             let delay = match result {
                 Ok(()) => {
                     if failures > 0 {
@@ -314,6 +410,33 @@ impl Engine {
         self.shared.log_notices();
         self.shared.wake.notify_one();
         Ok(())
+    }
+}
+
+/// A snapshot of state and health; see [`Engine::snapshot`].
+fn snapshot(shared: &Shared, telemetry: &Telemetry, lapi_stale: Duration) -> Snapshot {
+    let now = Instant::now();
+    let state = shared.state();
+    let counts = state.counts();
+    let skipped = state.skipped();
+    let (pending_adds, pending_removes) = state.pending_changes();
+    let active_by_origin = state.active_by_origin();
+    drop(state);
+    let health = telemetry.health();
+    let ago = |at: Option<Instant>| at.map(|at| now.duration_since(at));
+    Snapshot {
+        ready: health.readiness(now, lapi_stale),
+        uptime: health.uptime(now),
+        counts,
+        skipped,
+        pending_adds,
+        pending_removes,
+        active_by_origin,
+        lapi_poll_ago: ago(health.lapi_ok),
+        cloudflare_write_ago: ago(health.write_ok),
+        reconcile_ago: ago(health.reconcile_ok),
+        lapi_error: health.lapi_error.clone(),
+        cloudflare_error: health.cloudflare_error.as_ref().map(|(_, e)| e.clone()),
     }
 }
 

@@ -173,6 +173,37 @@ impl LapiClient {
         Ok(StreamBody(body))
     }
 
+    /// Pushes usage metrics (`POST /v1/usage-metrics`, CrowdSec 1.6.3 and later).
+    /// `Ok(false)`: this LAPI does not know the endpoint (404).
+    ///
+    /// # Errors
+    /// As [`LapiClient::stream`].
+    pub async fn push_usage_metrics(&self, payload: &serde_json::Value) -> Result<bool, Error> {
+        let url = self
+            .stream_url
+            .replace("/decisions/stream", "/usage-metrics");
+        let mut request = self.http.post(&url).json(payload);
+        if let Some(key) = &self.api_key {
+            request = request.header("X-Api-Key", key.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::Transport { url, source })?;
+        match response.status().as_u16() {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            403 => Err(Error::Forbidden),
+            status => {
+                let body = response.text().await.unwrap_or_default();
+                Err(Error::Status {
+                    status,
+                    body: body.chars().take(200).collect(),
+                })
+            }
+        }
+    }
+
     /// Checks that LAPI accepts the key, without moving the stream's `last_pull`
     /// (see the `check` module).
     ///

@@ -7,8 +7,10 @@
 //! - [`item`]: the canonical list item a decision maps to. [`godur`]: Go durations.
 //! - [`state`]: desired state, list view and pending queue; pure, no IO.
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
+//! - [`telemetry`]: metrics and health. [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status`.
 //! - [`emulator`]: a stateful Cloudflare Lists API emulator for tests and the demo.
 
+pub mod admin;
 pub mod budget;
 pub mod check;
 pub mod cloudflare;
@@ -19,6 +21,7 @@ pub mod godur;
 pub mod item;
 pub mod lapi;
 pub mod state;
+pub mod telemetry;
 
 /// Installs the process-wide TLS crypto provider (ring) once; later calls do nothing.
 pub fn install_tls_provider() {

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use cfbouncer::config::{Config, DEFAULT_PATH};
+use cfbouncer::admin::render_status;
+use cfbouncer::config::{Config, LogConfig, LogFormat, DEFAULT_PATH};
 use cfbouncer::engine::Engine;
+use cfbouncer::telemetry::StatusReport;
 
 /// Keeps a Cloudflare account IP List in step with CrowdSec LAPI ban decisions.
 #[derive(Parser)]
@@ -23,7 +25,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Command {
     /// Run the daemon (the default).
     Run,
@@ -31,17 +33,24 @@ enum Command {
     Check,
     /// One full reconcile: make the list equal LAPI's bans, then exit.
     Once,
+    /// Create the list if it is named and missing; with --zone, add the WAF custom rule
+    /// `ip.src in $<list>` to each zone (idempotent; other rules are kept).
+    Setup {
+        /// A zone ID to protect; repeat for several zones.
+        #[arg(long = "zone", value_name = "ZONE_ID")]
+        zones: Vec<String>,
+        /// The rule's action: block, managed_challenge, js_challenge, challenge or log.
+        #[arg(long, default_value = "block")]
+        action: String,
+    },
+    /// Remove every item this bouncer manages from the list (for uninstall).
+    Cleanup,
+    /// Show what the running bouncer reports on its admin listener.
+    Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(err) => {
@@ -49,6 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&config.log);
     for warning in &config.warnings {
         warn!("{warning}");
     }
@@ -68,8 +78,24 @@ fn main() -> ExitCode {
             Command::Run => run(config).await,
             Command::Check => check(&cli.config, &config).await,
             Command::Once => once(config).await,
+            Command::Setup { zones, action } => setup(config, &zones, &action).await,
+            Command::Cleanup => cleanup(config).await,
+            Command::Status => status(&config).await,
         }
     })
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 async fn run(config: Config) -> ExitCode {
@@ -132,6 +158,97 @@ async fn once(config: Config) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn setup(config: Config, zones: &[String], action: &str) -> ExitCode {
+    const ACTIONS: [&str; 5] = [
+        "block",
+        "managed_challenge",
+        "js_challenge",
+        "challenge",
+        "log",
+    ];
+    if !ACTIONS.contains(&action) {
+        eprintln!(
+            "error: --action {action:?} is not one of {}",
+            ACTIONS.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let result = match Engine::new(config) {
+        Ok(engine) => engine.setup(zones, action).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(report) => {
+            for line in report {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cleanup(config: Config) -> ExitCode {
+    let token = CancellationToken::new();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            shutdown_signal().await;
+            token.cancel();
+        }
+    });
+    let result = match Engine::new(config) {
+        Ok(engine) => engine.cleanup(token).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(removed) => {
+            println!("removed {removed} items from the list");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(config: &Config) -> ExitCode {
+    let Some(addr) = config.admin.listen else {
+        eprintln!("error: the admin listener is off ([admin] listen): nothing to ask");
+        return ExitCode::from(2);
+    };
+    cfbouncer::install_tls_provider();
+    let url = format!("http://{addr}/status");
+    let report = async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await?;
+        response.error_for_status()?.json::<StatusReport>().await
+    };
+    match report.await {
+        Ok(report) => {
+            print!("{}", render_status(&report));
+            if report.ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!(
+                "error: cannot read {url}: {err} (is the bouncer running with this configuration?)"
+            );
             ExitCode::FAILURE
         }
     }

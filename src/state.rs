@@ -311,7 +311,7 @@ impl SyncState {
     pub fn replace_list<'a>(
         &mut self,
         items: impl IntoIterator<Item = (Item, Box<str>, Option<&'a str>)>,
-    ) {
+    ) -> Drift {
         let policy = &self.policy;
         self.listed = items
             .into_iter()
@@ -332,9 +332,18 @@ impl SyncState {
             )
             .copied()
             .collect();
+        let mut drift = Drift::default();
+        for item in &changed {
+            match self.intent(item) {
+                Some(Intent::Add) => drift.missing += 1,
+                Some(Intent::Remove) => drift.extra += 1,
+                None => {}
+            }
+        }
         self.enqueue_all(changed);
         self.list_known = true;
         self.guard_mass_removal();
+        drift
     }
 
     /// Takes up to `max` queued items that need the same kind of write, oldest first.
@@ -386,6 +395,12 @@ impl SyncState {
                     .collect(),
             )),
         }
+    }
+
+    /// Turns the mass-removal guard off (`cleanup`, which removes everything on purpose).
+    pub fn disable_mass_removal_guard(&mut self) {
+        self.policy.mass_removal_share = 1.0;
+        self.policy.mass_removal_min_items = usize::MAX;
     }
 
     /// Puts items back at the front of the queue, in order (a write failed or was not
@@ -509,6 +524,49 @@ impl SyncState {
 
     pub fn skipped(&self) -> Skipped {
         self.skipped
+    }
+
+    /// Queued adds and removes that would be sent now (a scan of the queue).
+    pub fn pending_changes(&self) -> (usize, usize) {
+        let (mut adds, mut removes) = (0, 0);
+        for item in &self.queue {
+            match self.intent(item) {
+                Some(Intent::Add) if !self.quarantined.contains(item) => adds += 1,
+                Some(Intent::Remove)
+                    if !self.held.contains(item) && !self.quarantined.contains(item) =>
+                {
+                    removes += 1
+                }
+                _ => {}
+            }
+        }
+        (adds, removes)
+    }
+
+    /// Active decisions by origin (cscli, crowdsec, lists, CAPI, other) and IP type.
+    pub fn active_by_origin(&self) -> Vec<(&'static str, &'static str, usize)> {
+        const ORIGINS: [&str; 5] = ["cscli", "crowdsec", "lists", "CAPI", "other"];
+        let mut counts = [[0usize; 2]; 5];
+        for active in self.decisions.values() {
+            let origin = ORIGINS[..4]
+                .iter()
+                .position(|o| {
+                    active.origin.eq_ignore_ascii_case(o)
+                        || active
+                            .origin
+                            .strip_prefix(o)
+                            .is_some_and(|rest| rest.starts_with('-'))
+                })
+                .unwrap_or(4);
+            counts[origin][usize::from(active.item.is_ipv6())] += 1;
+        }
+        let mut out = Vec::new();
+        for (origin, by_type) in ORIGINS.iter().zip(counts) {
+            for (ip_type, n) in ["ipv4", "ipv6"].iter().zip(by_type) {
+                out.push((*origin, *ip_type, n));
+            }
+        }
+        out
     }
 
     /// Refusals and guard decisions worth one log line each, since the last call.
@@ -695,6 +753,15 @@ impl SyncState {
             self.enqueue(item);
         }
     }
+}
+
+/// What a full list read found out of step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Desired items missing from the list.
+    pub missing: usize,
+    /// Listed items the bouncer manages that are not desired.
+    pub extra: usize,
 }
 
 /// Sizes of the state, for logs and metrics.

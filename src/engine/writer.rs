@@ -48,10 +48,12 @@ impl Engine {
             longest_op: Duration::ZERO,
             failures: 0,
         };
+        let mut progress = Progress::default();
         loop {
             if token.is_cancelled() {
                 return;
             }
+            self.shared.heartbeat();
             if self.shared.refresh_list.swap(false, Ordering::SeqCst) {
                 if let Err(err) = self.read_list(list_id).await {
                     self.shared.refresh_list.store(true, Ordering::SeqCst);
@@ -66,12 +68,15 @@ impl Engine {
             }
             let batch = self.shared.state().take_batch(pace.cap);
             let Some(batch) = batch else {
+                progress.finish();
                 tokio::select! {
                     biased;
                     () = token.cancelled() => return,
                     () = self.shared.wake.notified() => continue,
                 }
             };
+            let queued = self.shared.state().counts().queued;
+            progress.batch(batch.len(), queued);
             let result = self.write(list_id, batch, &token, &mut pace).await;
             if let Some(delay) = self.after_write(result, &mut pace) {
                 if !sleep_or_cancel(delay, &token).await {
@@ -194,9 +199,18 @@ impl Engine {
                 .capacity
                 .saturating_sub(others as usize),
         );
-        state.replace_list(items);
+        let drift = state.replace_list(items);
         let counts = state.counts();
+        let primed = state.is_primed();
         drop(state);
+        self.telemetry
+            .metrics
+            .reconcile_drift(drift.missing, drift.extra);
+        {
+            let mut health = self.telemetry.health();
+            health.primed = primed;
+            health.reconcile_ok = Some(Instant::now());
+        }
         if unreadable > 0 {
             warn!(
                 unreadable,
@@ -206,6 +220,8 @@ impl Engine {
         info!(
             listed = n_listed,
             desired = counts.desired_items,
+            missing = drift.missing,
+            extra = drift.extra,
             queued = counts.queued,
             left_out = counts.left_out,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -253,6 +269,7 @@ impl Engine {
         let started = Instant::now();
         let unconfirmed = |err: crate::cloudflare::Error| {
             if err.may_have_been_accepted() {
+                self.telemetry.metrics.bulk_operation("unconfirmed", None);
                 Error::Unconfirmed(err)
             } else {
                 Error::Cloudflare(err)
@@ -286,9 +303,20 @@ impl Engine {
         };
         let items: Vec<Item> = items;
         self.record_write(items.len());
-        match self.wait_for(&op_id, token).await? {
+        self.telemetry.health().pending_since = Some(Instant::now());
+        let status = self.wait_for(&op_id, token).await;
+        self.telemetry.health().pending_since = None;
+        let metrics = &self.telemetry.metrics;
+        match &status {
+            Ok(OpStatus::Completed) => metrics.bulk_operation("completed", Some(started.elapsed())),
+            Ok(OpStatus::Failed(_)) => metrics.bulk_operation("failed", Some(started.elapsed())),
+            Ok(OpStatus::Pending) => {}
+            Err(_) => metrics.bulk_operation("lost", None),
+        }
+        match status? {
             OpStatus::Completed => {
                 self.shared.state().confirm(outcome, &items);
+                self.telemetry.health().write_ok = Some(Instant::now());
                 let (added, removed) = match outcome {
                     Confirmed::Added => (items.len(), 0),
                     Confirmed::Removed => (0, items.len()),
@@ -410,5 +438,58 @@ impl Engine {
             };
             interval = interval.mul_f64(POLL_GROWTH).min(cap);
         }
+    }
+}
+
+/// A progress line every few seconds while a long sync drains (the first sync of a
+/// big decision set): items done of the total, rate, and time left.
+#[derive(Default)]
+struct Progress {
+    started: Option<Instant>,
+    last_line: Option<Instant>,
+    done: usize,
+}
+
+/// How often a long sync reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    fn batch(&mut self, items: usize, still_queued: usize) {
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        let last = *self.last_line.get_or_insert(now);
+        self.done += items;
+        if now.duration_since(last) < PROGRESS_EVERY {
+            return;
+        }
+        self.last_line = Some(now);
+        let elapsed = now.duration_since(started).as_secs_f64().max(0.001);
+        let rate = self.done as f64 / elapsed;
+        let total = self.done + still_queued;
+        let left = if rate > 0.0 {
+            still_queued as f64 / rate
+        } else {
+            0.0
+        };
+        info!(
+            done = self.done,
+            total,
+            items_per_s = rate.round() as u64,
+            eta_s = left.round() as u64,
+            "syncing"
+        );
+    }
+
+    fn finish(&mut self) {
+        if let Some(started) = self.started {
+            if started.elapsed() >= PROGRESS_EVERY {
+                info!(
+                    items = self.done,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "sync caught up"
+                );
+            }
+        }
+        *self = Progress::default();
     }
 }

@@ -27,6 +27,8 @@ pub struct World {
     pub update_frequency: String,
     /// The LAPI URL the bouncer uses, when not the LAPI itself (a fault proxy).
     pub lapi_via: Option<String>,
+    /// `[admin] listen`; port 0 by default so parallel tests never collide.
+    pub admin_listen: String,
     dir: tempfile::TempDir,
 }
 
@@ -34,6 +36,8 @@ pub struct World {
 pub struct Running {
     token: CancellationToken,
     handle: JoinHandle<Result<(), Error>>,
+    /// Where its admin listener is, when started with [`World::start_bouncer`].
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Running {
@@ -85,6 +89,7 @@ impl World {
             sync_extra: "reconcile_interval = \"1h\"\nshutdown_grace = \"5s\"\n".into(),
             update_frequency: "300ms".into(),
             lapi_via: None,
+            admin_listen: "127.0.0.1:0".into(),
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -94,6 +99,7 @@ impl World {
         format!(
             "[crowdsec]\napi_url = \"{}\"\napi_key = \"{}\"\nupdate_frequency = \"{}\"\n{}\n\
              [cloudflare]\napi_url = \"{}\"\napi_token = \"{}\"\naccount_id = \"{}\"\nlist_name = \"crowdsec_ban\"\n{}\n\
+             [admin]\nlisten = \"{}\"\n\
              [sync]\n{}",
             self.lapi_via.clone().unwrap_or_else(|| self.lapi.url()),
             self.key,
@@ -103,6 +109,7 @@ impl World {
             self.cf.api_token(),
             self.cf.account_id(),
             self.cloudflare_extra,
+            self.admin_listen,
             self.sync_extra,
         )
     }
@@ -115,6 +122,8 @@ impl World {
     pub fn config_file(&self) -> PathBuf {
         let path = self.dir.path().join("bouncer.toml");
         std::fs::write(&path, self.config_text()).expect("write config");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
         path
     }
 
@@ -122,7 +131,25 @@ impl World {
         let token = CancellationToken::new();
         let engine = Engine::new(self.config()).expect("engine builds");
         let handle = tokio::spawn(engine.run(token.clone()));
-        Running { token, handle }
+        Running {
+            token,
+            handle,
+            admin: None,
+        }
+    }
+
+    /// Like [`World::spawn_bouncer`], with the admin listener bound first so its address
+    /// is known.
+    pub async fn start_bouncer(&self) -> Running {
+        let token = CancellationToken::new();
+        let mut engine = Engine::new(self.config()).expect("engine builds");
+        let admin = engine.bind_admin().await.expect("admin listener binds");
+        let handle = tokio::spawn(engine.run(token.clone()));
+        Running {
+            token,
+            handle,
+            admin,
+        }
     }
 
     /// Canonical ips on the emulated list, sorted as the API sorts them.

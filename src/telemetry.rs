@@ -1,0 +1,549 @@
+//! What the bouncer tells operators about itself: Prometheus metrics and health.
+//!
+//! Every label value comes from a fixed set. Health holds the last successes and errors
+//! of each side; readiness is computed from it (see [`Health::readiness`]).
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::state::{Counts, Skipped};
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "cf_iplist_bouncer";
+/// A bulk operation pending longer than this makes the bouncer not ready.
+pub const PENDING_TOO_LONG: Duration = Duration::from_secs(60);
+/// Cloudflare failing for longer than this makes the bouncer not ready.
+const CLOUDFLARE_FAILING_TOO_LONG: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    origin: &'static str,
+    ip_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PullLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinceLabels {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// The metrics, registered once. See README for their meaning.
+pub struct Metrics {
+    registry: Registry,
+    active_decisions: Family<DecisionLabels, Gauge>,
+    list_items: Gauge,
+    pending_changes: Family<ActionLabels, Gauge>,
+    items_left_out: Gauge,
+    removals_held: Gauge,
+    items_quarantined: Gauge,
+    cloudflare_requests: Family<RequestLabels, Counter>,
+    bulk_operations: Family<OutcomeLabels, Counter>,
+    bulk_operation_seconds: Histogram,
+    lapi_polls: Family<PullLabels, Counter>,
+    lapi_poll_failures: Family<PullLabels, Counter>,
+    seconds_since_success: Family<SinceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    decisions_refused: Family<ReasonLabels, Counter>,
+    reconcile_drift: Family<DirectionLabels, Counter>,
+    ready: Gauge,
+    /// Refusals already counted, to turn the state's totals into counter increments.
+    refused_seen: Mutex<Skipped>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let metrics = Metrics {
+            registry: Registry::default(),
+            active_decisions: Family::default(),
+            list_items: Gauge::default(),
+            pending_changes: Family::default(),
+            items_left_out: Gauge::default(),
+            removals_held: Gauge::default(),
+            items_quarantined: Gauge::default(),
+            cloudflare_requests: Family::default(),
+            bulk_operations: Family::default(),
+            bulk_operation_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 12)),
+            lapi_polls: Family::default(),
+            lapi_poll_failures: Family::default(),
+            seconds_since_success: Family::default(),
+            decisions_refused: Family::default(),
+            reconcile_drift: Family::default(),
+            ready: Gauge::default(),
+            refused_seen: Mutex::new(Skipped::default()),
+        };
+        let r = &mut registry;
+        r.register(
+            "active_decisions",
+            "Active LAPI decisions the bouncer holds, by origin and IP type",
+            metrics.active_decisions.clone(),
+        );
+        r.register(
+            "list_items",
+            "Items the bouncer believes the Cloudflare list holds",
+            metrics.list_items.clone(),
+        );
+        r.register(
+            "pending_changes",
+            "Queued list changes not yet sent, by action",
+            metrics.pending_changes.clone(),
+        );
+        r.register(
+            "items_left_out",
+            "Desired items left out because the account's capacity is reached",
+            metrics.items_left_out.clone(),
+        );
+        r.register(
+            "removals_held",
+            "Removals held by the mass-removal guard until the next reconcile",
+            metrics.removals_held.clone(),
+        );
+        r.register(
+            "items_quarantined",
+            "Items Cloudflare refused, set aside until the next reconcile",
+            metrics.items_quarantined.clone(),
+        );
+        r.register(
+            "cloudflare_requests",
+            "Cloudflare API requests, by endpoint and status class",
+            metrics.cloudflare_requests.clone(),
+        );
+        r.register(
+            "bulk_operations",
+            "Bulk operations, by outcome",
+            metrics.bulk_operations.clone(),
+        );
+        r.register(
+            "bulk_operation_duration_seconds",
+            "Time from submitting a bulk operation to its end",
+            metrics.bulk_operation_seconds.clone(),
+        );
+        r.register(
+            "lapi_polls",
+            "LAPI decision-stream pulls, by kind",
+            metrics.lapi_polls.clone(),
+        );
+        r.register(
+            "lapi_poll_failures",
+            "Failed LAPI decision-stream pulls, by kind",
+            metrics.lapi_poll_failures.clone(),
+        );
+        r.register(
+            "seconds_since_last_success",
+            "Seconds since the last successful LAPI poll, Cloudflare write and reconcile",
+            metrics.seconds_since_success.clone(),
+        );
+        r.register("decisions_refused", "Decisions not pushed, by reason (allowlist, too_broad, invalid, type, scope, duration)", metrics.decisions_refused.clone());
+        r.register(
+            "reconcile_drift",
+            "Items a reconcile found to add or remove",
+            metrics.reconcile_drift.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when ready (see /readyz), else 0",
+            metrics.ready.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn cloudflare_request(&self, endpoint: &'static str, status: &'static str) {
+        self.cloudflare_requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    pub fn bulk_operation(&self, outcome: &'static str, duration: Option<Duration>) {
+        self.bulk_operations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if let Some(duration) = duration {
+            self.bulk_operation_seconds.observe(duration.as_secs_f64());
+        }
+    }
+
+    pub fn lapi_poll(&self, kind: &'static str, ok: bool) {
+        self.lapi_polls.get_or_create(&PullLabels { kind }).inc();
+        if !ok {
+            self.lapi_poll_failures
+                .get_or_create(&PullLabels { kind })
+                .inc();
+        }
+    }
+
+    pub fn reconcile_drift(&self, added: usize, removed: usize) {
+        self.reconcile_drift
+            .get_or_create(&DirectionLabels { direction: "added" })
+            .inc_by(added as u64);
+        self.reconcile_drift
+            .get_or_create(&DirectionLabels {
+                direction: "removed",
+            })
+            .inc_by(removed as u64);
+    }
+
+    /// Renders the OpenMetrics text, refreshing the gauges from a snapshot first.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.refresh(snapshot);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn refresh(&self, snapshot: &Snapshot) {
+        for (origin, ip_type, n) in &snapshot.active_by_origin {
+            self.active_decisions
+                .get_or_create(&DecisionLabels { origin, ip_type })
+                .set(*n as i64);
+        }
+        let counts = &snapshot.counts;
+        self.list_items.set(counts.listed_items as i64);
+        self.pending_changes
+            .get_or_create(&ActionLabels { action: "add" })
+            .set(snapshot.pending_adds as i64);
+        self.pending_changes
+            .get_or_create(&ActionLabels { action: "remove" })
+            .set(snapshot.pending_removes as i64);
+        self.items_left_out.set(counts.left_out as i64);
+        self.removals_held.set(counts.held as i64);
+        self.items_quarantined.set(counts.quarantined as i64);
+        for (what, ago) in [
+            ("lapi_poll", snapshot.lapi_poll_ago),
+            ("cloudflare_write", snapshot.cloudflare_write_ago),
+            ("reconcile", snapshot.reconcile_ago),
+        ] {
+            // Never succeeded: the bouncer's uptime, so alerts on "too long ago" fire.
+            let ago = ago.unwrap_or(snapshot.uptime);
+            self.seconds_since_success
+                .get_or_create(&SinceLabels { what })
+                .set(ago.as_secs_f64());
+        }
+        self.ready.set(i64::from(snapshot.ready.is_ok()));
+        let mut seen = self.refused_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = snapshot.skipped;
+        for (reason, total, before) in [
+            ("allowlist", now.allowlisted, seen.allowlisted),
+            ("too_broad", now.too_broad, seen.too_broad),
+            ("invalid", now.value, seen.value),
+            ("type", now.kind, seen.kind),
+            ("scope", now.scope, seen.scope),
+            ("duration", now.duration, seen.duration),
+        ] {
+            self.decisions_refused
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(total.saturating_sub(before));
+        }
+        *seen = now;
+    }
+}
+
+/// Last successes and errors of each side.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    pub primed: bool,
+    pub lapi_ok: Option<Instant>,
+    pub lapi_error: Option<String>,
+    pub cloudflare_ok: Option<Instant>,
+    pub cloudflare_error: Option<(Instant, String)>,
+    pub write_ok: Option<Instant>,
+    pub reconcile_ok: Option<Instant>,
+    /// When the bulk operation in flight was submitted.
+    pub pending_since: Option<Instant>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            started: Instant::now(),
+            primed: false,
+            lapi_ok: None,
+            lapi_error: None,
+            cloudflare_ok: None,
+            cloudflare_error: None,
+            write_ok: None,
+            reconcile_ok: None,
+            pending_since: None,
+        }
+    }
+}
+
+impl Health {
+    /// Ready when synced once, LAPI pulled within `lapi_stale`, Cloudflare not failing
+    /// for over a minute, and no bulk operation pending for over a minute. The error is
+    /// a one-line reason.
+    pub fn readiness(&self, now: Instant, lapi_stale: Duration) -> Result<(), String> {
+        if !self.primed {
+            let why = self
+                .lapi_error
+                .as_deref()
+                .or(self.cloudflare_error.as_ref().map(|(_, e)| e.as_str()))
+                .map_or_else(String::new, |e| format!(": {e}"));
+            return Err(format!(
+                "not synced yet: waiting for the first full LAPI pull and list read{why}"
+            ));
+        }
+        let lapi_age = self.lapi_ok.map(|at| now.duration_since(at));
+        if lapi_age.is_none_or(|age| age > lapi_stale) {
+            let age = lapi_age
+                .unwrap_or(now.duration_since(self.started))
+                .as_secs();
+            let why = self.lapi_error.as_deref().unwrap_or("no answer");
+            return Err(format!("no successful LAPI pull for {age}s: {why}"));
+        }
+        if let Some((since, error)) = &self.cloudflare_error {
+            let failing = now.duration_since(*since);
+            if failing > CLOUDFLARE_FAILING_TOO_LONG {
+                return Err(format!(
+                    "Cloudflare failing for {}s: {error}",
+                    failing.as_secs()
+                ));
+            }
+        }
+        if let Some(since) = self.pending_since {
+            let pending = now.duration_since(since);
+            if pending > PENDING_TOO_LONG {
+                return Err(format!(
+                    "a bulk operation has been pending for {}s",
+                    pending.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.duration_since(self.started)
+    }
+
+    pub fn cloudflare_failed(&mut self, error: String) {
+        let since = self
+            .cloudflare_error
+            .as_ref()
+            .map_or_else(Instant::now, |(since, _)| *since);
+        self.cloudflare_error = Some((since, error));
+    }
+
+    pub fn cloudflare_succeeded(&mut self) {
+        self.cloudflare_ok = Some(Instant::now());
+        self.cloudflare_error = None;
+    }
+}
+
+/// Telemetry shared by the engine, the clients and the admin listener.
+#[derive(Default)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    health: Mutex<Health>,
+}
+
+impl Telemetry {
+    pub fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A point-in-time view for `/metrics`, `/readyz` and `/status`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub ready: Result<(), String>,
+    pub uptime: Duration,
+    pub counts: Counts,
+    pub skipped: Skipped,
+    pub pending_adds: usize,
+    pub pending_removes: usize,
+    pub active_by_origin: Vec<(&'static str, &'static str, usize)>,
+    pub lapi_poll_ago: Option<Duration>,
+    pub cloudflare_write_ago: Option<Duration>,
+    pub reconcile_ago: Option<Duration>,
+    pub lapi_error: Option<String>,
+    pub cloudflare_error: Option<String>,
+}
+
+/// What `/status` serves and `status` prints.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub version: String,
+    pub ready: bool,
+    pub reason: Option<String>,
+    pub uptime_seconds: u64,
+    pub decisions: usize,
+    pub desired_items: usize,
+    pub listed_items: usize,
+    pub pending_adds: usize,
+    pub pending_removes: usize,
+    pub left_out: usize,
+    pub removals_held: usize,
+    pub quarantined: usize,
+    pub decisions_refused: u64,
+    pub last_lapi_poll_seconds_ago: Option<u64>,
+    pub last_cloudflare_write_seconds_ago: Option<u64>,
+    pub last_reconcile_seconds_ago: Option<u64>,
+    pub lapi_error: Option<String>,
+    pub cloudflare_error: Option<String>,
+}
+
+impl From<&Snapshot> for StatusReport {
+    fn from(s: &Snapshot) -> StatusReport {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: s.ready.is_ok(),
+            reason: s.ready.clone().err(),
+            uptime_seconds: s.uptime.as_secs(),
+            decisions: s.counts.decisions,
+            desired_items: s.counts.desired_items,
+            listed_items: s.counts.listed_items,
+            pending_adds: s.pending_adds,
+            pending_removes: s.pending_removes,
+            left_out: s.counts.left_out,
+            removals_held: s.counts.held,
+            quarantined: s.counts.quarantined,
+            decisions_refused: s.skipped.allowlisted + s.skipped.too_broad,
+            last_lapi_poll_seconds_ago: secs(s.lapi_poll_ago),
+            last_cloudflare_write_seconds_ago: secs(s.cloudflare_write_ago),
+            last_reconcile_seconds_ago: secs(s.reconcile_ago),
+            lapi_error: s.lapi_error.clone(),
+            cloudflare_error: s.cloudflare_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_the_reason() {
+        let start = Instant::now();
+        let stale = Duration::from_secs(30);
+        let mut health = Health::default();
+        let not_synced = health.readiness(start, stale).expect_err("not primed");
+        assert!(not_synced.starts_with("not synced yet"), "{not_synced}");
+
+        health.primed = true;
+        health.lapi_ok = Some(start);
+        assert_eq!(
+            health.readiness(start + Duration::from_secs(10), stale),
+            Ok(())
+        );
+
+        health.lapi_error = Some("cannot reach LAPI".into());
+        let lapi = health
+            .readiness(start + Duration::from_secs(31), stale)
+            .expect_err("stale");
+        assert_eq!(lapi, "no successful LAPI pull for 31s: cannot reach LAPI");
+
+        health.lapi_ok = Some(start + Duration::from_secs(100));
+        health.cloudflare_error = Some((start, "HTTP 503".into()));
+        let cf = health
+            .readiness(start + Duration::from_secs(101), stale)
+            .expect_err("cloudflare failing");
+        assert_eq!(cf, "Cloudflare failing for 101s: HTTP 503");
+
+        health.cloudflare_error = None;
+        health.pending_since = Some(start + Duration::from_secs(30));
+        let pending = health
+            .readiness(start + Duration::from_secs(101), stale)
+            .expect_err("stuck");
+        assert_eq!(pending, "a bulk operation has been pending for 71s");
+    }
+
+    #[test]
+    fn metrics_render_with_one_prefix_and_fixed_labels() {
+        let metrics = Metrics::new();
+        metrics.cloudflare_request("items_add", "2xx");
+        metrics.bulk_operation("completed", Some(Duration::from_millis(700)));
+        metrics.lapi_poll("delta", false);
+        let snapshot = Snapshot {
+            ready: Ok(()),
+            uptime: Duration::from_secs(5),
+            counts: Counts {
+                decisions: 3,
+                desired_items: 2,
+                listed_items: 2,
+                listed_without_id: 0,
+                queued: 0,
+                left_out: 1,
+                held: 0,
+                quarantined: 0,
+            },
+            skipped: Skipped {
+                allowlisted: 2,
+                ..Skipped::default()
+            },
+            pending_adds: 4,
+            pending_removes: 1,
+            active_by_origin: vec![("cscli", "ipv4", 3)],
+            lapi_poll_ago: Some(Duration::from_secs(2)),
+            cloudflare_write_ago: None,
+            reconcile_ago: None,
+            lapi_error: None,
+            cloudflare_error: None,
+        };
+        let text = metrics.render(&snapshot);
+        for line in [
+            "cf_iplist_bouncer_active_decisions{origin=\"cscli\",ip_type=\"ipv4\"} 3",
+            "cf_iplist_bouncer_cloudflare_requests_total{endpoint=\"items_add\",status=\"2xx\"} 1",
+            "cf_iplist_bouncer_bulk_operations_total{outcome=\"completed\"} 1",
+            "cf_iplist_bouncer_lapi_poll_failures_total{kind=\"delta\"} 1",
+            "cf_iplist_bouncer_pending_changes{action=\"add\"} 4",
+            "cf_iplist_bouncer_items_left_out 1",
+            "cf_iplist_bouncer_decisions_refused_total{reason=\"allowlist\"} 2",
+            "cf_iplist_bouncer_seconds_since_last_success{what=\"cloudflare_write\"} 5.0",
+            "cf_iplist_bouncer_ready 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Rendering again does not count refusals twice.
+        let again = metrics.render(&snapshot);
+        assert!(again.contains("cf_iplist_bouncer_decisions_refused_total{reason=\"allowlist\"} 2"));
+    }
+}
