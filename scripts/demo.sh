@@ -108,6 +108,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }
 echo "$line"
 
 # --- the bouncer ---
+admin_port="$(free_port)"
 cat >"$work/bouncer.toml" <<EOF
 [crowdsec]
 api_url = "http://127.0.0.1:$lapi_port/"
@@ -119,6 +120,9 @@ api_url = "$(field url)"
 api_token = "$(field token)"
 account_id = "$(field account_id)"
 list_name = "crowdsec_ban"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
 
 [sync]
 reconcile_interval = "1m"
@@ -188,6 +192,9 @@ expect 198.51.100.0/24 2001:db8::/64
 
 say "What the bouncer logged"
 grep -E "bulk operation|full pull|read the list|using Cloudflare" "$work/bouncer.log" | sed 's/^/   /' | tail -n 12
+
+say "What it reports (crowdsec-cloudflare-iplist-bouncer status; metrics at http://127.0.0.1:$admin_port/metrics)"
+"$bin/crowdsec-cloudflare-iplist-bouncer" -c "$work/bouncer.toml" status | sed 's/^/   /'
 
 if [ "$follow" = 1 ]; then
     say "Still running. In another terminal, add decisions with:"
