@@ -231,6 +231,11 @@ impl LapiClient {
 }
 
 impl StreamBody {
+    /// A body read elsewhere (benchmarks, tools).
+    pub fn from_bytes(body: bytes::Bytes) -> StreamBody {
+        StreamBody(body)
+    }
+
     /// # Errors
     /// [`Error::Decode`] when the body is not a decision stream (truncated, garbage).
     pub fn parse(&self) -> Result<Stream<'_>, Error> {
