@@ -78,6 +78,7 @@ struct Shared {
     writes: Mutex<WriteBudget>,
     /// When each task last went round its loop, for the systemd watchdog.
     beats: Mutex<Instant>,
+    op_clock: Mutex<writer::OpClock>,
 }
 
 impl Shared {
@@ -87,6 +88,10 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn op_clock(&self) -> MutexGuard<'_, writer::OpClock> {
+        self.op_clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that a task loop is alive.
@@ -141,6 +146,7 @@ impl Engine {
                 refresh_list: AtomicBool::new(false),
                 writes: Mutex::new(WriteBudget::default()),
                 beats: Mutex::new(Instant::now()),
+                op_clock: Mutex::new(writer::OpClock::default()),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
             cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,

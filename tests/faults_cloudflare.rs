@@ -175,8 +175,8 @@ async fn a_token_without_write_permission_changes_nothing() {
         .lapi
         .add_decisions(&[NewDecision::ban_ip("10.26.0.1")])
         .await;
-    let bouncer = world.spawn_bouncer();
     let before = world.cf.counters().requests;
+    let bouncer = world.spawn_bouncer();
     assert!(
         eventually(Duration::from_secs(10), || std::future::ready(
             world.cf.counters().requests >= before + 4
