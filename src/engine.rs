@@ -23,8 +23,8 @@ use crate::budget::WriteBudget;
 use crate::cloudflare::{self, CloudflareClient};
 use crate::config::{Config, Manage};
 use crate::item::Item;
-use crate::lapi::{self, LapiClient, Pull};
-use crate::state::{Policy, SyncState};
+use crate::lapi::{self, LapiClient, Pull, StreamSink};
+use crate::state::{DecisionRef, Desired, Policy, SyncState};
 use crate::telemetry::{Snapshot, Telemetry};
 
 mod operate;
@@ -378,23 +378,44 @@ impl Engine {
         }
     }
 
-    /// One pull, applied to the state. A failed pull changes nothing.
+    /// One pull, applied to the state. A failed pull changes nothing: a full pull is
+    /// parsed into a new desired state, swapped in only once the whole response is in.
     async fn pull(&self, pull: Pull) -> Result<(), Error> {
-        let body = self.lapi.stream(pull).await?;
-        let stream = body.parse()?;
-        let (n_new, n_deleted) = stream.counts();
-        let now = Instant::now();
-        let mut state = self.shared.state();
-        match pull {
+        let (n_new, n_deleted, size) = match pull {
             Pull::Full => {
-                state.replace_desired(stream.new_decisions(), now);
+                let (policy, desired) = {
+                    let state = self.shared.state();
+                    (state.policy(), state.new_desired())
+                };
+                let sink = FullPull {
+                    policy,
+                    desired,
+                    now: Instant::now(),
+                    new: 0,
+                };
+                let (sink, size) = self.lapi.stream_into(Pull::Full, sink).await?;
+                let mut state = self.shared.state();
+                state.replace_desired_with(sink.desired);
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
+                (sink.new, 0, size)
             }
             Pull::Delta => {
-                state.apply_delta(stream.deleted_decisions(), stream.new_decisions(), now);
+                let (sink, size) = self
+                    .lapi
+                    .stream_into(Pull::Delta, DeltaPull::default())
+                    .await?;
+                let now = Instant::now();
+                let mut state = self.shared.state();
+                state.apply_delta(
+                    sink.deleted.iter().map(OwnedDecision::as_ref),
+                    sink.new.iter().map(OwnedDecision::as_ref),
+                    now,
+                );
+                (sink.new.len(), sink.deleted.len(), size)
             }
-        }
-        let expired = state.expire(now);
+        };
+        let mut state = self.shared.state();
+        let expired = state.expire(Instant::now());
         state.rebalance();
         let counts = state.counts();
         let skipped = state.skipped();
@@ -405,7 +426,8 @@ impl Engine {
                 items = counts.desired_items,
                 left_out = counts.left_out,
                 skipped = skipped.total(),
-                bytes = body.len(),
+                received = n_new,
+                bytes = size,
                 "full pull from LAPI"
             ),
             Pull::Delta if n_new + n_deleted + expired > 0 => {
@@ -416,6 +438,78 @@ impl Engine {
         self.shared.log_notices();
         self.shared.wake.notify_one();
         Ok(())
+    }
+}
+
+/// A full pull being parsed straight into a new desired state.
+struct FullPull {
+    policy: Arc<Policy>,
+    desired: Desired,
+    now: Instant,
+    new: usize,
+}
+
+impl StreamSink for FullPull {
+    fn new_decision(&mut self, decision: DecisionRef<'_>) {
+        self.new += 1;
+        self.desired.insert(&self.policy, &decision, self.now);
+    }
+
+    // A full pull's `deleted` lists every expired decision still in LAPI's database:
+    // nothing to do with them, the new desired state simply lacks them.
+    fn deleted_decision(&mut self, _: DecisionRef<'_>) {}
+}
+
+/// A delta, kept until complete, then applied at once.
+#[derive(Default)]
+struct DeltaPull {
+    new: Vec<OwnedDecision>,
+    deleted: Vec<OwnedDecision>,
+}
+
+impl StreamSink for DeltaPull {
+    fn new_decision(&mut self, decision: DecisionRef<'_>) {
+        self.new.push(OwnedDecision::from(decision));
+    }
+
+    fn deleted_decision(&mut self, decision: DecisionRef<'_>) {
+        self.deleted.push(OwnedDecision::from(decision));
+    }
+}
+
+/// A decision from a delta, owned until the delta is complete.
+struct OwnedDecision {
+    scope: Box<str>,
+    value: Box<str>,
+    kind: Box<str>,
+    origin: Box<str>,
+    scenario: Box<str>,
+    duration: Box<str>,
+}
+
+impl From<DecisionRef<'_>> for OwnedDecision {
+    fn from(d: DecisionRef<'_>) -> OwnedDecision {
+        OwnedDecision {
+            scope: d.scope.into(),
+            value: d.value.into(),
+            kind: d.kind.into(),
+            origin: d.origin.into(),
+            scenario: d.scenario.into(),
+            duration: d.duration.into(),
+        }
+    }
+}
+
+impl OwnedDecision {
+    fn as_ref(&self) -> DecisionRef<'_> {
+        DecisionRef {
+            scope: &self.scope,
+            value: &self.value,
+            kind: &self.kind,
+            origin: &self.origin,
+            scenario: &self.scenario,
+            duration: &self.duration,
+        }
     }
 }
 

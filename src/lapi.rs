@@ -1,12 +1,17 @@
 //! The CrowdSec Local API client: `GET /v1/decisions/stream` and nothing else.
 //!
-//! Wire types stay in this module. A response body is kept as one buffer and parsed
-//! with borrowed strings, so a 100k-decision pull is held in memory once; callers get
-//! [`DecisionRef`]s pointing into it.
+//! Wire types stay in this module. The daemon parses a response while it arrives
+//! ([`LapiClient::stream_into`]): chunks go to a parser on a blocking thread, which hands
+//! each decision to a [`StreamSink`], so a million-decision pull is never held in memory
+//! as text, nor as a list of parsed decisions. [`StreamBody`] parses a body already in
+//! memory, with borrowed strings (tools, benchmarks, tests).
 
 use std::borrow::Cow;
+use std::fmt;
+use std::io;
 use std::time::Duration;
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::config::{CrowdsecConfig, Secret};
@@ -53,6 +58,12 @@ pub struct LapiClient {
     stream_url: String,
     api_key: Option<Secret>,
     filters: Vec<(&'static str, String)>,
+}
+
+/// Receives decisions as a stream response is parsed.
+pub trait StreamSink {
+    fn new_decision(&mut self, decision: DecisionRef<'_>);
+    fn deleted_decision(&mut self, decision: DecisionRef<'_>);
 }
 
 /// A stream response body; parse it with [`StreamBody::parse`].
@@ -148,6 +159,66 @@ impl LapiClient {
     /// # Errors
     /// Transport failures, non-200 answers ([`Error::Forbidden`] for a bad key).
     pub async fn stream(&self, pull: Pull) -> Result<StreamBody, Error> {
+        let response = self.send_stream(pull).await?;
+        let body = response.bytes().await.map_err(|source| Error::Transport {
+            url: self.stream_url.clone(),
+            source,
+        })?;
+        Ok(StreamBody(body))
+    }
+
+    /// Pulls the decision stream and hands each decision to `sink` while the response
+    /// arrives. Returns the sink and the body's size. On any error the sink is dropped:
+    /// a failed or truncated pull gives nothing to apply.
+    ///
+    /// # Errors
+    /// As [`LapiClient::stream`], and [`Error::Decode`] for a body that is not a complete
+    /// decision stream.
+    pub async fn stream_into<S: StreamSink + Send + 'static>(
+        &self,
+        pull: Pull,
+        sink: S,
+    ) -> Result<(S, u64), Error> {
+        let mut response = self.send_stream(pull).await?;
+        let transport = |source| Error::Transport {
+            url: self.stream_url.clone(),
+            source,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let parser = tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            parse_reader(ChunkReader::new(rx), &mut sink).map(|()| sink)
+        });
+        let mut size = 0u64;
+        let mut failed = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.len() as u64;
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        break; // The parser stopped on an error; it reports it.
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = tx.send(Err(io::Error::other("the response was cut"))).await;
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let parsed = parser.await.map_err(|err| {
+            Error::Decode(serde::de::Error::custom(format!("parser task: {err}")))
+        })?;
+        if let Some(err) = failed {
+            return Err(transport(err));
+        }
+        Ok((parsed?, size))
+    }
+
+    /// Sends the stream request; a 200 answer is returned, unread.
+    async fn send_stream(&self, pull: Pull) -> Result<reqwest::Response, Error> {
         let mut request = self.http.get(&self.stream_url).query(&self.filters);
         if pull == Pull::Full {
             // Only the exact string `true` counts (docs/lapi.md §4.2).
@@ -156,21 +227,21 @@ impl LapiClient {
         if let Some(key) = &self.api_key {
             request = request.header("X-Api-Key", key.expose());
         }
-        let transport = |source| Error::Transport {
+        let response = request.send().await.map_err(|source| Error::Transport {
             url: self.stream_url.clone(),
             source,
-        };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        if status == 403 {
-            return Err(Error::Forbidden);
+        })?;
+        match response.status().as_u16() {
+            200 => Ok(response),
+            403 => Err(Error::Forbidden),
+            status => {
+                let body = response.text().await.unwrap_or_default();
+                Err(Error::Status {
+                    status,
+                    body: body.chars().take(200).collect(),
+                })
+            }
         }
-        let body = response.bytes().await.map_err(transport)?;
-        if status != 200 {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(Error::Status { status, body: text });
-        }
-        Ok(StreamBody(body))
     }
 
     /// Pushes usage metrics (`POST /v1/usage-metrics`, CrowdSec 1.6.3 and later).
@@ -227,6 +298,147 @@ impl LapiClient {
                 body: String::new(),
             }),
         }
+    }
+}
+
+/// Parses a decision stream from a reader, handing each decision to `sink`.
+///
+/// # Errors
+/// [`Error::Decode`] when the input is not a complete decision stream; `sink` may then
+/// have seen part of it.
+pub fn parse_reader<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Result<(), Error> {
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    Body { sink }
+        .deserialize(&mut deserializer)
+        .map_err(Error::Decode)?;
+    deserializer.end().map_err(Error::Decode)
+}
+
+/// Parses a decision stream held in memory, with borrowed strings where it can.
+///
+/// # Errors
+/// As [`parse_reader`].
+pub fn parse_slice<S: StreamSink>(body: &[u8], sink: &mut S) -> Result<(), Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    Body { sink }
+        .deserialize(&mut deserializer)
+        .map_err(Error::Decode)?;
+    deserializer.end().map_err(Error::Decode)
+}
+
+/// The top-level object: `new` and `deleted` go to the sink, anything else is skipped.
+struct Body<'s, S> {
+    sink: &'s mut S,
+}
+
+impl<'de, S: StreamSink> DeserializeSeed<'de> for Body<'_, S> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, S: StreamSink> Visitor<'de> for Body<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a decision stream object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "new" => map.next_value_seed(Decisions {
+                    sink: &mut *self.sink,
+                    deleted: false,
+                })?,
+                "deleted" => map.next_value_seed(Decisions {
+                    sink: &mut *self.sink,
+                    deleted: true,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `new` or `deleted` list: `null` or an array of decisions.
+struct Decisions<'s, S> {
+    sink: &'s mut S,
+    deleted: bool,
+}
+
+impl<'de, S: StreamSink> DeserializeSeed<'de> for Decisions<'_, S> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de, S: StreamSink> Visitor<'de> for Decisions<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or a list of decisions")
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(wire) = seq.next_element::<WireDecision<'de>>()? {
+            if self.deleted {
+                self.sink.deleted_decision(wire.as_ref());
+            } else {
+                self.sink.new_decision(wire.as_ref());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feeds a parser on a blocking thread from the chunks of a response.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl ChunkReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(err)) => return Err(err),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
     }
 }
 
@@ -339,6 +551,43 @@ mod tests {
             proptest::prop_assert_eq!(decision.value, value.as_str());
             proptest::prop_assert_eq!(decision.scenario, scenario.as_str());
         }
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<(bool, String, String)>);
+
+    impl StreamSink for Collect {
+        fn new_decision(&mut self, d: DecisionRef<'_>) {
+            self.0
+                .push((false, d.value.to_owned(), d.duration.to_owned()));
+        }
+        fn deleted_decision(&mut self, d: DecisionRef<'_>) {
+            self.0
+                .push((true, d.value.to_owned(), d.duration.to_owned()));
+        }
+    }
+
+    #[test]
+    fn streaming_and_in_memory_parses_agree_and_refuse_truncation() {
+        let body = br#"{"deleted":[{"duration":"-1s","id":1,"origin":"cscli","scenario":"a\u0041","scope":"Ip","type":"ban","value":"1.1.1.1"}],"new":[{"duration":"1h","id":2,"origin":"cscli","scenario":"s","scope":"Ip","type":"ban","value":"2.2.2.2","extra":{"nested":[1,2]}}],"later":null}"#;
+        let (mut from_reader, mut from_slice) = (Collect::default(), Collect::default());
+        parse_reader(&body[..], &mut from_reader).expect("valid");
+        parse_slice(body, &mut from_slice).expect("valid");
+        assert_eq!(from_reader.0, from_slice.0);
+        assert_eq!(
+            from_reader.0,
+            [
+                (true, "1.1.1.1".into(), "-1s".into()),
+                (false, "2.2.2.2".into(), "1h".into())
+            ]
+        );
+        for cut in [10, body.len() / 2, body.len() - 1] {
+            assert!(
+                parse_reader(&body[..cut], &mut Collect::default()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(parse_reader(&b"{\"new\":null} trailing"[..], &mut Collect::default()).is_err());
     }
 
     #[test]

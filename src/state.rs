@@ -9,15 +9,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::godur;
 use ipnet::IpNet;
 
-use crate::item::{Item, ItemError};
+use crate::item::Item;
 
-/// Expiry used for decisions whose duration does not fit in an `Instant` (absurdly long).
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub use desired::Desired;
+
 /// Cloudflare's limit on an item comment (docs/cloudflare-lists.md §6.5).
 const MAX_COMMENT_CHARS: usize = 500;
 
@@ -79,18 +78,21 @@ impl Policy {
     fn origin_rank(&self, origin: &str) -> usize {
         self.origin_priority
             .iter()
-            .position(|p| {
-                origin.eq_ignore_ascii_case(p)
-                    || origin
-                        .strip_prefix(p.as_str())
-                        .is_some_and(|rest| rest.starts_with('-'))
-            })
+            .position(|p| origin_matches(origin, p))
             .unwrap_or(self.origin_priority.len())
     }
 
     fn is_tagged(&self, comment: Option<&str>) -> bool {
         comment.is_some_and(|c| c == self.tag || c.starts_with(&format!("{} ", self.tag)))
     }
+}
+
+/// Whether `origin` is `name`, or a variant of it (`cscli-import` of `cscli`).
+fn origin_matches(origin: &str, name: &str) -> bool {
+    origin.eq_ignore_ascii_case(name)
+        || origin
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('-'))
 }
 
 /// Decisions skipped since start, by reason. Never fatal.
@@ -105,6 +107,15 @@ pub struct Skipped {
 }
 
 impl Skipped {
+    fn add(&mut self, other: &Skipped) {
+        self.kind += other.kind;
+        self.scope += other.scope;
+        self.value += other.value;
+        self.too_broad += other.too_broad;
+        self.duration += other.duration;
+        self.allowlisted += other.allowlisted;
+    }
+
     pub fn total(&self) -> u64 {
         self.kind + self.scope + self.value + self.too_broad + self.duration + self.allowlisted
     }
@@ -146,36 +157,49 @@ pub enum Confirmed {
     Removed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct DecisionKey {
-    range_scope: bool,
-    value: Box<str>,
-    kind: Box<str>,
-}
-
-#[derive(Debug, Clone)]
-struct Active {
-    item: Item,
-    expires_at: Instant,
-    origin: Arc<str>,
-}
-
 /// An item on the list, as far as the bouncer knows.
 #[derive(Debug, Clone)]
 struct Listed {
     /// The Cloudflare item id, once a list read or search has shown it.
-    id: Option<Box<str>>,
+    id: Option<ItemId>,
     /// Carries the bouncer's tag (or was added by it).
     ours: bool,
 }
 
-/// Why an item is desired: how many active decisions map to it, and the labels of the
-/// latest one (for the item comment).
-#[derive(Debug, Clone)]
-struct Wanted {
-    refs: u32,
-    origin: Arc<str>,
-    scenario: Arc<str>,
+/// A Cloudflare item id: 32 hex characters, kept as 16 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ItemId {
+    Hex([u8; 16]),
+    Text(Box<str>),
+}
+
+impl ItemId {
+    fn new(id: &str) -> ItemId {
+        let mut bytes = [0u8; 16];
+        let hex = id.len() == 32
+            && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && bytes.iter_mut().enumerate().all(|(i, byte)| {
+                u8::from_str_radix(&id[2 * i..2 * i + 2], 16)
+                    .map(|v| *byte = v)
+                    .is_ok()
+            });
+        if hex {
+            ItemId::Hex(bytes)
+        } else {
+            ItemId::Text(id.into())
+        }
+    }
+
+    fn to_boxed(&self) -> Box<str> {
+        match self {
+            ItemId::Hex(bytes) => bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+            ItemId::Text(text) => text.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,9 +211,10 @@ enum Intent {
 /// Desired state, list view and pending queue. See the module docs.
 #[derive(Debug)]
 pub struct SyncState {
-    policy: Policy,
-    decisions: HashMap<DecisionKey, Active>,
-    wanted: HashMap<Item, Wanted>,
+    policy: Arc<Policy>,
+    /// Expiries count from here.
+    epoch: Instant,
+    desired: Desired,
     /// When the desired set exceeds capacity: the wanted items that fit, by priority.
     /// `None`: every wanted item fits.
     admitted: Option<HashSet<Item>>,
@@ -203,8 +228,6 @@ pub struct SyncState {
     mass_removal_seen: bool,
     /// Items whose one-item bulk operation failed; retried after the next list read.
     quarantined: HashSet<Item>,
-    labels: HashSet<Arc<str>>,
-    earliest_expiry: Option<Instant>,
     desired_known: bool,
     list_known: bool,
     skipped: Skipped,
@@ -218,10 +241,11 @@ const MAX_NOTICED: usize = 10_000;
 
 impl SyncState {
     pub fn new(policy: Policy) -> SyncState {
+        let epoch = Instant::now();
         SyncState {
-            policy,
-            decisions: HashMap::new(),
-            wanted: HashMap::new(),
+            policy: Arc::new(policy),
+            epoch,
+            desired: Desired::new(epoch),
             admitted: None,
             capacity: usize::MAX,
             listed: HashMap::new(),
@@ -230,8 +254,6 @@ impl SyncState {
             held: HashSet::new(),
             mass_removal_seen: false,
             quarantined: HashSet::new(),
-            labels: HashSet::new(),
-            earliest_expiry: None,
             desired_known: false,
             list_known: false,
             skipped: Skipped::default(),
@@ -249,13 +271,16 @@ impl SyncState {
         now: Instant,
     ) {
         for decision in deleted {
-            if let Some(key) = self.key_of(&decision, false) {
-                self.forget(&key);
+            if let Some(item) = self.desired.forget(&self.policy, &decision) {
+                self.enqueue(item);
             }
         }
         for decision in new {
-            self.insert(&decision, now);
+            if let Some(item) = self.desired.insert(&self.policy, &decision, now) {
+                self.enqueue(item);
+            }
         }
+        self.collect_refusals();
     }
 
     /// Replaces the desired state with a full pull (`startup=true`'s `new`). Items that
@@ -265,44 +290,63 @@ impl SyncState {
         new: impl IntoIterator<Item = DecisionRef<'a>>,
         now: Instant,
     ) {
-        let old_wanted = std::mem::take(&mut self.wanted);
-        self.decisions.clear();
-        self.labels.clear();
-        self.earliest_expiry = None;
+        let mut desired = self.new_desired();
         for decision in new {
-            self.insert_quietly(&decision, now);
+            desired.insert(&self.policy, &decision, now);
         }
-        let changed: Vec<Item> = old_wanted
+        self.replace_desired_with(desired);
+    }
+
+    /// An empty desired state to build from a full pull, off to the side (another
+    /// thread, while the response arrives), with [`Desired::insert`] and this policy.
+    pub fn new_desired(&self) -> Desired {
+        Desired::new(self.epoch)
+    }
+
+    /// The policy decisions are judged by, for building a [`Desired`].
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.clone()
+    }
+
+    /// Swaps in a desired state built from a full pull; queues what changed.
+    pub fn replace_desired_with(&mut self, desired: Desired) {
+        let old = std::mem::replace(&mut self.desired, desired);
+        let changed: Vec<Item> = old
+            .wanted
             .keys()
-            .filter(|item| !self.wanted.contains_key(item))
+            .filter(|item| !self.desired.wanted.contains_key(item))
             .chain(
-                self.wanted
+                self.desired
+                    .wanted
                     .keys()
-                    .filter(|item| !old_wanted.contains_key(item)),
+                    .filter(|item| !old.wanted.contains_key(item)),
             )
             .copied()
             .collect();
+        drop(old);
         self.enqueue_all(changed);
         self.desired_known = true;
+        self.collect_refusals();
     }
 
     /// Drops decisions whose duration has run out, so a missed delete cannot keep a
     /// ban forever. Returns how many expired.
     pub fn expire(&mut self, now: Instant) -> usize {
-        if self.earliest_expiry.is_none_or(|at| at > now) {
-            return 0;
+        let (gone, expired) = self.desired.expire(now);
+        self.enqueue_all(gone);
+        expired
+    }
+
+    /// Moves the desired state's refusal counts and reasons into the totals and notices.
+    fn collect_refusals(&mut self) {
+        let skipped = std::mem::take(&mut self.desired.skipped);
+        self.skipped.add(&skipped);
+        for (value, reason) in std::mem::take(&mut self.desired.refusals) {
+            if self.noticed.len() < MAX_NOTICED && self.noticed.insert(value.clone()) {
+                self.notices
+                    .push(format!("decision on {value} is not pushed: {reason}"));
+            }
         }
-        let expired: Vec<DecisionKey> = self
-            .decisions
-            .iter()
-            .filter(|(_, active)| active.expires_at <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in &expired {
-            self.forget(key);
-        }
-        self.earliest_expiry = self.decisions.values().map(|a| a.expires_at).min();
-        expired.len()
     }
 
     /// Replaces the list view with a full read of the list (item, id, comment), queues
@@ -317,16 +361,18 @@ impl SyncState {
             .into_iter()
             .map(|(item, id, comment)| {
                 let ours = policy.is_tagged(comment);
-                (item, Listed { id: Some(id), ours })
+                let id = Some(ItemId::new(&id));
+                (item, Listed { id, ours })
             })
             .collect();
         self.quarantined.clear();
         let changed: Vec<Item> = self
             .listed
             .keys()
-            .filter(|item| !self.wanted.contains_key(item))
+            .filter(|item| !self.desired.wanted.contains_key(item))
             .chain(
-                self.wanted
+                self.desired
+                    .wanted
                     .keys()
                     .filter(|item| !self.listed.contains_key(item)),
             )
@@ -391,7 +437,14 @@ impl SyncState {
             Intent::Remove => Some(Batch::Remove(
                 taken
                     .into_iter()
-                    .map(|item| (item, self.listed.get(&item).and_then(|l| l.id.clone())))
+                    .map(|item| {
+                        (
+                            item,
+                            self.listed
+                                .get(&item)
+                                .and_then(|l| l.id.as_ref().map(ItemId::to_boxed)),
+                        )
+                    })
                     .collect(),
             )),
         }
@@ -399,8 +452,9 @@ impl SyncState {
 
     /// Turns the mass-removal guard off (`cleanup`, which removes everything on purpose).
     pub fn disable_mass_removal_guard(&mut self) {
-        self.policy.mass_removal_share = 1.0;
-        self.policy.mass_removal_min_items = usize::MAX;
+        let policy = Arc::make_mut(&mut self.policy);
+        policy.mass_removal_share = 1.0;
+        policy.mass_removal_min_items = usize::MAX;
     }
 
     /// Puts items back at the front of the queue, in order (a write failed or was not
@@ -448,12 +502,12 @@ impl SyncState {
     /// Records what a search for one item found: its id, or that it is not on the list.
     pub fn resolve_id(&mut self, item: Item, id: Option<Box<str>>) {
         match (id, self.listed.get_mut(&item)) {
-            (Some(id), Some(listed)) => listed.id = Some(id),
+            (Some(id), Some(listed)) => listed.id = Some(ItemId::new(&id)),
             (Some(id), None) => {
                 self.listed.insert(
                     item,
                     Listed {
-                        id: Some(id),
+                        id: Some(ItemId::new(&id)),
                         ours: true,
                     },
                 );
@@ -485,6 +539,7 @@ impl SyncState {
     /// Items that should be on the list (desired, within capacity), sorted.
     pub fn desired_items(&self) -> Vec<Item> {
         let mut items: Vec<Item> = self
+            .desired
             .wanted
             .keys()
             .filter(|item| self.is_admitted(item))
@@ -508,15 +563,15 @@ impl SyncState {
 
     pub fn counts(&self) -> Counts {
         Counts {
-            decisions: self.decisions.len(),
-            desired_items: self.wanted.len(),
+            decisions: self.desired.decisions.len(),
+            desired_items: self.desired.wanted.len(),
             listed_items: self.listed.len(),
             listed_without_id: self.listed.values().filter(|l| l.id.is_none()).count(),
             queued: self.queue.len(),
             left_out: self
                 .admitted
                 .as_ref()
-                .map_or(0, |a| self.wanted.len() - a.len()),
+                .map_or(0, |a| self.desired.wanted.len() - a.len()),
             held: self.held.len(),
             quarantined: self.quarantined.len(),
         }
@@ -546,18 +601,16 @@ impl SyncState {
     /// Active decisions by origin (cscli, crowdsec, lists, CAPI, other) and IP type.
     pub fn active_by_origin(&self) -> Vec<(&'static str, &'static str, usize)> {
         const ORIGINS: [&str; 5] = ["cscli", "crowdsec", "lists", "CAPI", "other"];
-        let mut counts = [[0usize; 2]; 5];
-        for active in self.decisions.values() {
-            let origin = ORIGINS[..4]
+        let class = |origin: &str| {
+            ORIGINS[..4]
                 .iter()
-                .position(|o| {
-                    active.origin.eq_ignore_ascii_case(o)
-                        || active
-                            .origin
-                            .strip_prefix(o)
-                            .is_some_and(|rest| rest.starts_with('-'))
-                })
-                .unwrap_or(4);
+                .position(|o| origin_matches(origin, o))
+                .unwrap_or(4)
+        };
+        let classes: Vec<usize> = self.desired.labels.all().map(class).collect();
+        let mut counts = [[0usize; 2]; 5];
+        for active in self.desired.decisions.values() {
+            let origin = classes.get(active.origin as usize).copied().unwrap_or(4);
             counts[origin][usize::from(active.item.is_ipv6())] += 1;
         }
         let mut out = Vec::new();
@@ -575,7 +628,7 @@ impl SyncState {
     }
 
     fn intent(&self, item: &Item) -> Option<Intent> {
-        let desired = self.wanted.contains_key(item) && self.is_admitted(item);
+        let desired = self.desired.wanted.contains_key(item) && self.is_admitted(item);
         match (desired, self.listed.get(item)) {
             (true, None) => Some(Intent::Add),
             (false, Some(listed)) if self.policy.manage_all || listed.ours => Some(Intent::Remove),
@@ -584,162 +637,16 @@ impl SyncState {
     }
 
     fn comment(&self, item: &Item) -> String {
-        let Some(wanted) = self.wanted.get(item) else {
+        let Some(wanted) = self.desired.wanted.get(item) else {
             return String::new();
         };
-        let mut comment = format!("{} {}: {}", self.policy.tag, wanted.origin, wanted.scenario);
+        let labels = &self.desired.labels;
+        let (origin, scenario) = (labels.get(wanted.origin), labels.get(wanted.scenario));
+        let mut comment = format!("{} {origin}: {scenario}", self.policy.tag);
         if let Some((cut, _)) = comment.char_indices().nth(MAX_COMMENT_CHARS) {
             comment.truncate(cut);
         }
         comment
-    }
-
-    fn insert(&mut self, decision: &DecisionRef<'_>, now: Instant) {
-        if let Some(item) = self.insert_quietly(decision, now) {
-            self.enqueue(item);
-        }
-    }
-
-    /// Records an active decision; returns its item if the item just became desired.
-    fn insert_quietly(&mut self, decision: &DecisionRef<'_>, now: Instant) -> Option<Item> {
-        let key = self.key_of(decision, true)?;
-        let item = match Item::from_decision(decision.value, self.policy.ipv6_prefix) {
-            Ok(item) => item,
-            Err(ItemError::Invalid) => {
-                self.skipped.value += 1;
-                return None;
-            }
-            Err(ItemError::TooBroad) => {
-                self.refuse(decision, "a range wider than Cloudflare accepts");
-                self.skipped.too_broad += 1;
-                return None;
-            }
-        };
-        if !self.passes_rails(decision, item) {
-            return None;
-        }
-        let nanos = match godur::parse_nanos(decision.duration) {
-            Ok(nanos) if nanos > 0 => nanos as u64,
-            _ => {
-                self.skipped.duration += 1;
-                return None;
-            }
-        };
-        let expires_at = now
-            .checked_add(Duration::from_nanos(nanos).min(FAR_FUTURE))
-            .unwrap_or(now);
-        self.earliest_expiry = Some(
-            self.earliest_expiry
-                .map_or(expires_at, |e| e.min(expires_at)),
-        );
-        let origin = self.intern(decision.origin);
-        let scenario = self.intern(decision.scenario);
-        let active = Active {
-            item,
-            expires_at,
-            origin: origin.clone(),
-        };
-        let previous = self.decisions.insert(key, active);
-        let wanted = self.wanted.entry(item).or_insert(Wanted {
-            refs: 0,
-            origin: origin.clone(),
-            scenario: scenario.clone(),
-        });
-        (wanted.origin, wanted.scenario) = (origin, scenario);
-        if previous.is_some() {
-            return None;
-        }
-        wanted.refs += 1;
-        (wanted.refs == 1).then_some(item)
-    }
-
-    /// The safety rails: broad ranges and the allowlist. Refusals are counted, and
-    /// reported once per value.
-    fn passes_rails(&mut self, decision: &DecisionRef<'_>, item: Item) -> bool {
-        let net = item.net();
-        let min_prefix = if item.is_ipv6() {
-            self.policy.min_ipv6_prefix
-        } else {
-            self.policy.min_ipv4_prefix
-        };
-        if net.prefix_len() < min_prefix {
-            self.refuse(
-                decision,
-                &format!("a range wider than /{min_prefix} (safety.min_ipv*_prefix)"),
-            );
-            self.skipped.too_broad += 1;
-            return false;
-        }
-        let allowed = self
-            .policy
-            .allowlist
-            .iter()
-            .find(|allow| allow.contains(&net) || net.contains(*allow));
-        if let Some(allow) = allowed {
-            let reason = format!("it overlaps the allowlisted {allow}");
-            self.refuse(decision, &reason);
-            self.skipped.allowlisted += 1;
-            return false;
-        }
-        true
-    }
-
-    fn refuse(&mut self, decision: &DecisionRef<'_>, reason: &str) {
-        if self.noticed.len() < MAX_NOTICED && self.noticed.insert(decision.value.into()) {
-            self.notices.push(format!(
-                "decision on {} ({}, origin {}) is not pushed: {reason}",
-                decision.value, decision.scenario, decision.origin
-            ));
-        }
-    }
-
-    fn forget(&mut self, key: &DecisionKey) {
-        let Some(active) = self.decisions.remove(key) else {
-            return;
-        };
-        let Some(wanted) = self.wanted.get_mut(&active.item) else {
-            return;
-        };
-        wanted.refs -= 1;
-        if wanted.refs == 0 {
-            self.wanted.remove(&active.item);
-            self.enqueue(active.item);
-        }
-    }
-
-    /// The state key of a decision, or `None` (counted) if it is not ours to push.
-    fn key_of(&mut self, decision: &DecisionRef<'_>, count: bool) -> Option<DecisionKey> {
-        let range_scope = if decision.scope.eq_ignore_ascii_case("ip") {
-            false
-        } else if decision.scope.eq_ignore_ascii_case("range") {
-            true
-        } else {
-            self.skipped.scope += u64::from(count);
-            return None;
-        };
-        if !self
-            .policy
-            .decision_types
-            .iter()
-            .any(|t| t == decision.kind)
-        {
-            self.skipped.kind += u64::from(count);
-            return None;
-        }
-        Some(DecisionKey {
-            range_scope,
-            value: decision.value.into(),
-            kind: decision.kind.into(),
-        })
-    }
-
-    fn intern(&mut self, label: &str) -> Arc<str> {
-        if let Some(existing) = self.labels.get(label) {
-            return existing.clone();
-        }
-        let label: Arc<str> = label.into();
-        self.labels.insert(label.clone());
-        label
     }
 
     fn enqueue(&mut self, item: Item) {
@@ -781,6 +688,7 @@ pub struct Counts {
     pub quarantined: usize,
 }
 
+mod desired;
 #[cfg(test)]
 mod proptests;
 mod rails;

@@ -3,7 +3,6 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::time::Instant;
 
 use super::{Intent, SyncState};
 use crate::item::Item;
@@ -23,18 +22,20 @@ impl SyncState {
     /// first. Items whose admission changed are queued. Cheap when under capacity.
     pub fn rebalance(&mut self) {
         let before = self.admitted.take();
-        if self.wanted.len() > self.capacity {
+        if self.desired.wanted.len() > self.capacity {
             self.admitted = Some(self.highest_priority(self.capacity));
         }
         let changed: Vec<Item> = match (&before, &self.admitted) {
             (None, None) => Vec::new(),
             (Some(old), None) => self
+                .desired
                 .wanted
                 .keys()
                 .filter(|i| !old.contains(i))
                 .copied()
                 .collect(),
             (None, Some(new)) => self
+                .desired
                 .wanted
                 .keys()
                 .filter(|i| !new.contains(i))
@@ -45,7 +46,7 @@ impl SyncState {
         let left_out = |admitted: &Option<std::collections::HashSet<Item>>| {
             admitted
                 .as_ref()
-                .map_or(0, |a| self.wanted.len().saturating_sub(a.len()))
+                .map_or(0, |a| self.desired.wanted.len().saturating_sub(a.len()))
         };
         let (was, now) = (left_out(&before), left_out(&self.admitted));
         if was != now && now > 0 {
@@ -69,18 +70,25 @@ impl SyncState {
 
     fn highest_priority(&self, capacity: usize) -> std::collections::HashSet<Item> {
         // An item ranks as its best decision: best origin, then latest expiry.
-        let mut best: HashMap<Item, (usize, Reverse<Instant>)> =
-            HashMap::with_capacity(self.wanted.len());
-        for active in self.decisions.values() {
-            let rank = (
-                self.policy.origin_rank(&active.origin),
-                Reverse(active.expires_at),
-            );
+        let ranks: Vec<usize> = self
+            .desired
+            .labels
+            .all()
+            .map(|origin| self.policy.origin_rank(origin))
+            .collect();
+        let mut best: HashMap<Item, (usize, Reverse<u32>)> =
+            HashMap::with_capacity(self.desired.wanted.len());
+        for active in self.desired.decisions.values() {
+            let origin = ranks
+                .get(active.origin as usize)
+                .copied()
+                .unwrap_or(usize::MAX);
+            let rank = (origin, Reverse(active.expires));
             best.entry(active.item)
                 .and_modify(|current| *current = (*current).min(rank))
                 .or_insert(rank);
         }
-        let mut ranked: Vec<(usize, Reverse<Instant>, Item)> = best
+        let mut ranked: Vec<(usize, Reverse<u32>, Item)> = best
             .into_iter()
             .map(|(item, (origin, expiry))| (origin, expiry, item))
             .collect();

@@ -1,6 +1,7 @@
 //! Table-style tests of the pure sync core: desired state, diff and queue coalescing.
 
 use super::*;
+use std::time::Duration;
 
 fn policy() -> Policy {
     Policy::new(vec!["ban".into()], 64)
