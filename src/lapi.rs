@@ -187,7 +187,9 @@ impl LapiClient {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let parser = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            parse_reader(ChunkReader::new(rx), &mut sink).map(|()| sink)
+            // serde_json reads byte by byte: std's BufReader makes that cheap.
+            let reader = io::BufReader::with_capacity(64 * 1024, ChunkReader::new(rx));
+            parse_reader(reader, &mut sink).map(|()| sink)
         });
         let mut size = 0u64;
         let mut failed = None;

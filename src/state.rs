@@ -7,7 +7,9 @@
 //! add cancelled before it was sent costs nothing. Only a completed bulk operation
 //! changes the list view ([`SyncState::confirm`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -248,16 +250,16 @@ impl SyncState {
             desired: Desired::new(epoch),
             admitted: None,
             capacity: usize::MAX,
-            listed: HashMap::new(),
+            listed: HashMap::default(),
             queue: VecDeque::new(),
-            queued: HashSet::new(),
-            held: HashSet::new(),
+            queued: HashSet::default(),
+            held: HashSet::default(),
             mass_removal_seen: false,
-            quarantined: HashSet::new(),
+            quarantined: HashSet::default(),
             desired_known: false,
             list_known: false,
             skipped: Skipped::default(),
-            noticed: HashSet::new(),
+            noticed: HashSet::default(),
             notices: Vec::new(),
         }
     }
@@ -426,6 +428,11 @@ impl SyncState {
         }
         for item in skipped_other.into_iter().rev() {
             self.queue.push_front(item);
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 4096 {
+            // A big sync is over: give the memory back.
+            self.queue = VecDeque::new();
+            self.queued = HashSet::default();
         }
         match kind? {
             Intent::Add => Some(Batch::Add(

@@ -6,7 +6,7 @@
 //! in its plain text form is stored as the address or network it spells, not as a
 //! string; type, origin and scenario are small indexes; expiry is whole seconds.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,17 +37,37 @@ impl Value {
     fn new(text: &str) -> Value {
         if text.contains('/') {
             if let Ok(net) = text.parse::<IpNet>() {
-                if net.to_string() == text {
+                if displays_as(&net, text) {
                     return Value::Net(net);
                 }
             }
         } else if let Ok(addr) = text.parse::<IpAddr>() {
-            if addr.to_string() == text {
+            if displays_as(&addr, text) {
                 return Value::Addr(addr);
             }
         }
         Value::Text(text.into())
     }
+}
+
+/// Whether `value` prints exactly as `text`, without allocating.
+fn displays_as(value: &impl std::fmt::Display, text: &str) -> bool {
+    struct Matcher<'t> {
+        rest: &'t [u8],
+    }
+    impl std::fmt::Write for Matcher<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match self.rest.strip_prefix(s.as_bytes()) {
+                Some(rest) => {
+                    self.rest = rest;
+                    Ok(())
+                }
+                None => Err(std::fmt::Error),
+            }
+        }
+    }
+    let mut matcher = Matcher { rest: text.as_bytes() };
+    std::fmt::write(&mut matcher, format_args!("{value}")).is_ok() && matcher.rest.is_empty()
 }
 
 /// (scope, value, type): what LAPI deduplicates on (docs/lapi.md §4.4).
@@ -123,8 +143,8 @@ impl Desired {
     /// An empty desired state whose expiries count from `epoch`.
     pub fn new(epoch: Instant) -> Desired {
         Desired {
-            decisions: HashMap::new(),
-            wanted: HashMap::new(),
+            decisions: HashMap::default(),
+            wanted: HashMap::default(),
             labels: Labels::default(),
             epoch,
             earliest_expiry: None,

@@ -125,8 +125,8 @@ proptest! {
         let mut policy = Policy::new(vec!["ban".into()], 64);
         policy.mass_removal_share = 1.0;
         let mut state = SyncState::new(policy);
-        let mut list = FakeList { items: HashMap::new(), next_id: 0 };
-        let mut banned: HashSet<String> = HashSet::new();
+        let mut list = FakeList { items: HashMap::default(), next_id: 0 };
+        let mut banned: HashSet<String> = HashSet::default();
         let now = Instant::now();
         state.replace_desired([], now);
         state.replace_list(list.read());

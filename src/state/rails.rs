@@ -2,7 +2,7 @@
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{Intent, SyncState};
 use crate::item::Item;
@@ -43,7 +43,7 @@ impl SyncState {
                 .collect(),
             (Some(old), Some(new)) => old.symmetric_difference(new).copied().collect(),
         };
-        let left_out = |admitted: &Option<std::collections::HashSet<Item>>| {
+        let left_out = |admitted: &Option<HashSet<Item>>| {
             admitted
                 .as_ref()
                 .map_or(0, |a| self.desired.wanted.len().saturating_sub(a.len()))
@@ -68,7 +68,7 @@ impl SyncState {
             .is_none_or(|admitted| admitted.contains(item))
     }
 
-    fn highest_priority(&self, capacity: usize) -> std::collections::HashSet<Item> {
+    fn highest_priority(&self, capacity: usize) -> HashSet<Item> {
         // An item ranks as its best decision: best origin, then latest expiry.
         let ranks: Vec<usize> = self
             .desired
@@ -77,7 +77,7 @@ impl SyncState {
             .map(|origin| self.policy.origin_rank(origin))
             .collect();
         let mut best: HashMap<Item, (usize, Reverse<u32>)> =
-            HashMap::with_capacity(self.desired.wanted.len());
+            HashMap::with_capacity_and_hasher(self.desired.wanted.len(), Default::default());
         for active in self.desired.decisions.values() {
             let origin = ranks
                 .get(active.origin as usize)
