@@ -40,6 +40,14 @@ impl Item {
     /// if Cloudflare would refuse the prefix.
     pub fn from_decision(value: &str, ipv6_prefix: u8) -> Result<Item, ItemError> {
         let net = parse_net(value.trim()).ok_or(ItemError::Invalid)?;
+        Item::from_net(net, ipv6_prefix)
+    }
+
+    /// As [`Item::from_decision`], for a value already parsed.
+    ///
+    /// # Errors
+    /// [`ItemError::TooBroad`] if Cloudflare would refuse the prefix.
+    pub fn from_net(net: IpNet, ipv6_prefix: u8) -> Result<Item, ItemError> {
         let net = match net {
             IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
                 Some(v4) if v6.prefix_len() >= 96 => IpNet::V4(

@@ -244,10 +244,11 @@ const MAX_NOTICED: usize = 10_000;
 impl SyncState {
     pub fn new(policy: Policy) -> SyncState {
         let epoch = Instant::now();
+        let ipv6_prefix = policy.ipv6_prefix;
         SyncState {
             policy: Arc::new(policy),
             epoch,
-            desired: Desired::new(epoch),
+            desired: Desired::new(epoch, ipv6_prefix),
             admitted: None,
             capacity: usize::MAX,
             listed: HashMap::default(),
@@ -302,7 +303,7 @@ impl SyncState {
     /// An empty desired state to build from a full pull, off to the side (another
     /// thread, while the response arrives), with [`Desired::insert`] and this policy.
     pub fn new_desired(&self) -> Desired {
-        Desired::new(self.epoch)
+        Desired::new(self.epoch, self.policy.ipv6_prefix)
     }
 
     /// The policy decisions are judged by, for building a [`Desired`].
@@ -616,9 +617,12 @@ impl SyncState {
         };
         let classes: Vec<usize> = self.desired.labels.all().map(class).collect();
         let mut counts = [[0usize; 2]; 5];
-        for active in self.desired.decisions.values() {
+        for (key, active) in &self.desired.decisions {
             let origin = classes.get(active.origin as usize).copied().unwrap_or(4);
-            counts[origin][usize::from(active.item.is_ipv6())] += 1;
+            let ipv6 = key
+                .item(self.policy.ipv6_prefix)
+                .is_some_and(|item| item.is_ipv6());
+            counts[origin][usize::from(ipv6)] += 1;
         }
         let mut out = Vec::new();
         for (origin, by_type) in ORIGINS.iter().zip(counts) {

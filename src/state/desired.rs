@@ -33,6 +33,17 @@ enum Value {
     Text(Box<str>),
 }
 
+impl DecisionKey {
+    /// The item this decision maps to.
+    pub(super) fn item(&self, ipv6_prefix: u8) -> Option<Item> {
+        match &self.value {
+            Value::Addr(addr) => Item::from_net(IpNet::from(*addr), ipv6_prefix).ok(),
+            Value::Net(net) => Item::from_net(*net, ipv6_prefix).ok(),
+            Value::Text(text) => Item::from_decision(text, ipv6_prefix).ok(),
+        }
+    }
+}
+
 impl Value {
     fn new(text: &str) -> Value {
         if text.contains('/') {
@@ -66,7 +77,9 @@ fn displays_as(value: &impl std::fmt::Display, text: &str) -> bool {
             }
         }
     }
-    let mut matcher = Matcher { rest: text.as_bytes() };
+    let mut matcher = Matcher {
+        rest: text.as_bytes(),
+    };
     std::fmt::write(&mut matcher, format_args!("{value}")).is_ok() && matcher.rest.is_empty()
 }
 
@@ -78,9 +91,9 @@ pub(super) struct DecisionKey {
     value: Value,
 }
 
+/// An active decision. Its item is not stored: it is derived from the key when needed.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Active {
-    pub item: Item,
     /// Seconds after the state's epoch.
     pub expires: u32,
     /// Index in the labels.
@@ -133,6 +146,8 @@ pub struct Desired {
     pub(super) labels: Labels,
     /// Expiries are seconds after this instant.
     epoch: Instant,
+    /// The policy's `ipv6_prefix`, to derive items from keys.
+    ipv6_prefix: u8,
     pub(super) earliest_expiry: Option<u32>,
     pub(super) skipped: Skipped,
     /// (value, reason) of refused decisions, for the log.
@@ -141,8 +156,9 @@ pub struct Desired {
 
 impl Desired {
     /// An empty desired state whose expiries count from `epoch`.
-    pub fn new(epoch: Instant) -> Desired {
+    pub fn new(epoch: Instant, ipv6_prefix: u8) -> Desired {
         Desired {
+            ipv6_prefix,
             decisions: HashMap::default(),
             wanted: HashMap::default(),
             labels: Labels::default(),
@@ -191,14 +207,7 @@ impl Desired {
         self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
         let origin = self.labels.intern(decision.origin);
         let scenario = self.labels.intern(decision.scenario);
-        let previous = self.decisions.insert(
-            key,
-            Active {
-                item,
-                expires,
-                origin,
-            },
-        );
+        let previous = self.decisions.insert(key, Active { expires, origin });
         let wanted = self.wanted.entry(item).or_insert(Wanted {
             refs: 0,
             origin,
@@ -219,14 +228,15 @@ impl Desired {
     }
 
     fn forget_key(&mut self, key: &DecisionKey) -> Option<Item> {
-        let active = self.decisions.remove(key)?;
-        let wanted = self.wanted.get_mut(&active.item)?;
+        self.decisions.remove(key)?;
+        let item = key.item(self.ipv6_prefix)?;
+        let wanted = self.wanted.get_mut(&item)?;
         wanted.refs -= 1;
         if wanted.refs > 0 {
             return None;
         }
-        self.wanted.remove(&active.item);
-        Some(active.item)
+        self.wanted.remove(&item);
+        Some(item)
     }
 
     /// Drops decisions whose duration has run out; returns the items no longer desired
@@ -350,7 +360,7 @@ mod tests {
             std::mem::size_of::<DecisionKey>()
         );
         assert!(
-            std::mem::size_of::<Active>() <= 28,
+            std::mem::size_of::<Active>() <= 8,
             "{}",
             std::mem::size_of::<Active>()
         );

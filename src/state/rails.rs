@@ -1,8 +1,8 @@
 //! The rails on what reaches the list: capacity admission by priority, and the
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
-use std::cmp::Reverse;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::cmp::Reverse;
 
 use super::{Intent, SyncState};
 use crate::item::Item;
@@ -78,13 +78,16 @@ impl SyncState {
             .collect();
         let mut best: HashMap<Item, (usize, Reverse<u32>)> =
             HashMap::with_capacity_and_hasher(self.desired.wanted.len(), Default::default());
-        for active in self.desired.decisions.values() {
+        for (key, active) in &self.desired.decisions {
+            let Some(item) = key.item(self.policy.ipv6_prefix) else {
+                continue;
+            };
             let origin = ranks
                 .get(active.origin as usize)
                 .copied()
                 .unwrap_or(usize::MAX);
             let rank = (origin, Reverse(active.expires));
-            best.entry(active.item)
+            best.entry(item)
                 .and_modify(|current| *current = (*current).min(rank))
                 .or_insert(rank);
         }
