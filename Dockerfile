@@ -14,6 +14,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin crowdsec-cloudflare-iplist-bouncer
 
 # glibc, libgcc and the CA certificates (/etc/ssl/certs), nothing else; no shell.
