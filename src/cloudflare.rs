@@ -46,7 +46,7 @@ pub enum Error {
     },
     #[error("Cloudflare sent an unexpected answer to {what}: {detail}")]
     Decode { what: &'static str, detail: String },
-    #[error("no IP list named {0:?} in this account: create it (Manage Account > Configurations > Lists) or fix cloudflare.list_name")]
+    #[error("no IP list {0:?} in this account: create it (`setup` does, or Manage Account > Configurations > Lists) or fix cloudflare.list_name / list_id")]
     ListNotFound(String),
     #[error("list {name:?} is a {kind} list; the bouncer needs an IP list (kind ip)")]
     WrongKind { name: String, kind: String },
@@ -290,26 +290,7 @@ impl CloudflareClient {
     /// # Errors
     /// [`Error::ListNotFound`], [`Error::WrongKind`], or the request's error.
     pub async fn find_list(&self, list: &ListRef) -> Result<ListInfo, Error> {
-        let info: ListInfo = match list {
-            ListRef::Id(id) => {
-                let url = format!("{}/rules/lists/{id}", self.account_url);
-                let (list, _) = self
-                    .call::<WireList, ()>("reading the list", reqwest::Method::GET, url, None)
-                    .await?;
-                list.into()
-            }
-            ListRef::Name(name) => {
-                let found = self.lists().await?.into_iter().find(|l| &l.name == name);
-                found.ok_or_else(|| Error::ListNotFound(name.clone()))?
-            }
-        };
-        if info.kind != "ip" {
-            return Err(Error::WrongKind {
-                name: info.name,
-                kind: info.kind,
-            });
-        }
-        Ok(info)
+        choose_list(&self.lists().await?, list)
     }
 
     /// Reads one page of items (`per_page` = 500); returns the items and the next cursor.
@@ -582,6 +563,29 @@ impl From<WireList> for ListInfo {
             num_items: list.num_items.max(0.0) as u64,
         }
     }
+}
+
+/// Picks the configured list among the account's lists, and checks it is an IP list.
+///
+/// # Errors
+/// [`Error::ListNotFound`] or [`Error::WrongKind`].
+pub fn choose_list(lists: &[ListInfo], list: &ListRef) -> Result<ListInfo, Error> {
+    let found = lists.iter().find(|l| match list {
+        ListRef::Id(id) => &l.id == id,
+        ListRef::Name(name) => &l.name == name,
+    });
+    let info = match (found, list) {
+        (Some(info), _) => info.clone(),
+        (None, ListRef::Id(id)) => return Err(Error::ListNotFound(id.clone())),
+        (None, ListRef::Name(name)) => return Err(Error::ListNotFound(name.clone())),
+    };
+    if info.kind != "ip" {
+        return Err(Error::WrongKind {
+            name: info.name,
+            kind: info.kind,
+        });
+    }
+    Ok(info)
 }
 
 /// The metric label of a call, from a fixed set.

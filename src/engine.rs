@@ -79,6 +79,8 @@ struct Shared {
     /// When each task last went round its loop, for the systemd watchdog.
     beats: Mutex<Instant>,
     op_clock: Mutex<writer::OpClock>,
+    /// The account's lists as found at start, for the first list read to reuse.
+    known_lists: Mutex<Option<Vec<crate::cloudflare::ListInfo>>>,
 }
 
 impl Shared {
@@ -147,6 +149,7 @@ impl Engine {
                 writes: Mutex::new(WriteBudget::default()),
                 beats: Mutex::new(Instant::now()),
                 op_clock: Mutex::new(writer::OpClock::default()),
+                known_lists: Mutex::new(None),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
             cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,
@@ -298,11 +301,20 @@ impl Engine {
     async fn resolve_list(&self, token: &CancellationToken) -> Option<String> {
         let mut attempt = 0;
         loop {
-            match self
-                .cloudflare
-                .find_list(&self.config.cloudflare.list)
-                .await
-            {
+            let found = match self.cloudflare.lists().await {
+                Ok(lists) => {
+                    let found = cloudflare::choose_list(&lists, &self.config.cloudflare.list);
+                    // The first list read needs them too (capacity left by other lists).
+                    *self
+                        .shared
+                        .known_lists
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(lists);
+                    found
+                }
+                Err(err) => Err(err),
+            };
+            match found {
                 Ok(list) => {
                     info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");
                     return Some(list.id);

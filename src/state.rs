@@ -359,15 +359,24 @@ impl SyncState {
         &mut self,
         items: impl IntoIterator<Item = (Item, Box<str>, Option<&'a str>)>,
     ) -> Drift {
-        let policy = &self.policy;
-        self.listed = items
-            .into_iter()
-            .map(|(item, id, comment)| {
-                let ours = policy.is_tagged(comment);
-                let id = Some(ItemId::new(&id));
-                (item, Listed { id, ours })
-            })
-            .collect();
+        let mut view = self.new_list_view();
+        for (item, id, comment) in items {
+            view.insert(item, &id, comment);
+        }
+        self.replace_list_with(view)
+    }
+
+    /// An empty list view to fill from a list read, page by page, off the lock.
+    pub fn new_list_view(&self) -> ListView {
+        ListView {
+            policy: self.policy.clone(),
+            items: HashMap::default(),
+        }
+    }
+
+    /// Swaps in a complete list read; see [`SyncState::replace_list`].
+    pub fn replace_list_with(&mut self, view: ListView) -> Drift {
+        self.listed = view.items;
         self.quarantined.clear();
         let changed: Vec<Item> = self
             .listed
@@ -670,6 +679,31 @@ impl SyncState {
         for item in items {
             self.enqueue(item);
         }
+    }
+}
+
+/// A list read being collected, page by page; swapped in with
+/// [`SyncState::replace_list_with`] once complete.
+#[derive(Debug)]
+pub struct ListView {
+    policy: Arc<Policy>,
+    items: HashMap<Item, Listed>,
+}
+
+impl ListView {
+    /// Records one item of the list, as Cloudflare returned it.
+    pub fn insert(&mut self, item: Item, id: &str, comment: Option<&str>) {
+        let ours = self.policy.is_tagged(comment);
+        let id = Some(ItemId::new(id));
+        self.items.insert(item, Listed { id, ours });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }
 

@@ -88,7 +88,7 @@ async fn once_fails_clearly_when_the_list_does_not_exist() {
     .await;
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("no IP list named \"no_such_list\""),
+        text(&out).contains("no IP list \"no_such_list\""),
         "{}",
         text(&out)
     );

@@ -175,24 +175,43 @@ impl Engine {
     /// list, and replaces the list view with it.
     pub(super) async fn read_list(&self, list_id: &str) -> Result<(), Error> {
         let started = Instant::now();
-        let lists = self.cloudflare.lists().await?;
+        let known = self
+            .shared
+            .known_lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let lists = match known {
+            Some(lists) => lists,
+            None => self.cloudflare.lists().await?,
+        };
         let others: u64 = lists
             .iter()
             .filter(|l| l.id != list_id)
             .map(|l| l.num_items)
             .sum();
-        let listed = self.cloudflare.all_items(list_id).await?;
-        let n_listed = listed.len();
-        let mut unreadable = 0;
-        let items = listed.iter().filter_map(|listed| {
-            let item = Item::from_cloudflare(&listed.ip);
-            unreadable += usize::from(item.is_none());
-            Some((
-                item?,
-                listed.id.clone().into_boxed_str(),
-                listed.comment.as_deref(),
-            ))
-        });
+        // Page by page into a view of its own: one page in memory at a time, and the
+        // state's view replaced only by a complete read.
+        let mut view = self.shared.state().new_list_view();
+        let (mut n_listed, mut unreadable) = (0, 0);
+        let mut cursor = None;
+        loop {
+            let (page, next) = self
+                .cloudflare
+                .items_page(list_id, cursor.as_deref(), None)
+                .await?;
+            for listed in &page {
+                n_listed += 1;
+                match Item::from_cloudflare(&listed.ip) {
+                    Some(item) => view.insert(item, &listed.id, listed.comment.as_deref()),
+                    None => unreadable += 1,
+                }
+            }
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
         let mut state = self.shared.state();
         state.set_capacity(
             self.config
@@ -200,7 +219,7 @@ impl Engine {
                 .capacity
                 .saturating_sub(others as usize),
         );
-        let drift = state.replace_list(items);
+        let drift = state.replace_list_with(view);
         let counts = state.counts();
         let primed = state.is_primed();
         drop(state);
