@@ -221,6 +221,8 @@ pub struct SyncState {
     /// `None`: every wanted item fits.
     admitted: Option<HashSet<Item>>,
     capacity: usize,
+    /// The desired state or capacity changed since admission was last computed.
+    admission_stale: bool,
     /// What the list holds, as far as completed operations and list reads tell.
     listed: HashMap<Item, Listed>,
     queue: VecDeque<Item>,
@@ -251,6 +253,7 @@ impl SyncState {
             desired: Desired::new(epoch, ipv6_prefix),
             admitted: None,
             capacity: usize::MAX,
+            admission_stale: true,
             listed: HashMap::default(),
             queue: VecDeque::new(),
             queued: HashSet::default(),
@@ -277,11 +280,13 @@ impl SyncState {
             if let Some(item) = self.desired.forget(&self.policy, &decision) {
                 self.enqueue(item);
             }
+            self.admission_stale = true;
         }
         for decision in new {
             if let Some(item) = self.desired.insert(&self.policy, &decision, now) {
                 self.enqueue(item);
             }
+            self.admission_stale = true;
         }
         self.collect_refusals();
     }
@@ -329,6 +334,7 @@ impl SyncState {
         drop(old);
         self.enqueue_all(changed);
         self.desired_known = true;
+        self.admission_stale = true;
         self.collect_refusals();
     }
 
@@ -336,6 +342,7 @@ impl SyncState {
     /// ban forever. Returns how many expired.
     pub fn expire(&mut self, now: Instant) -> usize {
         let (gone, expired) = self.desired.expire(now);
+        self.admission_stale |= expired > 0;
         self.enqueue_all(gone);
         expired
     }

@@ -1,7 +1,7 @@
 //! The rails on what reaches the list: capacity admission by priority, and the
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 use std::cmp::Reverse;
 
 use super::{Intent, SyncState};
@@ -13,6 +13,7 @@ impl SyncState {
     pub fn set_capacity(&mut self, capacity: usize) {
         if capacity != self.capacity {
             self.capacity = capacity;
+            self.admission_stale = true;
             self.rebalance();
         }
     }
@@ -21,6 +22,10 @@ impl SyncState {
     /// items: by origin (`policy.origin_priority`), then by remaining duration, longest
     /// first. Items whose admission changed are queued. Cheap when under capacity.
     pub fn rebalance(&mut self) {
+        // Nothing that admission depends on changed since the last time.
+        if !std::mem::take(&mut self.admission_stale) {
+            return;
+        }
         let before = self.admitted.take();
         if self.desired.wanted.len() > self.capacity {
             self.admitted = Some(self.highest_priority(self.capacity));
@@ -69,37 +74,35 @@ impl SyncState {
     }
 
     fn highest_priority(&self, capacity: usize) -> HashSet<Item> {
-        // An item ranks as its best decision: best origin, then latest expiry.
+        // Every decision with its rank, best first; an item ranks as its best decision.
         let ranks: Vec<usize> = self
             .desired
             .labels
             .all()
             .map(|origin| self.policy.origin_rank(origin))
             .collect();
-        let mut best: HashMap<Item, (usize, Reverse<u32>)> =
-            HashMap::with_capacity_and_hasher(self.desired.wanted.len(), Default::default());
-        for (key, active) in &self.desired.decisions {
-            let Some(item) = key.item(self.policy.ipv6_prefix) else {
-                continue;
-            };
-            let origin = ranks
-                .get(active.origin as usize)
-                .copied()
-                .unwrap_or(usize::MAX);
-            let rank = (origin, Reverse(active.expires));
-            best.entry(item)
-                .and_modify(|current| *current = (*current).min(rank))
-                .or_insert(rank);
-        }
-        let mut ranked: Vec<(usize, Reverse<u32>, Item)> = best
-            .into_iter()
-            .map(|(item, (origin, expiry))| (origin, expiry, item))
+        let prefix = self.policy.ipv6_prefix;
+        let mut ranked: Vec<(usize, Reverse<u32>, Item)> = self
+            .desired
+            .decisions
+            .iter()
+            .filter_map(|(key, active)| {
+                let origin = ranks
+                    .get(active.origin as usize)
+                    .copied()
+                    .unwrap_or(usize::MAX);
+                Some((origin, Reverse(active.expires), key.item(prefix)?))
+            })
             .collect();
-        if capacity < ranked.len() {
-            ranked.select_nth_unstable(capacity);
-            ranked.truncate(capacity);
+        ranked.sort_unstable();
+        let mut admitted = HashSet::with_capacity_and_hasher(capacity, Default::default());
+        for (_, _, item) in ranked {
+            if admitted.len() == capacity {
+                break;
+            }
+            admitted.insert(item);
         }
-        ranked.into_iter().map(|(_, _, item)| item).collect()
+        admitted
     }
 
     /// After a full list read: if the diff would remove more than
