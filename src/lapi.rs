@@ -309,11 +309,7 @@ impl LapiClient {
 /// [`Error::Decode`] when the input is not a complete decision stream; `sink` may then
 /// have seen part of it.
 pub fn parse_reader<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Result<(), Error> {
-    let mut deserializer = serde_json::Deserializer::from_reader(reader);
-    Body { sink }
-        .deserialize(&mut deserializer)
-        .map_err(Error::Decode)?;
-    deserializer.end().map_err(Error::Decode)
+    parse(serde_json::Deserializer::from_reader(reader), sink)
 }
 
 /// Parses a decision stream held in memory, with borrowed strings where it can.
@@ -321,7 +317,13 @@ pub fn parse_reader<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Resu
 /// # Errors
 /// As [`parse_reader`].
 pub fn parse_slice<S: StreamSink>(body: &[u8], sink: &mut S) -> Result<(), Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    parse(serde_json::Deserializer::from_slice(body), sink)
+}
+
+fn parse<'de, R: serde_json::de::Read<'de>, S: StreamSink>(
+    mut deserializer: serde_json::Deserializer<R>,
+    sink: &mut S,
+) -> Result<(), Error> {
     Body { sink }
         .deserialize(&mut deserializer)
         .map_err(Error::Decode)?;

@@ -99,15 +99,7 @@ fn init_logging(log: &LogConfig) {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let token = CancellationToken::new();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            shutdown_signal().await;
-            info!("shutdown requested");
-            token.cancel();
-        }
-    });
+    let token = cancel_on_signal();
     let result = match Engine::new(config) {
         Ok(engine) => engine.run(token).await,
         Err(err) => Err(err),
@@ -134,14 +126,7 @@ async fn check(path: &std::path::Path, config: &Config) -> ExitCode {
 }
 
 async fn once(config: Config) -> ExitCode {
-    let token = CancellationToken::new();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            shutdown_signal().await;
-            token.cancel();
-        }
-    });
+    let token = cancel_on_signal();
     let result = match Engine::new(config) {
         Ok(engine) => engine.once(token).await,
         Err(err) => Err(err),
@@ -197,14 +182,7 @@ async fn setup(config: Config, zones: &[String], action: &str) -> ExitCode {
 }
 
 async fn cleanup(config: Config) -> ExitCode {
-    let token = CancellationToken::new();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            shutdown_signal().await;
-            token.cancel();
-        }
-    });
+    let token = cancel_on_signal();
     let result = match Engine::new(config) {
         Ok(engine) => engine.cleanup(token).await,
         Err(err) => Err(err),
@@ -252,6 +230,20 @@ async fn status(config: &Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            shutdown_signal().await;
+            info!("shutdown requested");
+            token.cancel();
+        }
+    });
+    token
 }
 
 /// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (Ctrl-C).

@@ -3,37 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::bin::{command as bouncer, output, text};
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
-
-const BIN: &str = env!("CARGO_BIN_EXE_crowdsec-cloudflare-iplist-bouncer");
-
-fn bouncer(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_remove("CROWDSEC_API_KEY")
-        .env_remove("CLOUDFLARE_API_TOKEN")
-        .env("RUST_LOG", "info");
-    command
-}
-
-async fn output(mut command: Command) -> Output {
-    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
-        .await
-        .expect("no panic")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_makes_the_list_equal_to_lapi_bans_and_exits_zero() {

@@ -4,41 +4,17 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::bin::{run, text};
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
-
-const BIN: &str = env!("CARGO_BIN_EXE_crowdsec-cloudflare-iplist-bouncer");
 
 async fn get(url: &str) -> (u16, String) {
     cfbouncer::install_tls_provider();
     let response = reqwest::get(url).await.expect("the admin listener answers");
     let status = response.status().as_u16();
     (status, response.text().await.expect("a body"))
-}
-
-async fn run(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env_remove("CROWDSEC_API_KEY")
-            .env_remove("CLOUDFLARE_API_TOKEN")
-            .output()
-            .expect("the binary runs")
-    })
-    .await
-    .expect("no panic")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

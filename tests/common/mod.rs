@@ -2,6 +2,7 @@
 // would be dead_code warnings (errors under clippy -D warnings) in the others.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod lapi;
 pub mod proxy;
 pub mod world;
