@@ -480,7 +480,8 @@ pub(super) struct OpClock {
     first_poll: Duration,
 }
 
-const FIRST_POLL_START: Duration = Duration::from_millis(500);
+/// Before any operation was seen: one second, as Cloudflare's own Go SDK first waits.
+const FIRST_POLL_START: Duration = Duration::from_secs(1);
 const FIRST_POLL_MIN: Duration = Duration::from_millis(100);
 const FIRST_POLL_MAX: Duration = Duration::from_secs(10);
 
