@@ -65,6 +65,11 @@ impl SyncState {
                 .push("every desired item fits in the list again".into());
         }
         self.enqueue_all(changed);
+        if self.admitted.is_some() {
+            // Items left out for capacity were queued when they became desired: drop
+            // them from the queue now rather than hold them until their turn.
+            self.is_drained();
+        }
     }
 
     pub(super) fn is_admitted(&self, item: &Item) -> bool {
