@@ -635,10 +635,7 @@ impl SyncState {
         let mut counts = [[0usize; 2]; 5];
         for (key, active) in &self.desired.decisions {
             let origin = classes.get(active.origin as usize).copied().unwrap_or(4);
-            let ipv6 = key
-                .item(self.policy.ipv6_prefix)
-                .is_some_and(|item| item.is_ipv6());
-            counts[origin][usize::from(ipv6)] += 1;
+            counts[origin][usize::from(key.is_ipv6())] += 1;
         }
         let mut out = Vec::new();
         for (origin, by_type) in ORIGINS.iter().zip(counts) {
@@ -703,14 +700,6 @@ impl ListView {
         let ours = self.policy.is_tagged(comment);
         let id = Some(ItemId::new(id));
         self.items.insert(item, Listed { id, ours });
-    }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 }
 

@@ -34,6 +34,16 @@ enum Value {
 }
 
 impl DecisionKey {
+    /// Whether the decision is on an IPv6 address or network (IPv4-mapped ones count
+    /// as IPv6 here; they are rare and only feed metrics).
+    pub(super) fn is_ipv6(&self) -> bool {
+        match &self.value {
+            Value::Addr(addr) => addr.is_ipv6(),
+            Value::Net(net) => matches!(net, IpNet::V6(_)),
+            Value::Text(text) => text.contains(':'),
+        }
+    }
+
     /// The item this decision maps to.
     pub(super) fn item(&self, ipv6_prefix: u8) -> Option<Item> {
         match &self.value {
