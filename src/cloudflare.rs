@@ -332,23 +332,6 @@ impl CloudflareClient {
         Ok((items, next))
     }
 
-    /// Reads every item of the list, following cursors.
-    ///
-    /// # Errors
-    /// The first failing page's error; no partial result is returned.
-    pub async fn all_items(&self, list_id: &str) -> Result<Vec<ListedItem>, Error> {
-        let mut all = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (items, next) = self.items_page(list_id, cursor.as_deref(), None).await?;
-            all.extend(items);
-            match next {
-                Some(next) => cursor = Some(next),
-                None => return Ok(all),
-            }
-        }
-    }
-
     /// Finds one item's id with `search` (a prefix match: `1.2.3.4` also finds
     /// `1.2.3.40`, so results are compared exactly). `None`: not on the list.
     ///

@@ -22,7 +22,6 @@ use tracing::{debug, error, info, warn};
 use crate::budget::WriteBudget;
 use crate::cloudflare::{self, CloudflareClient};
 use crate::config::{Config, Manage};
-use crate::item::Item;
 use crate::lapi::{self, LapiClient, Pull, StreamSink};
 use crate::state::{DecisionRef, Desired, Policy, SyncState};
 use crate::telemetry::{Snapshot, Telemetry};
@@ -252,30 +251,18 @@ impl Engine {
     /// The first error that stops the sync, or [`Error::NotInStep`].
     pub async fn once(self, token: CancellationToken) -> Result<OnceReport, Error> {
         let started = Instant::now();
-        let list = self
-            .cloudflare
-            .find_list(&self.config.cloudflare.list)
-            .await?;
+        let list = self.find_list().await?;
         self.pull(Pull::Full).await?;
         self.read_list(&list.id).await?;
         let writes = self.drain_once(&list.id, &token).await?;
-        let listed: Vec<Item> = self
-            .cloudflare
-            .all_items(&list.id)
-            .await?
-            .iter()
-            .filter_map(|listed| Item::from_cloudflare(&listed.ip))
-            .collect();
+        // Read the list again: what Cloudflare holds now, not what the bouncer believes.
+        self.read_list(&list.id).await?;
         let state = self.shared.state();
         let desired = state.desired_items();
-        let managed: Vec<Item> = if self.config.cloudflare.manage == Manage::All {
-            listed
-        } else {
-            state.managed_listed_items()
-        };
+        let managed = state.managed_listed_items();
         let missing = desired
             .iter()
-            .filter(|item| !managed.contains(item))
+            .filter(|item| managed.binary_search(item).is_err())
             .count();
         let extra = managed
             .iter()
@@ -297,23 +284,24 @@ impl Engine {
         })
     }
 
+    /// Finds the configured list among the account's lists, and keeps those lists for
+    /// the first list read (which needs the other lists' sizes).
+    async fn find_list(&self) -> Result<cloudflare::ListInfo, Error> {
+        let lists = self.cloudflare.lists().await?;
+        let found = cloudflare::choose_list(&lists, &self.config.cloudflare.list);
+        *self
+            .shared
+            .known_lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(lists);
+        Ok(found?)
+    }
+
     /// Finds the list id, retrying until it works or the token is cancelled.
     async fn resolve_list(&self, token: &CancellationToken) -> Option<String> {
         let mut attempt = 0;
         loop {
-            let found = match self.cloudflare.lists().await {
-                Ok(lists) => {
-                    let found = cloudflare::choose_list(&lists, &self.config.cloudflare.list);
-                    // The first list read needs them too (capacity left by other lists).
-                    *self
-                        .shared
-                        .known_lists
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(lists);
-                    found
-                }
-                Err(err) => Err(err),
-            };
+            let found = self.find_list().await;
             match found {
                 Ok(list) => {
                     info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");
@@ -322,7 +310,7 @@ impl Engine {
                 Err(err) => {
                     attempt += 1;
                     error!(error = %err, "cannot use the Cloudflare list; retrying");
-                    let delay = retry_delay(&Error::Cloudflare(err), attempt);
+                    let delay = retry_delay(&err, attempt);
                     if !sleep_or_cancel(delay, token).await {
                         return None;
                     }

@@ -154,25 +154,12 @@ impl LapiClient {
         })
     }
 
-    /// Pulls the decision stream with the configured filters.
-    ///
-    /// # Errors
-    /// Transport failures, non-200 answers ([`Error::Forbidden`] for a bad key).
-    pub async fn stream(&self, pull: Pull) -> Result<StreamBody, Error> {
-        let response = self.send_stream(pull).await?;
-        let body = response.bytes().await.map_err(|source| Error::Transport {
-            url: self.stream_url.clone(),
-            source,
-        })?;
-        Ok(StreamBody(body))
-    }
-
     /// Pulls the decision stream and hands each decision to `sink` while the response
     /// arrives. Returns the sink and the body's size. On any error the sink is dropped:
     /// a failed or truncated pull gives nothing to apply.
     ///
     /// # Errors
-    /// As [`LapiClient::stream`], and [`Error::Decode`] for a body that is not a complete
+    /// Transport failures, non-200 answers ([`Error::Forbidden`] for a bad key), and [`Error::Decode`] for a body that is not a complete
     /// decision stream.
     pub async fn stream_into<S: StreamSink + Send + 'static>(
         &self,
@@ -250,7 +237,7 @@ impl LapiClient {
     /// `Ok(false)`: this LAPI does not know the endpoint (404).
     ///
     /// # Errors
-    /// As [`LapiClient::stream`].
+    /// As [`LapiClient::stream_into`].
     pub async fn push_usage_metrics(&self, payload: &serde_json::Value) -> Result<bool, Error> {
         let url = self
             .stream_url
@@ -281,7 +268,7 @@ impl LapiClient {
     /// (see the `check` module).
     ///
     /// # Errors
-    /// As [`LapiClient::stream`].
+    /// As [`LapiClient::stream_into`].
     pub async fn probe(&self) -> Result<(), Error> {
         let url = self.stream_url.replace("/decisions/stream", "/decisions");
         let mut request = self.http.head(&url).query(&[("ip", "127.0.0.1")]);
@@ -457,15 +444,6 @@ impl StreamBody {
     pub fn parse(&self) -> Result<Stream<'_>, Error> {
         let wire: WireStream<'_> = serde_json::from_slice(&self.0).map_err(Error::Decode)?;
         Ok(Stream { wire })
-    }
-
-    /// Size of the body in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -101,11 +101,7 @@ impl Engine {
     /// The first request that fails, or a list configured by id that does not exist.
     pub async fn setup(&self, zones: &[String], action: &str) -> Result<SetupReport, Error> {
         let mut report = Vec::new();
-        let list = match self
-            .cloudflare
-            .find_list(&self.config.cloudflare.list)
-            .await
-        {
+        let list = match self.find_list().await {
             Ok(list) => {
                 report.push(format!(
                     "list {} ({}) exists, {} items",
@@ -113,14 +109,14 @@ impl Engine {
                 ));
                 list
             }
-            Err(cloudflare::Error::ListNotFound(name)) => {
+            Err(Error::Cloudflare(cloudflare::Error::ListNotFound(name))) => {
                 let description =
                     "CrowdSec bans, kept in step by crowdsec-cloudflare-iplist-bouncer";
                 let list = self.cloudflare.create_list(&name, description).await?;
                 report.push(format!("created list {} ({})", list.name, list.id));
                 list
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         };
         let expression = format!("ip.src in ${}", list.name);
         for zone in zones {
@@ -162,10 +158,7 @@ impl Engine {
     /// # Errors
     /// The first error that stops it.
     pub async fn cleanup(&self, token: CancellationToken) -> Result<usize, Error> {
-        let list = self
-            .cloudflare
-            .find_list(&self.config.cloudflare.list)
-            .await?;
+        let list = self.find_list().await?;
         {
             let mut state = self.shared.state();
             state.disable_mass_removal_guard();
