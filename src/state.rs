@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use crate::item::Item;
 
 pub use desired::Desired;
+use listed::ListedItems;
+use table::Keyed;
 
 /// Cloudflare's limit on an item comment (docs/cloudflare-lists.md §6.5).
 const MAX_COMMENT_CHARS: usize = 500;
@@ -159,51 +161,6 @@ pub enum Confirmed {
     Removed,
 }
 
-/// An item on the list, as far as the bouncer knows.
-#[derive(Debug, Clone)]
-struct Listed {
-    /// The Cloudflare item id, once a list read or search has shown it.
-    id: Option<ItemId>,
-    /// Carries the bouncer's tag (or was added by it).
-    ours: bool,
-}
-
-/// A Cloudflare item id: 32 hex characters, kept as 16 bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ItemId {
-    Hex([u8; 16]),
-    Text(Box<str>),
-}
-
-impl ItemId {
-    fn new(id: &str) -> ItemId {
-        let mut bytes = [0u8; 16];
-        let hex = id.len() == 32
-            && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            && bytes.iter_mut().enumerate().all(|(i, byte)| {
-                u8::from_str_radix(&id[2 * i..2 * i + 2], 16)
-                    .map(|v| *byte = v)
-                    .is_ok()
-            });
-        if hex {
-            ItemId::Hex(bytes)
-        } else {
-            ItemId::Text(id.into())
-        }
-    }
-
-    fn to_boxed(&self) -> Box<str> {
-        match self {
-            ItemId::Hex(bytes) => bytes
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into(),
-            ItemId::Text(text) => text.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
     Add,
@@ -217,16 +174,21 @@ pub struct SyncState {
     /// Expiries count from here.
     epoch: Instant,
     desired: Desired,
-    /// When the desired set exceeds capacity: the wanted items that fit, by priority.
-    /// `None`: every wanted item fits.
-    admitted: Option<HashSet<Item>>,
+    /// The desired set exceeds capacity: only items marked admitted are wanted (see
+    /// [`Desired::admit`]).
+    over_capacity: bool,
     capacity: usize,
     /// The desired state or capacity changed since admission was last computed.
     admission_stale: bool,
     /// What the list holds, as far as completed operations and list reads tell.
-    listed: HashMap<Item, Listed>,
+    listed: ListedItems,
     queue: VecDeque<Item>,
-    queued: HashSet<Item>,
+    /// The queued items, each with the write it needed when last looked at: what
+    /// [`SyncState::pending_changes`] counts without scanning the queue.
+    queued: HashMap<Item, Option<Intent>>,
+    /// Queued items that needed an add, and a remove, when last looked at.
+    queued_adds: usize,
+    queued_removes: usize,
     /// Removals held by the mass-removal guard until the next reconcile confirms them.
     held: HashSet<Item>,
     mass_removal_seen: bool,
@@ -251,12 +213,14 @@ impl SyncState {
             policy: Arc::new(policy),
             epoch,
             desired: Desired::new(epoch, ipv6_prefix),
-            admitted: None,
+            over_capacity: false,
             capacity: usize::MAX,
             admission_stale: true,
-            listed: HashMap::default(),
+            listed: ListedItems::default(),
             queue: VecDeque::new(),
-            queued: HashSet::default(),
+            queued: HashMap::default(),
+            queued_adds: 0,
+            queued_removes: 0,
             held: HashSet::default(),
             mass_removal_seen: false,
             quarantined: HashSet::default(),
@@ -319,22 +283,26 @@ impl SyncState {
     /// Swaps in a desired state built from a full pull; queues what changed.
     pub fn replace_desired_with(&mut self, desired: Desired) {
         let old = std::mem::replace(&mut self.desired, desired);
-        let changed: Vec<Item> = old
-            .wanted
-            .keys()
-            .filter(|item| !self.desired.wanted.contains_key(item))
-            .chain(
-                self.desired
-                    .wanted
-                    .keys()
-                    .filter(|item| !old.wanted.contains_key(item)),
-            )
+        self.desired_known = true;
+        // A new desired state carries no admission marks yet: admit now, then queue
+        // whatever needs a write, among the items either state wants.
+        let was_over = self.over_capacity;
+        self.admission_stale = true;
+        self.admit();
+        let wants = |desired: &Desired, over: bool, item: &Item| {
+            (desired.get(item)).is_some_and(|wanted| !over || wanted.admitted())
+        };
+        let changed: Vec<Item> = (old.items.items())
+            .filter(|item| {
+                wants(&old, was_over, item) != wants(&self.desired, self.over_capacity, item)
+            })
+            .chain((self.desired.items.items()).filter(|item| {
+                !old.contains(item) && wants(&self.desired, self.over_capacity, item)
+            }))
             .copied()
             .collect();
         drop(old);
         self.enqueue_all(changed);
-        self.desired_known = true;
-        self.admission_stale = true;
         self.collect_refusals();
     }
 
@@ -377,7 +345,7 @@ impl SyncState {
     pub fn new_list_view(&self) -> ListView {
         ListView {
             policy: self.policy.clone(),
-            items: HashMap::default(),
+            items: ListedItems::default(),
         }
     }
 
@@ -385,16 +353,9 @@ impl SyncState {
     pub fn replace_list_with(&mut self, view: ListView) -> Drift {
         self.listed = view.items;
         self.quarantined.clear();
-        let changed: Vec<Item> = self
-            .listed
-            .keys()
-            .filter(|item| !self.desired.wanted.contains_key(item))
-            .chain(
-                self.desired
-                    .wanted
-                    .keys()
-                    .filter(|item| !self.listed.contains_key(item)),
-            )
+        let changed: Vec<Item> = (self.listed.items())
+            .filter(|item| !self.desired.contains(item))
+            .chain((self.desired.items.items()).filter(|item| !self.listed.contains(item)))
             .copied()
             .collect();
         let mut drift = Drift::default();
@@ -405,6 +366,8 @@ impl SyncState {
                 None => {}
             }
         }
+        // Items the new read no longer shows may still be queued for a removal.
+        self.refresh_queue();
         self.enqueue_all(changed);
         self.list_known = true;
         self.guard_mass_removal();
@@ -426,15 +389,11 @@ impl SyncState {
                 .intent(&item)
                 .filter(|_| !self.quarantined.contains(&item));
             match intent {
-                Some(Intent::Remove) if self.held.contains(&item) => {
-                    self.queued.remove(&item);
-                }
-                None => {
-                    self.queued.remove(&item);
-                }
+                Some(Intent::Remove) if self.held.contains(&item) => self.unqueue(&item),
+                None => self.unqueue(&item),
                 Some(intent) if kind.is_none_or(|k| k == intent) => {
                     kind = Some(intent);
-                    self.queued.remove(&item);
+                    self.unqueue(&item);
                     taken.push(item);
                     if taken.len() == max {
                         break;
@@ -449,7 +408,7 @@ impl SyncState {
         if self.queue.is_empty() && self.queue.capacity() > 4096 {
             // A big sync is over: give the memory back.
             self.queue = VecDeque::new();
-            self.queued = HashSet::default();
+            self.queued = HashMap::default();
         }
         match kind? {
             Intent::Add => Some(Batch::Add(
@@ -461,14 +420,7 @@ impl SyncState {
             Intent::Remove => Some(Batch::Remove(
                 taken
                     .into_iter()
-                    .map(|item| {
-                        (
-                            item,
-                            self.listed
-                                .get(&item)
-                                .and_then(|l| l.id.as_ref().map(ItemId::to_boxed)),
-                        )
-                    })
+                    .map(|item| (item, self.listed.id(&item)))
                     .collect(),
             )),
         }
@@ -486,7 +438,10 @@ impl SyncState {
     pub fn requeue(&mut self, items: impl IntoIterator<Item = Item>) {
         let items: Vec<Item> = items.into_iter().collect();
         for item in items.into_iter().rev() {
-            if self.queued.insert(item) {
+            let pending = self.pending(&item);
+            if pending.is_some() && !self.queued.contains_key(&item) {
+                self.queued.insert(item, pending);
+                self.count(pending, true);
                 self.queue.push_front(item);
             }
         }
@@ -503,43 +458,30 @@ impl SyncState {
         for item in items {
             match outcome {
                 // The POST response carries no ids; a later read or search finds them.
-                Confirmed::Added => {
-                    self.listed.insert(
-                        *item,
-                        Listed {
-                            id: None,
-                            ours: true,
-                        },
-                    );
-                }
+                Confirmed::Added => self.listed.insert(*item, None, true),
                 Confirmed::Removed => {
                     self.listed.remove(item);
                 }
             }
             // Desired state may have moved while the operation ran.
-            if self.intent(item).is_some() {
-                self.enqueue(*item);
-            }
+            self.enqueue(*item);
         }
     }
 
     /// Records what a search for one item found: its id, or that it is not on the list.
     pub fn resolve_id(&mut self, item: Item, id: Option<Box<str>>) {
-        match (id, self.listed.get_mut(&item)) {
-            (Some(id), Some(listed)) => listed.id = Some(ItemId::new(&id)),
-            (Some(id), None) => {
-                self.listed.insert(
-                    item,
-                    Listed {
-                        id: Some(ItemId::new(&id)),
-                        ours: true,
-                    },
-                );
+        match id {
+            Some(id) => {
+                if !self.listed.set_id(&item, &id) {
+                    self.listed.insert(item, Some(&id), true);
+                }
             }
-            (None, _) => {
+            None => {
                 self.listed.remove(&item);
             }
         }
+        // Found missing, an item the bouncer thought it had added needs adding again.
+        self.enqueue(item);
     }
 
     /// True when the first full pull and the first list read have both happened.
@@ -549,25 +491,37 @@ impl SyncState {
 
     /// True when nothing is queued (every queued item was found in step).
     pub fn is_drained(&mut self) -> bool {
+        self.refresh_queue();
         let queue = std::mem::take(&mut self.queue);
         for item in queue {
-            if self.intent(&item).is_some() {
+            if self.queued.get(&item).is_some_and(Option::is_some) {
                 self.queue.push_back(item);
             } else {
-                self.queued.remove(&item);
+                self.unqueue(&item);
             }
         }
         self.queue.is_empty()
     }
 
+    /// Looks at every queued item again, recording the write it needs now.
+    fn refresh_queue(&mut self) {
+        let queue = std::mem::take(&mut self.queue);
+        for item in &queue {
+            let pending = self.pending(item);
+            if let Some(recorded) = self.queued.get_mut(item) {
+                let was = std::mem::replace(recorded, pending);
+                self.count(was, false);
+                self.count(pending, true);
+            }
+        }
+        self.queue = queue;
+    }
+
     /// Items that should be on the list (desired, within capacity), sorted.
     pub fn desired_items(&self) -> Vec<Item> {
-        let mut items: Vec<Item> = self
-            .desired
-            .wanted
-            .keys()
-            .filter(|item| self.is_admitted(item))
-            .copied()
+        let mut items: Vec<Item> = (self.desired.items.iter())
+            .filter(|wanted| !self.over_capacity || wanted.admitted())
+            .map(|wanted| *wanted.item())
             .collect();
         items.sort();
         items
@@ -575,11 +529,9 @@ impl SyncState {
 
     /// Items on the list that the bouncer manages (all of them in `manage = "all"`).
     pub fn managed_listed_items(&self) -> Vec<Item> {
-        let mut items: Vec<Item> = self
-            .listed
-            .iter()
-            .filter(|(_, listed)| self.policy.manage_all || listed.ours)
-            .map(|(item, _)| *item)
+        let mut items: Vec<Item> = (self.listed.iter())
+            .filter(|listed| self.policy.manage_all || listed.ours())
+            .map(|listed| *listed.item())
             .collect();
         items.sort();
         items
@@ -587,15 +539,12 @@ impl SyncState {
 
     pub fn counts(&self) -> Counts {
         Counts {
-            decisions: self.desired.decisions.len(),
-            desired_items: self.desired.wanted.len(),
+            decisions: self.desired.decision_count(),
+            desired_items: self.desired.len(),
             listed_items: self.listed.len(),
-            listed_without_id: self.listed.values().filter(|l| l.id.is_none()).count(),
+            listed_without_id: self.listed.iter().filter(|l| !l.has_id()).count(),
             queued: self.queue.len(),
-            left_out: self
-                .admitted
-                .as_ref()
-                .map_or(0, |a| self.desired.wanted.len() - a.len()),
+            left_out: self.left_out(),
             held: self.held.len(),
             quarantined: self.quarantined.len(),
         }
@@ -605,21 +554,19 @@ impl SyncState {
         self.skipped
     }
 
-    /// Queued adds and removes that would be sent now (a scan of the queue).
+    /// Queued adds and removes, as of when each item was last looked at (when queued,
+    /// and after every list read); the writer looks again before sending.
     pub fn pending_changes(&self) -> (usize, usize) {
-        let (mut adds, mut removes) = (0, 0);
-        for item in &self.queue {
-            match self.intent(item) {
-                Some(Intent::Add) if !self.quarantined.contains(item) => adds += 1,
-                Some(Intent::Remove)
-                    if !self.held.contains(item) && !self.quarantined.contains(item) =>
-                {
-                    removes += 1
-                }
-                _ => {}
-            }
-        }
-        (adds, removes)
+        (self.queued_adds, self.queued_removes)
+    }
+
+    /// [`SyncState::pending_changes`] the slow way, for tests: a scan of the queue.
+    #[cfg(test)]
+    fn scan_pending(&self) -> (usize, usize) {
+        assert_eq!(self.queue.len(), self.queued.len(), "queue and set agree");
+        let pending: Vec<Intent> = self.queue.iter().filter_map(|i| self.pending(i)).collect();
+        let adds = pending.iter().filter(|i| **i == Intent::Add).count();
+        (adds, pending.len() - adds)
     }
 
     /// Active decisions by origin (cscli, crowdsec, lists, CAPI, other) and IP type.
@@ -633,9 +580,9 @@ impl SyncState {
         };
         let classes: Vec<usize> = self.desired.labels.all().map(class).collect();
         let mut counts = [[0usize; 2]; 5];
-        for (key, active) in &self.desired.decisions {
-            let origin = classes.get(active.origin as usize).copied().unwrap_or(4);
-            counts[origin][usize::from(key.is_ipv6())] += 1;
+        for (origin, ipv6) in self.desired.decisions() {
+            let origin = classes.get(origin as usize).copied().unwrap_or(4);
+            counts[origin][usize::from(ipv6)] += 1;
         }
         let mut out = Vec::new();
         for (origin, by_type) in ORIGINS.iter().zip(counts) {
@@ -652,20 +599,26 @@ impl SyncState {
     }
 
     fn intent(&self, item: &Item) -> Option<Intent> {
-        let desired = self.desired.wanted.contains_key(item) && self.is_admitted(item);
+        let desired =
+            (self.desired.get(item)).is_some_and(|wanted| !self.over_capacity || wanted.admitted());
         match (desired, self.listed.get(item)) {
             (true, None) => Some(Intent::Add),
-            (false, Some(listed)) if self.policy.manage_all || listed.ours => Some(Intent::Remove),
+            (false, Some(listed)) if self.policy.manage_all || listed.ours() => {
+                Some(Intent::Remove)
+            }
             _ => None,
         }
     }
 
     fn comment(&self, item: &Item) -> String {
-        let Some(wanted) = self.desired.wanted.get(item) else {
+        let Some(wanted) = self.desired.get(item) else {
             return String::new();
         };
         let labels = &self.desired.labels;
-        let (origin, scenario) = (labels.get(wanted.origin), labels.get(wanted.scenario));
+        let (origin, scenario) = (
+            labels.get(wanted.comment_origin),
+            labels.get(wanted.scenario),
+        );
         let mut comment = format!("{} {origin}: {scenario}", self.policy.tag);
         if let Some((cut, _)) = comment.char_indices().nth(MAX_COMMENT_CHARS) {
             comment.truncate(cut);
@@ -673,10 +626,52 @@ impl SyncState {
         comment
     }
 
-    fn enqueue(&mut self, item: Item) {
-        if self.queued.insert(item) {
-            self.queue.push_back(item);
+    /// The write `item` needs and may get now: its intent, unless held or quarantined.
+    fn pending(&self, item: &Item) -> Option<Intent> {
+        match self.intent(item)? {
+            _ if self.quarantined.contains(item) => None,
+            Intent::Remove if self.held.contains(item) => None,
+            intent => Some(intent),
         }
+    }
+
+    /// Queues `item` if it needs a write; if already queued, records what it needs now.
+    /// Called whenever something that decides an item's write changed.
+    fn enqueue(&mut self, item: Item) {
+        let pending = self.pending(&item);
+        match self.queued.get_mut(&item) {
+            Some(recorded) => {
+                let was = std::mem::replace(recorded, pending);
+                self.count(was, false);
+                self.count(pending, true);
+            }
+            None if pending.is_some() => {
+                self.queued.insert(item, pending);
+                self.count(pending, true);
+                self.queue.push_back(item);
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets that `item` is queued (it just left the queue).
+    fn unqueue(&mut self, item: &Item) {
+        if let Some(was) = self.queued.remove(item) {
+            self.count(was, false);
+        }
+    }
+
+    fn count(&mut self, intent: Option<Intent>, up: bool) {
+        let counter = match intent {
+            Some(Intent::Add) => &mut self.queued_adds,
+            Some(Intent::Remove) => &mut self.queued_removes,
+            None => return,
+        };
+        *counter = if up {
+            *counter + 1
+        } else {
+            counter.saturating_sub(1)
+        };
     }
 
     fn enqueue_all(&mut self, items: impl IntoIterator<Item = Item>) {
@@ -691,15 +686,14 @@ impl SyncState {
 #[derive(Debug)]
 pub struct ListView {
     policy: Arc<Policy>,
-    items: HashMap<Item, Listed>,
+    items: ListedItems,
 }
 
 impl ListView {
     /// Records one item of the list, as Cloudflare returned it.
     pub fn insert(&mut self, item: Item, id: &str, comment: Option<&str>) {
         let ours = self.policy.is_tagged(comment);
-        let id = Some(ItemId::new(id));
-        self.items.insert(item, Listed { id, ours });
+        self.items.insert(item, Some(id), ours);
     }
 }
 
@@ -730,8 +724,10 @@ pub struct Counts {
 }
 
 mod desired;
+mod listed;
 #[cfg(test)]
 mod proptests;
 mod rails;
+mod table;
 #[cfg(test)]
 mod tests;

@@ -490,7 +490,10 @@ class Bouncer:
     def start(self) -> None:
         log(f"starting the bouncer (admin on 127.0.0.1:{self.admin_port}, log {self.log_path})")
         self.started_at = time.monotonic()
-        self.proc = spawn([BOUNCER_BIN, "-c", self.config, "run"], log_path=self.log_path,
+        # BENCH_WRAP runs the bouncer under a profiler, e.g. "heaptrack -o /tmp/bouncer"
+        # (CPU and RSS figures are then the profiler's, not the bouncer's).
+        wrap = os.environ.get("BENCH_WRAP", "").split()
+        self.proc = spawn([*wrap, BOUNCER_BIN, "-c", self.config, "run"], log_path=self.log_path,
                           env=self.env)
 
     def alive(self) -> None:

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
+use super::table::{ItemTable, Keyed};
 use super::{DecisionRef, Policy, Skipped};
 use crate::godur;
 use crate::item::{Item, ItemError};
@@ -101,7 +102,8 @@ pub(super) struct DecisionKey {
     value: Value,
 }
 
-/// An active decision. Its item is not stored: it is derived from the key when needed.
+/// A decision kept in [`Desired::others`]. Its item is not stored: it is derived from
+/// the key when needed.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Active {
     /// Seconds after the state's epoch.
@@ -110,13 +112,47 @@ pub(super) struct Active {
     pub origin: u32,
 }
 
-/// Why an item is desired: how many active decisions map to it, and the labels of the
-/// latest one (for the item comment).
+/// `Wanted::own` when the item's own decision slot is empty.
+const NO_OWN: u8 = u8::MAX;
+/// `Wanted::flags`: admitted within capacity (meaningful only over capacity).
+const ADMITTED: u8 = 1;
+/// `Wanted::flags`: chosen by the admission being computed.
+const CHOSEN: u8 = 2;
+
+/// A desired item: why it is wanted, and the decision that wants it in the common case.
+///
+/// Most decisions are an address or range whose text is exactly the item's text
+/// (`1.2.3.4`, `10.0.0.0/24`): one such decision per item is kept here, in 13 bytes,
+/// rather than as a key in [`Desired::others`]. Any other decision on the item
+/// (another type or scope, an IPv6 host widened to its /64, a non-canonical spelling)
+/// goes to `others`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Wanted {
-    pub refs: u32,
-    pub origin: u32,
+    item: Item,
+    /// The own decision's `DecisionKey::scope_kind`, or [`NO_OWN`].
+    own: u8,
+    flags: u8,
+    /// The own decision's expiry and origin.
+    expires: u32,
+    origin: u32,
+    /// How many of the item's decisions are in `others`.
+    others: u32,
+    /// Labels of the latest decision, for the item comment.
+    pub comment_origin: u32,
     pub scenario: u32,
+}
+
+impl Keyed for Wanted {
+    fn item(&self) -> &Item {
+        &self.item
+    }
+}
+
+impl Wanted {
+    /// Whether the last admission kept this item (see [`Desired::admit`]).
+    pub fn admitted(&self) -> bool {
+        self.flags & ADMITTED != 0
+    }
 }
 
 /// Origin and scenario strings, each stored once.
@@ -151,14 +187,20 @@ impl Labels {
 /// LAPI's active decisions and the items they want on the list.
 #[derive(Debug)]
 pub struct Desired {
-    pub(super) decisions: HashMap<DecisionKey, Active>,
-    pub(super) wanted: HashMap<Item, Wanted>,
+    /// Every desired item, with its own decision.
+    pub(super) items: ItemTable<Wanted>,
+    /// Decisions not kept in their item's entry.
+    others: HashMap<DecisionKey, Active>,
+    /// How many decisions are kept in `items`.
+    own: usize,
+    /// How many items carry [`ADMITTED`].
+    admitted: usize,
     pub(super) labels: Labels,
     /// Expiries are seconds after this instant.
     epoch: Instant,
     /// The policy's `ipv6_prefix`, to derive items from keys.
     ipv6_prefix: u8,
-    pub(super) earliest_expiry: Option<u32>,
+    earliest_expiry: Option<u32>,
     pub(super) skipped: Skipped,
     /// (value, reason) of refused decisions, for the log.
     pub(super) refusals: Vec<(Box<str>, String)>,
@@ -168,15 +210,48 @@ impl Desired {
     /// An empty desired state whose expiries count from `epoch`.
     pub fn new(epoch: Instant, ipv6_prefix: u8) -> Desired {
         Desired {
-            ipv6_prefix,
-            decisions: HashMap::default(),
-            wanted: HashMap::default(),
+            items: ItemTable::new(),
+            others: HashMap::default(),
+            own: 0,
+            admitted: 0,
             labels: Labels::default(),
             epoch,
+            ipv6_prefix,
             earliest_expiry: None,
             skipped: Skipped::default(),
             refusals: Vec::new(),
         }
+    }
+
+    /// How many active decisions are recorded.
+    pub(super) fn decision_count(&self) -> usize {
+        self.own + self.others.len()
+    }
+
+    /// How many items are desired.
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub(super) fn contains(&self, item: &Item) -> bool {
+        self.items.contains(item)
+    }
+
+    pub(super) fn get(&self, item: &Item) -> Option<&Wanted> {
+        self.items.get(item)
+    }
+
+    /// How many items carry the admitted flag.
+    pub(super) fn admitted_count(&self) -> usize {
+        self.admitted
+    }
+
+    /// Every active decision as (origin label, on IPv6).
+    pub(super) fn decisions(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        // An own decision's value is its item's text, so they share the IP type.
+        let own = self.items.iter().filter(|w| w.own != NO_OWN);
+        own.map(|w| (w.origin, w.item.is_ipv6()))
+            .chain(self.others.iter().map(|(k, a)| (a.origin, k.is_ipv6())))
     }
 
     /// Records an active decision, unless the policy refuses it (counted). Returns its
@@ -187,7 +262,7 @@ impl Desired {
         decision: &DecisionRef<'_>,
         now: Instant,
     ) -> Option<Item> {
-        let key = self.key_of(policy, decision, true)?;
+        let scope_kind = self.scope_kind(policy, decision, true)?;
         let item = match Item::from_decision(decision.value, policy.ipv6_prefix) {
             Ok(item) => item,
             Err(ItemError::Invalid) => {
@@ -217,36 +292,93 @@ impl Desired {
         self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
         let origin = self.labels.intern(decision.origin);
         let scenario = self.labels.intern(decision.scenario);
-        let previous = self.decisions.insert(key, Active { expires, origin });
-        let wanted = self.wanted.entry(item).or_insert(Wanted {
-            refs: 0,
-            origin,
+        let is_own = displays_as(&item, decision.value);
+
+        let (wanted, made) = self.items.get_or_insert_with(item, || Wanted {
+            item,
+            own: NO_OWN,
+            flags: 0,
+            expires: 0,
+            origin: 0,
+            others: 0,
+            comment_origin: origin,
             scenario,
         });
-        (wanted.origin, wanted.scenario) = (origin, scenario);
-        if previous.is_some() {
+        (wanted.comment_origin, wanted.scenario) = (origin, scenario);
+        if is_own && wanted.own == scope_kind {
+            // The own decision again (LAPI repeats them, or extended it).
+            (wanted.expires, wanted.origin) = (expires, origin);
             return None;
         }
-        wanted.refs += 1;
-        (wanted.refs == 1).then_some(item)
+        let active = Active { expires, origin };
+        let key = || DecisionKey {
+            scope_kind,
+            value: Value::new(decision.value),
+        };
+        if wanted.others > 0 {
+            if let Some(known) = self.others.get_mut(&key()) {
+                *known = active;
+                return None;
+            }
+        }
+        if is_own && wanted.own == NO_OWN {
+            (wanted.own, wanted.expires, wanted.origin) = (scope_kind, expires, origin);
+            self.own += 1;
+        } else {
+            wanted.others += 1;
+            self.others.insert(key(), active);
+        }
+        made.then_some(item)
     }
 
     /// Forgets a decision; returns its item when no decision wants it any more.
     pub(super) fn forget(&mut self, policy: &Policy, decision: &DecisionRef<'_>) -> Option<Item> {
-        let key = self.key_of(policy, decision, false)?;
-        self.forget_key(&key)
-    }
-
-    fn forget_key(&mut self, key: &DecisionKey) -> Option<Item> {
-        self.decisions.remove(key)?;
-        let item = key.item(self.ipv6_prefix)?;
-        let wanted = self.wanted.get_mut(&item)?;
-        wanted.refs -= 1;
-        if wanted.refs > 0 {
+        let scope_kind = self.scope_kind(policy, decision, false)?;
+        // Insert derived the item from the same value with the same prefix.
+        let item = Item::from_decision(decision.value, self.ipv6_prefix).ok()?;
+        let wanted = self.items.get(&item)?;
+        if wanted.own == scope_kind && displays_as(&item, decision.value) {
+            return self.forget_own(&item);
+        }
+        let key = DecisionKey {
+            scope_kind,
+            value: Value::new(decision.value),
+        };
+        if wanted.others == 0 || !self.others.contains_key(&key) {
             return None;
         }
-        self.wanted.remove(&item);
-        Some(item)
+        self.forget_other(&key)
+    }
+
+    /// Empties `item`'s own decision slot; returns the item when nothing wants it now.
+    fn forget_own(&mut self, item: &Item) -> Option<Item> {
+        let wanted = self.items.get_mut(item)?;
+        if wanted.own == NO_OWN {
+            return None;
+        }
+        wanted.own = NO_OWN;
+        self.own -= 1;
+        self.drop_if_unwanted(item)
+    }
+
+    /// Removes a decision from `others`; returns its item when nothing wants it now.
+    fn forget_other(&mut self, key: &DecisionKey) -> Option<Item> {
+        self.others.remove(key)?;
+        let item = key.item(self.ipv6_prefix)?;
+        let wanted = self.items.get_mut(&item)?;
+        wanted.others = wanted.others.saturating_sub(1);
+        self.drop_if_unwanted(&item)
+    }
+
+    fn drop_if_unwanted(&mut self, item: &Item) -> Option<Item> {
+        let wanted = self.items.get(item)?;
+        if wanted.own != NO_OWN || wanted.others > 0 {
+            return None;
+        }
+        if self.items.remove(item)?.admitted() {
+            self.admitted -= 1;
+        }
+        Some(*item)
     }
 
     /// Drops decisions whose duration has run out; returns the items no longer desired
@@ -257,27 +389,89 @@ impl Desired {
         if self.earliest_expiry.is_none_or(|at| at > now_secs) {
             return (Vec::new(), 0);
         }
-        let expired: Vec<DecisionKey> = self
-            .decisions
+        let own: Vec<Item> = self
+            .items
+            .iter()
+            .filter(|w| w.own != NO_OWN && w.expires <= now_secs)
+            .map(|w| w.item)
+            .collect();
+        let others: Vec<DecisionKey> = self
+            .others
             .iter()
             .filter(|(_, active)| active.expires <= now_secs)
             .map(|(key, _)| key.clone())
             .collect();
-        let gone = expired
-            .iter()
-            .filter_map(|key| self.forget_key(key))
-            .collect();
-        self.earliest_expiry = self.decisions.values().map(|a| a.expires).min();
-        (gone, expired.len())
+        let expired = own.len() + others.len();
+        let mut gone: Vec<Item> = own.iter().filter_map(|i| self.forget_own(i)).collect();
+        gone.extend(others.iter().filter_map(|key| self.forget_other(key)));
+        let own_min = self.items.iter().filter(|w| w.own != NO_OWN);
+        self.earliest_expiry = own_min
+            .map(|w| w.expires)
+            .chain(self.others.values().map(|a| a.expires))
+            .min();
+        (gone, expired)
     }
 
-    /// The state key of a decision, or `None` (counted) if it is not ours to push.
-    fn key_of(
+    /// Marks the `capacity` highest-priority items admitted, and only those: by origin
+    /// rank (`ranks`, by label index; lower is better), then by remaining duration,
+    /// longest first. An item ranks as its best decision; ties go to the lower item.
+    /// Returns the items whose mark changed.
+    pub(super) fn admit(&mut self, capacity: usize, ranks: &[u32]) -> Vec<Item> {
+        let priority = |origin: u32, expires: u32| {
+            let rank = ranks.get(origin as usize).copied().unwrap_or(u32::MAX);
+            (u64::from(rank) << 32) | u64::from(u32::MAX - expires)
+        };
+        // (priority, position): positions hold until the next removal, and this
+        // function removes nothing.
+        let mut order: Vec<(u64, u32)> = (self.items.iter().enumerate())
+            .map(|(i, w)| {
+                let own = (w.own != NO_OWN).then(|| priority(w.origin, w.expires));
+                (
+                    own.unwrap_or(u64::MAX),
+                    u32::try_from(i).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
+        for (key, active) in &self.others {
+            let at = key.item(self.ipv6_prefix);
+            if let Some(i) = at.and_then(|item| self.items.position_of(&item)) {
+                order[i].0 = order[i].0.min(priority(active.origin, active.expires));
+            }
+        }
+        if capacity < order.len() {
+            let entries = self.items.entries();
+            if let Some(last) = capacity.checked_sub(1) {
+                order.select_nth_unstable_by(last, |a, b| {
+                    let item = |x: &(u64, u32)| entries[x.1 as usize].item;
+                    a.0.cmp(&b.0).then_with(|| item(a).cmp(&item(b)))
+                });
+            }
+            order.truncate(capacity);
+        }
+        let entries = self.items.entries_mut();
+        for (_, i) in order {
+            entries[i as usize].flags |= CHOSEN;
+        }
+        let mut changed = Vec::new();
+        for wanted in entries.iter_mut() {
+            let chosen = wanted.flags & CHOSEN != 0;
+            if chosen != wanted.admitted() {
+                changed.push(wanted.item);
+            }
+            wanted.flags = if chosen { ADMITTED } else { 0 };
+        }
+        self.admitted = capacity.min(entries.len());
+        changed
+    }
+
+    /// The `DecisionKey::scope_kind` of a decision, or `None` (counted) if it is not
+    /// ours to push.
+    fn scope_kind(
         &mut self,
         policy: &Policy,
         decision: &DecisionRef<'_>,
         count: bool,
-    ) -> Option<DecisionKey> {
+    ) -> Option<u8> {
         let range = if decision.scope.eq_ignore_ascii_case("ip") {
             0
         } else if decision.scope.eq_ignore_ascii_case("range") {
@@ -294,10 +488,8 @@ impl Desired {
             self.skipped.kind += u64::from(count);
             return None;
         };
-        Some(DecisionKey {
-            scope_kind: range | (kind.min(0x7f) as u8),
-            value: Value::new(decision.value),
-        })
+        // `NO_OWN` (0xff) is a range of type 127: the config allows far fewer types.
+        Some(range | (kind.min(0x7e) as u8))
     }
 
     /// The safety rails: broad ranges and the allowlist. Refusals are counted.
@@ -374,6 +566,181 @@ mod tests {
             "{}",
             std::mem::size_of::<Active>()
         );
-        assert!(std::mem::size_of::<Wanted>() <= 12);
+        assert!(
+            std::mem::size_of::<Wanted>() <= 40,
+            "{}",
+            std::mem::size_of::<Wanted>()
+        );
+    }
+
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    /// Values that share items in every way a decision can: own text, other spellings,
+    /// widened IPv6 hosts, host bits in a range.
+    const VALUES: [&str; 9] = [
+        "1.2.3.4",
+        "1.2.3.4/32",
+        "::ffff:1.2.3.4",
+        "2001:db8::1",
+        "2001:db8::2",
+        "2001:DB8::1",
+        "2001:db8::/64",
+        "10.0.0.0/24",
+        "10.0.0.7/24",
+    ];
+    const SCOPES: [&str; 2] = ["Ip", "Range"];
+    const KINDS: [&str; 2] = ["ban", "captcha"];
+    const ORIGINS: [&str; 3] = ["cscli", "crowdsec", "CAPI"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            scope: usize,
+            kind: usize,
+            value: usize,
+            origin: usize,
+            secs: u64,
+        },
+        Forget {
+            scope: usize,
+            kind: usize,
+            value: usize,
+        },
+        /// Time passes by this many seconds, then expiry runs.
+        Expire(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, 0..2usize, 0..VALUES.len(), 0..3usize, 1..100u64).prop_map(
+                |(scope, kind, value, origin, secs)| Op::Insert { scope, kind, value, origin, secs }
+            ),
+            3 => (0..2usize, 0..2usize, 0..VALUES.len())
+                .prop_map(|(scope, kind, value)| Op::Forget { scope, kind, value }),
+            1 => (0..60u64).prop_map(Op::Expire),
+        ]
+    }
+
+    fn decision(
+        scope: usize,
+        kind: usize,
+        value: usize,
+        origin: usize,
+        duration: &str,
+    ) -> DecisionRef<'_> {
+        DecisionRef {
+            scope: SCOPES[scope],
+            value: VALUES[value],
+            kind: KINDS[kind],
+            origin: ORIGINS[origin],
+            scenario: "prop",
+            duration,
+        }
+    }
+
+    type Model = BTreeMap<(usize, usize, usize), (u64, usize)>;
+
+    fn model_items(model: &Model) -> BTreeSet<Item> {
+        model
+            .keys()
+            .map(|&(_, _, v)| Item::from_decision(VALUES[v], 64).unwrap())
+            .collect()
+    }
+
+    proptest! {
+        /// Any history of inserts, forgets and expiries leaves the same decisions and
+        /// items as a plain map of (scope, type, value), however decisions share items.
+        #[test]
+        fn agrees_with_a_plain_map(ops in prop::collection::vec(op(), 0..120)) {
+            let policy = Policy::new(KINDS.map(String::from).to_vec(), 64);
+            let epoch = Instant::now();
+            let mut desired = Desired::new(epoch, 64);
+            let mut model = Model::new();
+            let mut now = 0u64;
+            for op in ops {
+                let before = model_items(&model);
+                match op {
+                    Op::Insert { scope, kind, value, origin, secs } => {
+                        let duration = format!("{secs}s");
+                        let d = decision(scope, kind, value, origin, &duration);
+                        let at = epoch + Duration::from_secs(now);
+                        let made = desired.insert(&policy, &d, at);
+                        model.insert((scope, kind, value), (now + secs, origin));
+                        let item = Item::from_decision(VALUES[value], 64).unwrap();
+                        prop_assert_eq!(made, (!before.contains(&item)).then_some(item));
+                    }
+                    Op::Forget { scope, kind, value } => {
+                        let gone = desired.forget(&policy, &decision(scope, kind, value, 0, "1s"));
+                        model.remove(&(scope, kind, value));
+                        let after = model_items(&model);
+                        let want: Vec<Item> = before.difference(&after).copied().collect();
+                        prop_assert_eq!(gone.into_iter().collect::<Vec<_>>(), want);
+                    }
+                    Op::Expire(secs) => {
+                        now += secs;
+                        let (mut gone, n) = desired.expire(epoch + Duration::from_secs(now));
+                        let expired = model.len();
+                        model.retain(|_, (expires, _)| *expires > now);
+                        prop_assert_eq!(n, expired - model.len());
+                        gone.sort();
+                        let after = model_items(&model);
+                        let want: Vec<Item> = before.difference(&after).copied().collect();
+                        prop_assert_eq!(gone, want);
+                    }
+                }
+                prop_assert_eq!(desired.decision_count(), model.len());
+                let items: BTreeSet<Item> = desired.items.items().copied().collect();
+                prop_assert_eq!(items, model_items(&model));
+                prop_assert_eq!(desired.decisions().count(), model.len());
+            }
+        }
+
+        /// Admission keeps exactly the items a full sort of every decision would: by
+        /// origin rank, then longest remaining, then lowest item.
+        #[test]
+        fn admits_what_a_full_sort_would(
+            ops in prop::collection::vec((0..2usize, 0..VALUES.len(), 0..3usize, 1..5u64), 1..40),
+            capacity in 0..8usize,
+        ) {
+            let policy = Policy::new(vec!["ban".into()], 64);
+            let epoch = Instant::now();
+            let mut desired = Desired::new(epoch, 64);
+            for &(scope, value, origin, secs) in &ops {
+                let duration = format!("{secs}s");
+                desired.insert(&policy, &decision(scope, 0, value, origin, &duration), epoch);
+            }
+            let ranks: Vec<u32> = desired
+                .labels
+                .all()
+                .map(|o| policy.origin_rank(o) as u32)
+                .collect();
+            desired.admit(capacity, &ranks);
+
+            // The latest insert of each (scope, value) is the live decision.
+            let mut live = BTreeMap::new();
+            for &(scope, value, origin, secs) in &ops {
+                live.insert((scope, value), (origin, secs));
+            }
+            let mut ranked: Vec<(usize, std::cmp::Reverse<u64>, Item)> = live
+                .iter()
+                .map(|(&(_, value), &(origin, secs))| {
+                    let rank = policy.origin_rank(ORIGINS[origin]);
+                    (rank, std::cmp::Reverse(secs), Item::from_decision(VALUES[value], 64).unwrap())
+                })
+                .collect();
+            ranked.sort();
+            let mut want = BTreeSet::new();
+            for (_, _, item) in ranked {
+                if want.len() < capacity {
+                    want.insert(item);
+                }
+            }
+            let admitted: BTreeSet<Item> =
+                desired.items.iter().filter(|w| w.admitted()).map(|w| w.item).collect();
+            prop_assert_eq!(admitted.len(), desired.admitted_count());
+            prop_assert_eq!(admitted, want);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Property tests: whatever LAPI and Cloudflare do, draining converges to the desired set.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -22,6 +23,10 @@ enum Event {
     FailOperation,
     /// Drain up to `n` batches.
     Drain(u8),
+    /// The list's capacity changes (admission by priority kicks in below 40).
+    Capacity(u8),
+    /// The next write fails on its own and its first item is set aside.
+    Poison,
 }
 
 fn value(i: u8) -> String {
@@ -43,6 +48,8 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (1u8..4).prop_map(Event::FailWrites),
         1 => Just(Event::FailOperation),
         2 => (1u8..5).prop_map(Event::Drain),
+        1 => (0u8..45).prop_map(Event::Capacity),
+        1 => Just(Event::Poison),
     ]
 }
 
@@ -85,10 +92,17 @@ fn write_one(
     cap: usize,
     fail_write: bool,
     fail_op: bool,
+    poison: bool,
 ) -> bool {
     let Some(batch) = state.take_batch(cap) else {
         return false;
     };
+    if poison {
+        let items = batch.items();
+        state.quarantine(items[0]);
+        state.requeue(items[1..].iter().copied());
+        return true;
+    }
     if fail_write || fail_op {
         state.requeue(batch.items());
         return true;
@@ -130,9 +144,11 @@ proptest! {
         let now = Instant::now();
         state.replace_desired([], now);
         state.replace_list(list.read());
-        let (mut failing_writes, mut failing_ops) = (0u8, 0u8);
+        let (mut failing_writes, mut failing_ops, mut poisoned) = (0u8, 0u8, false);
         for event in events {
             match event {
+                Event::Capacity(n) => state.set_capacity(n.into()),
+                Event::Poison => poisoned = true,
                 Event::Ban(i) => {
                     banned.insert(value(i));
                     state.apply_delta([], [decision(&value(i))], now);
@@ -160,7 +176,8 @@ proptest! {
                     for _ in 0..n {
                         let fail_write = failing_writes > 0;
                         let fail_op = !fail_write && failing_ops > 0;
-                        if !write_one(&mut state, &mut list, 3, fail_write, fail_op) {
+                        let poison = std::mem::take(&mut poisoned);
+                        if !write_one(&mut state, &mut list, 3, fail_write, fail_op, poison) {
                             break;
                         }
                         failing_writes = failing_writes.saturating_sub(1);
@@ -170,10 +187,16 @@ proptest! {
                     }
                 }
             }
+            prop_assert_eq!(state.pending_changes(), state.scan_pending());
         }
-        // Faults end; the writer drains everything.
+        // Faults end, the list has room, a list read frees what was set aside; the
+        // writer drains everything.
+        state.set_capacity(usize::MAX);
+        state.replace_list(list.read());
+        prop_assert_eq!(state.pending_changes(), state.scan_pending());
         let mut rounds = 0;
-        while write_one(&mut state, &mut list, 3, false, false) {
+        while write_one(&mut state, &mut list, 3, false, false, false) {
+            prop_assert_eq!(state.pending_changes(), state.scan_pending());
             rounds += 1;
             prop_assert!(rounds < 1000, "the drain terminates");
         }
@@ -188,6 +211,7 @@ proptest! {
         got.sort();
         prop_assert_eq!(&got, &want);
         prop_assert_eq!(state.desired_items(), want);
+        prop_assert_eq!(state.pending_changes(), (0, 0));
     }
 
     #[test]

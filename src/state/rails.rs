@@ -1,10 +1,8 @@
 //! The rails on what reaches the list: capacity admission by priority, and the
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
-use rustc_hash::FxHashSet as HashSet;
-use std::cmp::Reverse;
-
-use super::{Intent, SyncState};
+use super::table::Keyed;
+use super::{Desired, Intent, SyncState};
 use crate::item::Item;
 
 impl SyncState {
@@ -20,94 +18,76 @@ impl SyncState {
 
     /// When the desired set exceeds capacity, admits the `capacity` highest-priority
     /// items: by origin (`policy.origin_priority`), then by remaining duration, longest
-    /// first. Items whose admission changed are queued. Cheap when under capacity.
+    /// first. Items whose admission changed are queued. Cheap when under capacity, and
+    /// when nothing changed since the last time.
     pub fn rebalance(&mut self) {
-        // Nothing that admission depends on changed since the last time.
-        if !std::mem::take(&mut self.admission_stale) {
+        let Some(changed) = self.admit() else {
             return;
-        }
-        let before = self.admitted.take();
-        if self.desired.wanted.len() > self.capacity {
-            self.admitted = Some(self.highest_priority(self.capacity));
-        }
-        let changed: Vec<Item> = match (&before, &self.admitted) {
-            (None, None) => Vec::new(),
-            (Some(old), None) => self
-                .desired
-                .wanted
-                .keys()
-                .filter(|i| !old.contains(i))
-                .copied()
-                .collect(),
-            (None, Some(new)) => self
-                .desired
-                .wanted
-                .keys()
-                .filter(|i| !new.contains(i))
-                .copied()
-                .collect(),
-            (Some(old), Some(new)) => old.symmetric_difference(new).copied().collect(),
         };
-        let left_out = |admitted: &Option<HashSet<Item>>| {
-            admitted
-                .as_ref()
-                .map_or(0, |a| self.desired.wanted.len().saturating_sub(a.len()))
-        };
-        let (was, now) = (left_out(&before), left_out(&self.admitted));
-        if was != now && now > 0 {
-            self.notices.push(format!(
-                "{now} desired items are left out: the list may hold {} (cloudflare.capacity minus \
-                 the account's other lists); the highest-priority ones are kept",
-                self.capacity
-            ));
-        } else if was > 0 && now == 0 {
-            self.notices
-                .push("every desired item fits in the list again".into());
-        }
-        self.enqueue_all(changed);
-        if self.admitted.is_some() {
+        // Removals first: at capacity, an add only fits once something left.
+        let (removals, adds): (Vec<Item>, Vec<Item>) =
+            (changed.into_iter()).partition(|item| self.intent(item) == Some(Intent::Remove));
+        self.enqueue_all(removals);
+        self.enqueue_all(adds);
+        if self.over_capacity {
             // Items left out for capacity were queued when they became desired: drop
             // them from the queue now rather than hold them until their turn.
             self.is_drained();
         }
     }
 
-    pub(super) fn is_admitted(&self, item: &Item) -> bool {
-        self.admitted
-            .as_ref()
-            .is_none_or(|admitted| admitted.contains(item))
+    /// Recomputes admission if anything it depends on changed; returns the items whose
+    /// admission changed, or `None` when it was up to date.
+    pub(super) fn admit(&mut self) -> Option<Vec<Item>> {
+        if !std::mem::take(&mut self.admission_stale) {
+            return None;
+        }
+        let (was_over, was_left_out) = (self.over_capacity, self.left_out());
+        let over = self.desired.len() > self.capacity;
+        let left_out = |desired: &Desired| {
+            (desired.items.iter())
+                .filter(|wanted| !wanted.admitted())
+                .map(|wanted| *wanted.item())
+                .collect()
+        };
+        let changed = if over {
+            let ranks: Vec<u32> = (self.desired.labels.all())
+                .map(|origin| u32::try_from(self.policy.origin_rank(origin)).unwrap_or(u32::MAX))
+                .collect();
+            let flipped = self.desired.admit(self.capacity, &ranks);
+            if was_over {
+                flipped
+            } else {
+                left_out(&self.desired)
+            }
+        } else if was_over {
+            left_out(&self.desired)
+        } else {
+            Vec::new()
+        };
+        self.over_capacity = over;
+        let now_left_out = self.left_out();
+        if was_left_out != now_left_out && now_left_out > 0 {
+            self.notices.push(format!(
+                "{now_left_out} desired items are left out: the list may hold {} \
+                 (cloudflare.capacity minus the account's other lists); the highest-priority \
+                 ones are kept",
+                self.capacity
+            ));
+        } else if was_left_out > 0 && now_left_out == 0 {
+            self.notices
+                .push("every desired item fits in the list again".into());
+        }
+        Some(changed)
     }
 
-    fn highest_priority(&self, capacity: usize) -> HashSet<Item> {
-        // Every decision with its rank, best first; an item ranks as its best decision.
-        let ranks: Vec<usize> = self
-            .desired
-            .labels
-            .all()
-            .map(|origin| self.policy.origin_rank(origin))
-            .collect();
-        let prefix = self.policy.ipv6_prefix;
-        let mut ranked: Vec<(usize, Reverse<u32>, Item)> = self
-            .desired
-            .decisions
-            .iter()
-            .filter_map(|(key, active)| {
-                let origin = ranks
-                    .get(active.origin as usize)
-                    .copied()
-                    .unwrap_or(usize::MAX);
-                Some((origin, Reverse(active.expires), key.item(prefix)?))
-            })
-            .collect();
-        ranked.sort_unstable();
-        let mut admitted = HashSet::with_capacity_and_hasher(capacity, Default::default());
-        for (_, _, item) in ranked {
-            if admitted.len() == capacity {
-                break;
-            }
-            admitted.insert(item);
+    /// Desired items left out because the list is full.
+    pub(super) fn left_out(&self) -> usize {
+        if self.over_capacity {
+            self.desired.len() - self.desired.admitted_count()
+        } else {
+            0
         }
-        admitted
     }
 
     /// After a full list read: if the diff would remove more than
@@ -115,9 +95,7 @@ impl SyncState {
     /// removals until the next reconcile. If that one still wants them, they go ahead.
     /// A LAPI that was wiped or restored from an old backup cannot unban everyone at once.
     pub(super) fn guard_mass_removal(&mut self) {
-        let removals: Vec<Item> = self
-            .listed
-            .keys()
+        let removals: Vec<Item> = (self.listed.items())
             .filter(|item| self.intent(item) == Some(Intent::Remove))
             .copied()
             .collect();
@@ -135,6 +113,9 @@ impl SyncState {
                 self.policy.mass_removal_share
             ));
             self.held = removals.into_iter().collect();
+            let held: Vec<Item> = self.held.iter().copied().collect();
+            // Queued, they no longer count as pending.
+            self.enqueue_all(held);
             return;
         }
         if excessive {

@@ -406,12 +406,13 @@ fn over_capacity_the_highest_priority_items_are_kept() {
         .iter()
         .any(|n| n.starts_with("2 desired items are left out")));
 
-    // A higher-priority ban pushes out the lowest: crowdsec with 1h left.
+    // A higher-priority ban pushes out the lowest: crowdsec with 1h left. The list
+    // is full, so the removal goes first.
     state.apply_delta([], [ban_from("1.0.0.6", "cscli", "4h")], now);
     state.rebalance();
     let writes = drain(&mut state, 10);
-    assert_eq!(adds(&writes[0]), ["1.0.0.6"]);
-    assert_eq!(removes(&writes[1]), ["1.0.0.3"]);
+    assert_eq!(removes(&writes[0]), ["1.0.0.3"]);
+    assert_eq!(adds(&writes[1]), ["1.0.0.6"]);
 
     // Room again: everything fits.
     state.set_capacity(10);

@@ -1,0 +1,215 @@
+//! A map keyed by [`Item`], laid out for memory: the entries sit in one vector, and a
+//! hash index holds only their 4-byte positions.
+//!
+//! A `HashMap<Item, V>` keeps every entry in its bucket array, which runs between 44%
+//! and 87% full; at a million entries that is most of the memory the bouncer uses. Here
+//! only the 5 bytes per bucket of the index pay for the load factor, and the vector's
+//! unused tail is address space the kernel never backs.
+
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+use crate::item::Item;
+
+/// An entry of an [`ItemTable`]: a value that carries its own item.
+pub(super) trait Keyed {
+    fn item(&self) -> &Item;
+}
+
+/// Entries keyed by their item. Removal moves the last entry into the hole, so
+/// positions are only stable between removals.
+pub(super) struct ItemTable<E> {
+    entries: Vec<E>,
+    index: HashTable<u32>,
+}
+
+fn hash(item: &Item) -> u64 {
+    FxBuildHasher.hash_one(item)
+}
+
+/// A position as the index stores it. A table never holds 2³² entries: no list or
+/// LAPI comes near, and memory would run out long before.
+fn position(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+impl<E: Keyed> ItemTable<E> {
+    pub fn new() -> ItemTable<E> {
+        ItemTable {
+            entries: Vec::new(),
+            index: HashTable::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Where `item`'s entry is, until the next removal.
+    pub fn position_of(&self, item: &Item) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(hash(item), |&i| entries[i as usize].item() == item)
+            .map(|&i| i as usize)
+    }
+
+    pub fn get(&self, item: &Item) -> Option<&E> {
+        self.position_of(item).map(|i| &self.entries[i])
+    }
+
+    pub fn get_mut(&mut self, item: &Item) -> Option<&mut E> {
+        self.position_of(item).map(|i| &mut self.entries[i])
+    }
+
+    pub fn contains(&self, item: &Item) -> bool {
+        self.position_of(item).is_some()
+    }
+
+    /// The entry for `item`, made by `make` if there is none; and whether it was made.
+    pub fn get_or_insert_with(&mut self, item: Item, make: impl FnOnce() -> E) -> (&mut E, bool) {
+        match self.position_of(&item) {
+            Some(i) => (&mut self.entries[i], false),
+            None => {
+                let i = self.push(make());
+                (&mut self.entries[i], true)
+            }
+        }
+    }
+
+    /// Inserts `entry`, replacing (and returning) the entry for the same item.
+    pub fn insert(&mut self, entry: E) -> Option<E> {
+        match self.position_of(entry.item()) {
+            Some(i) => Some(std::mem::replace(&mut self.entries[i], entry)),
+            None => {
+                self.push(entry);
+                None
+            }
+        }
+    }
+
+    /// Appends an entry whose item is not in the table; returns its position.
+    fn push(&mut self, entry: E) -> usize {
+        let i = self.entries.len();
+        let item_hash = hash(entry.item());
+        self.entries.push(entry);
+        let entries = &self.entries;
+        self.index.insert_unique(item_hash, position(i), |&j| {
+            hash(entries[j as usize].item())
+        });
+        i
+    }
+
+    /// Removes and returns `item`'s entry.
+    pub fn remove(&mut self, item: &Item) -> Option<E> {
+        let entries = &self.entries;
+        let found = self
+            .index
+            .find_entry(hash(item), |&i| entries[i as usize].item() == item)
+            .ok()?;
+        let (i, _) = found.remove();
+        let last = self.entries.len() - 1;
+        let removed = self.entries.swap_remove(i as usize);
+        if (i as usize) < last {
+            // The last entry moved into the hole: point its index slot at it.
+            let moved = hash(self.entries[i as usize].item());
+            if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
+                *slot = i;
+            }
+        }
+        Some(removed)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, E> {
+        self.entries.iter()
+    }
+
+    /// The entries, by position.
+    pub fn entries(&self) -> &[E] {
+        &self.entries
+    }
+
+    pub fn entries_mut(&mut self) -> &mut [E] {
+        &mut self.entries
+    }
+
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        self.entries.iter().map(Keyed::item)
+    }
+}
+
+impl<E: Keyed> Default for ItemTable<E> {
+    fn default() -> Self {
+        ItemTable::new()
+    }
+}
+
+impl<E> fmt::Debug for ItemTable<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ItemTable({} entries)", self.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Entry(Item, u32);
+
+    impl Keyed for Entry {
+        fn item(&self) -> &Item {
+            &self.0
+        }
+    }
+
+    fn item(n: u8) -> Item {
+        Item::from_decision(&format!("10.0.0.{n}"), 64).unwrap()
+    }
+
+    proptest! {
+        /// Any sequence of inserts and removes leaves the table agreeing with a
+        /// `BTreeMap`, entry for entry, through the swaps removal makes.
+        #[test]
+        fn agrees_with_a_map(ops in prop::collection::vec((any::<bool>(), 0u8..40, any::<u32>()), 0..300)) {
+            let mut table = ItemTable::new();
+            let mut model = BTreeMap::new();
+            for (insert, n, value) in ops {
+                if insert {
+                    let old = table.insert(Entry(item(n), value)).map(|e| e.1);
+                    prop_assert_eq!(old, model.insert(item(n), value));
+                } else {
+                    let old = table.remove(&item(n)).map(|e| e.1);
+                    prop_assert_eq!(old, model.remove(&item(n)));
+                }
+                prop_assert_eq!(table.len(), model.len());
+            }
+            for n in 0..40 {
+                prop_assert_eq!(table.get(&item(n)).map(|e| e.1), model.get(&item(n)).copied());
+                if let Some(i) = table.position_of(&item(n)) {
+                    prop_assert_eq!(table.entries()[i].0, item(n));
+                }
+            }
+            let mut items: Vec<Item> = table.items().copied().collect();
+            items.sort();
+            prop_assert_eq!(items, model.keys().copied().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn get_or_insert_with_makes_once() {
+        let mut table = ItemTable::new();
+        let (entry, made) = table.get_or_insert_with(item(1), || Entry(item(1), 7));
+        assert!(made);
+        entry.1 = 8;
+        let (entry, made) = table.get_or_insert_with(item(1), || Entry(item(1), 9));
+        assert!(!made);
+        assert_eq!(entry.1, 8);
+        assert!(table.contains(&item(1)) && !table.contains(&item(2)));
+        assert_eq!(table.get_mut(&item(1)).map(|e| e.1), Some(8));
+    }
+}
