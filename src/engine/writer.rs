@@ -416,6 +416,9 @@ impl Engine {
         let mut cancelled_at: Option<Instant> = None;
         let mut unknown_since: Option<Instant> = None;
         let mut reported = Duration::ZERO;
+        // A failed poll hides when the operation ended: such an operation teaches the
+        // clock nothing (after a burst of faults it would aim far too late).
+        let mut every_poll_answered = true;
         loop {
             tokio::time::sleep(interval).await;
             polls += 1;
@@ -430,16 +433,20 @@ impl Engine {
             match self.cloudflare.operation(op_id).await {
                 Ok(OpStatus::Pending) => unknown_since = None,
                 Ok(status) => {
-                    self.shared.op_clock().learn(polls == 1, started.elapsed());
+                    if every_poll_answered {
+                        self.shared.op_clock().learn(polls == 1, started.elapsed());
+                    }
                     return Ok(status);
                 }
                 Err(crate::cloudflare::Error::Api { status: 404, .. }) => {
+                    every_poll_answered = false;
                     let since = *unknown_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= LOST_AFTER {
                         return Err(Error::OperationLost(op_id.to_owned()));
                     }
                 }
                 Err(err) => {
+                    every_poll_answered = false;
                     warn!(op_id, error = %err, "polling the bulk operation failed; retrying");
                     if let Some(after) = err.retry_after() {
                         interval = interval.max(after);
