@@ -464,20 +464,21 @@ max_requests_per_minute = {max_rpm}
 listen = "127.0.0.1:{admin_port}"
 
 [sync]
-reconcile_interval = "10m"
+reconcile_interval = "{reconcile}"
 """
 
 
 class Bouncer:
     def __init__(self, workdir: Path, name: str, lapi: Lapi, emu: Emulator, *, key: str,
                  update_frequency="1s", lapi_timeout="2m", batch_size=1000, capacity=10000,
-                 max_rpm=120, env: dict | None = None):
+                 max_rpm=120, reconcile="10m", env: dict | None = None):
         self.env = dict(os.environ, **(env or {})) if env else None
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.admin_port = free_port()
         self.settings = dict(update_frequency=update_frequency, lapi_timeout=lapi_timeout,
-                             batch_size=batch_size, capacity=capacity, max_rpm=max_rpm)
+                             batch_size=batch_size, capacity=capacity, max_rpm=max_rpm,
+                             reconcile=reconcile)
         self.config = self.dir / "bouncer.toml"
         self.config.write_text(BOUNCER_CONFIG.format(
             lapi=lapi.url, key=key, cf_url=emu.url, cf_token=emu.token, account=emu.account_id,
@@ -499,6 +500,13 @@ class Bouncer:
     def alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             raise BenchError(f"the bouncer exited; its log ends: {self.log_tail()}")
+
+    def log_count(self, marker: str) -> int:
+        """How many lines of the bouncer's log contain `marker`."""
+        try:
+            return self.log_path.read_text(errors="replace").count(marker)
+        except OSError:
+            return 0
 
     def log_tail(self, n=15) -> str:
         try:

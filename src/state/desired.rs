@@ -2,9 +2,12 @@
 //! items they map to, reference-counted. Built in place from deltas, or off to the side
 //! from a full pull (possibly while the response is still arriving) and swapped in.
 //!
-//! Compact on purpose (a million decisions must fit a small container): a decision value
-//! in its plain text form is stored as the address or network it spells, not as a
-//! string; type, origin and scenario are small indexes; expiry is whole seconds.
+//! Compact on purpose (a million decisions must fit a small container): one 40-byte
+//! [`Wanted`] per item in an [`ItemTable`], holding the item's usual decision (one whose
+//! value is the item's own text) in 9 of those bytes; only other decisions take a
+//! (key, entry) pair in a side map, their value stored as the address or network it
+//! spells when that prints back as the same text. Type, origin and scenario are small
+//! indexes; expiry is whole seconds.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
@@ -122,8 +125,8 @@ const CHOSEN: u8 = 2;
 /// A desired item: why it is wanted, and the decision that wants it in the common case.
 ///
 /// Most decisions are an address or range whose text is exactly the item's text
-/// (`1.2.3.4`, `10.0.0.0/24`): one such decision per item is kept here, in 13 bytes,
-/// rather than as a key in [`Desired::others`]. Any other decision on the item
+/// (`1.2.3.4`, `10.0.0.0/24`): one such decision per item is kept here (its scope and
+/// type, expiry and origin) rather than as a key in [`Desired::others`]. Any other decision on the item
 /// (another type or scope, an IPv6 host widened to its /64, a non-canonical spelling)
 /// goes to `others`.
 #[derive(Debug, Clone, Copy)]
