@@ -406,11 +406,7 @@ impl Engine {
                     .await?;
                 let now = Instant::now();
                 let mut state = self.shared.state();
-                state.apply_delta(
-                    sink.deleted.iter().map(OwnedDecision::as_ref),
-                    sink.new.iter().map(OwnedDecision::as_ref),
-                    now,
-                );
+                state.apply_delta(sink.deleted.iter(), sink.new.iter(), now);
                 (sink.new.len(), sink.deleted.len(), size)
             }
         };
@@ -463,53 +459,63 @@ impl StreamSink for FullPull {
 /// A delta, kept until complete, then applied at once.
 #[derive(Default)]
 struct DeltaPull {
-    new: Vec<OwnedDecision>,
-    deleted: Vec<OwnedDecision>,
+    new: Packed,
+    deleted: Packed,
 }
 
 impl StreamSink for DeltaPull {
     fn new_decision(&mut self, decision: DecisionRef<'_>) {
-        self.new.push(OwnedDecision::from(decision));
+        self.new.push(&decision);
     }
 
     fn deleted_decision(&mut self, decision: DecisionRef<'_>) {
-        self.deleted.push(OwnedDecision::from(decision));
+        self.deleted.push(&decision);
     }
 }
 
-/// A decision from a delta, owned until the delta is complete.
-struct OwnedDecision {
-    scope: Box<str>,
-    value: Box<str>,
-    kind: Box<str>,
-    origin: Box<str>,
-    scenario: Box<str>,
-    duration: Box<str>,
+/// Decisions owned until their delta is complete: the six fields of each, one after
+/// another in one string. Two allocations for any number of decisions (a first delta
+/// can repeat every decision of the full pull before it).
+#[derive(Default)]
+struct Packed {
+    text: String,
+    /// Where each field of each decision ends in `text`.
+    ends: Vec<[usize; 6]>,
 }
 
-impl From<DecisionRef<'_>> for OwnedDecision {
-    fn from(d: DecisionRef<'_>) -> OwnedDecision {
-        OwnedDecision {
-            scope: d.scope.into(),
-            value: d.value.into(),
-            kind: d.kind.into(),
-            origin: d.origin.into(),
-            scenario: d.scenario.into(),
-            duration: d.duration.into(),
+impl Packed {
+    fn push(&mut self, d: &DecisionRef<'_>) {
+        let mut ends = [0; 6];
+        let fields = [d.scope, d.value, d.kind, d.origin, d.scenario, d.duration];
+        for (end, field) in ends.iter_mut().zip(fields) {
+            self.text.push_str(field);
+            *end = self.text.len();
         }
+        self.ends.push(ends);
     }
-}
 
-impl OwnedDecision {
-    fn as_ref(&self) -> DecisionRef<'_> {
-        DecisionRef {
-            scope: &self.scope,
-            value: &self.value,
-            kind: &self.kind,
-            origin: &self.origin,
-            scenario: &self.scenario,
-            duration: &self.duration,
-        }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = DecisionRef<'_>> {
+        let mut start = 0;
+        self.ends.iter().map(move |ends| {
+            let mut fields = [""; 6];
+            for (field, &end) in fields.iter_mut().zip(ends) {
+                *field = self.text.get(start..end).unwrap_or_default();
+                start = end;
+            }
+            let [scope, value, kind, origin, scenario, duration] = fields;
+            DecisionRef {
+                scope,
+                value,
+                kind,
+                origin,
+                scenario,
+                duration,
+            }
+        })
     }
 }
 
@@ -597,6 +603,41 @@ async fn sleep_or_cancel(delay: Duration, token: &CancellationToken) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delta_gives_back_every_decision_as_received() {
+        let decisions = [
+            [
+                "Ip",
+                "1.2.3.4",
+                "ban",
+                "crowdsec",
+                "crowdsecurity/ssh-bf",
+                "3h59m",
+            ],
+            ["Range", "10.0.0.0/24", "ban", "cscli", "", "1h"],
+            ["", "", "", "", "", ""],
+            ["Ip", "2001:db8::1", "captcha", "CAPI", "é ✓ unicode", "-5s"],
+        ];
+        let mut packed = Packed::default();
+        for [scope, value, kind, origin, scenario, duration] in decisions {
+            let d = DecisionRef {
+                scope,
+                value,
+                kind,
+                origin,
+                scenario,
+                duration,
+            };
+            packed.push(&d);
+        }
+        assert_eq!(packed.len(), decisions.len());
+        let back: Vec<[&str; 6]> = packed
+            .iter()
+            .map(|d| [d.scope, d.value, d.kind, d.origin, d.scenario, d.duration])
+            .collect();
+        assert_eq!(back, decisions);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
