@@ -8,6 +8,9 @@
 #             a partial run replaces only those scenarios' rows)
 #   --op-latency-ms: emulator bulk-operation latency (default 300..1200)
 #   --keep: keep the temp dir with every log and database
+#   BENCH_WRAP: a command the bouncer runs under, e.g. BENCH_WRAP="heaptrack -o /tmp/b" or
+#               "perf record -e cpu-clock -o /tmp/b.data" (its CPU and RSS are then the
+#               profiler's: for profiles, not for figures)
 #
 # Targets are reported, never enforced: exit 0 when the scenarios ran, 1 when something
 # broke (e.g. a list never converged). Progress goes to stderr. All of it takes under

@@ -538,7 +538,7 @@ def cold(ctx, lapi, emu, key, want) -> dict:
         row("bouncer CPU (utime+stime)", f"{cpu:.2f} s", "≤ 0.5 s", cpu <= 0.5),
         row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "≤ 40 MiB", hwm <= 40,
             f"RSS when done (VmRSS): {rss:.1f} MiB"),
-        row("Cloudflare requests", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
+        row("Cloudflare requests to fill the list", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
             f"status polls, {d['list_reads']} list reads, {d['other']} other)",
             f"writes + polls ≤ {1.2 * floor:.0f}", d["writes"] + d["status_polls"] <= 1.2 * floor),
         row("item changes", str(d["item_changes"]), f"= {COLD_N}", d["item_changes"] == COLD_N),
@@ -632,6 +632,7 @@ def million(ctx, lapi, emu, key, fast) -> dict:
         bouncer.wait_quietly("million: the bouncer to fill the list and be idle",
                              lambda: bouncer.in_step(MILLION_CAPACITY), 900, every=15)
         t1 = time.monotonic()
+        c1 = emu.counters()
         cpu, hwm, rss = bouncer.cpu(), bouncer.peak_rss_mib(), bouncer.rss_mib()
         st = bouncer.status()
         if t1 - t0 >= MILLION_RECONCILE_S:
@@ -647,7 +648,7 @@ def million(ctx, lapi, emu, key, fast) -> dict:
         bouncer.close()
     log(f"million: the bouncer reports {MILLION_CAPACITY} listed after {t1 - t0:.1f} s; checking the list")
     on_list = emu.items("crowdsec_ban")
-    d = counter_delta(c0, emu.counters())
+    d = counter_delta(c0, c1)
     missing, extra = len(want - on_list), len(on_list - want)
     values = {"seconds": t1 - t0, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss,
               "reconcile_cpu_s": cpu_rec, "reconcile_peak_rss_mib": hwm_rec,
@@ -664,14 +665,16 @@ def million(ctx, lapi, emu, key, fast) -> dict:
         row("then one full reconcile: peak RSS / RSS after / CPU",
             f"{hwm_rec:.1f} MiB / {rss_rec:.1f} MiB / {cpu_rec:.2f} s", "≤ 256 MiB",
             hwm_rec <= 256, f"reconcile_interval {MILLION_RECONCILE_S} s; the pull is parsed into "
-            "a new desired state beside the old one, then swapped in"),
+            "a new desired state beside the old one, then swapped in. Taken once the bouncer is "
+            "in step again; the list read that follows a reconcile (1000 pages, 4 minutes at "
+            "240 requests per minute) is not waited for: its new list view is about 23 MB"),
         row("list = the 500 000 highest-priority items",
             "yes" if missing == extra == 0 else f"no: {missing} missing, {extra} extra",
             "exact", missing == extra == 0,
             f"expected set: origin rank cscli > crowdsec > lists > CAPI, then remaining "
             f"duration; boundary {boundary[0][1]} {boundary[0][2]} s vs {boundary[1][1]} {boundary[1][2]} s"),
         row("start → list full, idle", fmt_s(t1 - t0), "", None, "wall time; not a target here"),
-        row("Cloudflare requests", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
+        row("Cloudflare requests to fill the list", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
             f"status polls, {d['list_reads']} list reads, {d['other']} other); "
             f"{d['item_changes']} item changes"),
     ]
