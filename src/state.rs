@@ -438,12 +438,7 @@ impl SyncState {
     pub fn requeue(&mut self, items: impl IntoIterator<Item = Item>) {
         let items: Vec<Item> = items.into_iter().collect();
         for item in items.into_iter().rev() {
-            let pending = self.pending(&item);
-            if pending.is_some() && !self.queued.contains_key(&item) {
-                self.queued.insert(item, pending);
-                self.count(pending, true);
-                self.queue.push_front(item);
-            }
+            self.enqueue_at(item, true);
         }
     }
 
@@ -506,13 +501,9 @@ impl SyncState {
     /// Looks at every queued item again, recording the write it needs now.
     fn refresh_queue(&mut self) {
         let queue = std::mem::take(&mut self.queue);
-        for item in &queue {
-            let pending = self.pending(item);
-            if let Some(recorded) = self.queued.get_mut(item) {
-                let was = std::mem::replace(recorded, pending);
-                self.count(was, false);
-                self.count(pending, true);
-            }
+        for &item in &queue {
+            // Already queued: this only records what it needs now.
+            self.enqueue(item);
         }
         self.queue = queue;
     }
@@ -638,6 +629,11 @@ impl SyncState {
     /// Queues `item` if it needs a write; if already queued, records what it needs now.
     /// Called whenever something that decides an item's write changed.
     fn enqueue(&mut self, item: Item) {
+        self.enqueue_at(item, false);
+    }
+
+    /// [`SyncState::enqueue`], at the back of the queue or, for a retry, at the front.
+    fn enqueue_at(&mut self, item: Item, front: bool) {
         let pending = self.pending(&item);
         match self.queued.get_mut(&item) {
             Some(recorded) => {
@@ -648,7 +644,11 @@ impl SyncState {
             None if pending.is_some() => {
                 self.queued.insert(item, pending);
                 self.count(pending, true);
-                self.queue.push_back(item);
+                if front {
+                    self.queue.push_front(item);
+                } else {
+                    self.queue.push_back(item);
+                }
             }
             None => {}
         }
