@@ -288,7 +288,8 @@ impl SyncState {
         // whatever needs a write, among the items either state wants.
         let was_over = self.over_capacity;
         self.admission_stale = true;
-        self.admit();
+        // What changed is found below, by comparing the two states.
+        self.admit(false);
         let wants = |desired: &Desired, over: bool, item: &Item| {
             (desired.get(item)).is_some_and(|wanted| !over || wanted.admitted())
         };

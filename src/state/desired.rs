@@ -418,8 +418,8 @@ impl Desired {
     /// Marks the `capacity` highest-priority items admitted, and only those: by origin
     /// rank (`ranks`, by label index; lower is better), then by remaining duration,
     /// longest first. An item ranks as its best decision; ties go to the lower item.
-    /// Returns the items whose mark changed.
-    pub(super) fn admit(&mut self, capacity: usize, ranks: &[u32]) -> Vec<Item> {
+    /// Returns the items whose mark changed, when `report` asks for them.
+    pub(super) fn admit(&mut self, capacity: usize, ranks: &[u32], report: bool) -> Vec<Item> {
         let priority = |origin: u32, expires: u32| {
             let rank = ranks.get(origin as usize).copied().unwrap_or(u32::MAX);
             (u64::from(rank) << 32) | u64::from(u32::MAX - expires)
@@ -458,7 +458,7 @@ impl Desired {
         let mut changed = Vec::new();
         for wanted in entries.iter_mut() {
             let chosen = wanted.flags & CHOSEN != 0;
-            if chosen != wanted.admitted() {
+            if report && chosen != wanted.admitted() {
                 changed.push(wanted.item);
             }
             wanted.flags = if chosen { ADMITTED } else { 0 };
@@ -719,7 +719,8 @@ mod tests {
                 .all()
                 .map(|o| policy.origin_rank(o) as u32)
                 .collect();
-            desired.admit(capacity, &ranks);
+            let flipped = desired.admit(capacity, &ranks, true);
+            prop_assert_eq!(flipped.len(), desired.admitted_count(), "all were unmarked before");
 
             // The latest insert of each (scope, value) is the live decision.
             let mut live = BTreeMap::new();

@@ -21,7 +21,7 @@ impl SyncState {
     /// first. Items whose admission changed are queued. Cheap when under capacity, and
     /// when nothing changed since the last time.
     pub fn rebalance(&mut self) {
-        let Some(changed) = self.admit() else {
+        let Some(changed) = self.admit(true) else {
             return;
         };
         // Removals first: at capacity, an add only fits once something left.
@@ -37,14 +37,17 @@ impl SyncState {
     }
 
     /// Recomputes admission if anything it depends on changed; returns the items whose
-    /// admission changed, or `None` when it was up to date.
-    pub(super) fn admit(&mut self) -> Option<Vec<Item>> {
+    /// admission changed (when `report` asks for them), or `None` when it was up to date.
+    pub(super) fn admit(&mut self, report: bool) -> Option<Vec<Item>> {
         if !std::mem::take(&mut self.admission_stale) {
             return None;
         }
         let (was_over, was_left_out) = (self.over_capacity, self.left_out());
         let over = self.desired.len() > self.capacity;
-        let left_out = |desired: &Desired| {
+        let left_out = |desired: &Desired| -> Vec<Item> {
+            if !report {
+                return Vec::new();
+            }
             (desired.items.iter())
                 .filter(|wanted| !wanted.admitted())
                 .map(|wanted| *wanted.item())
@@ -54,7 +57,9 @@ impl SyncState {
             let ranks: Vec<u32> = (self.desired.labels.all())
                 .map(|origin| u32::try_from(self.policy.origin_rank(origin)).unwrap_or(u32::MAX))
                 .collect();
-            let flipped = self.desired.admit(self.capacity, &ranks);
+            let flipped = self
+                .desired
+                .admit(self.capacity, &ranks, report && was_over);
             if was_over {
                 flipped
             } else {
