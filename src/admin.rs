@@ -27,7 +27,7 @@ struct AdminState {
 /// The admin routes, for serving or for tests.
 pub fn router(telemetry: Arc<Telemetry>, snapshot: SnapshotFn) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -49,6 +49,19 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(token.cancelled_owned())
         .await
+}
+
+/// Alive unless the writer is wedged (then 503, so a supervisor restarts the bouncer).
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let live = state.telemetry.health().liveness(std::time::Instant::now());
+    match live {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: {reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -117,6 +130,17 @@ pub fn render_status(report: &StatusReport) -> String {
         lines.push(format!(
             "removals held by the mass-removal guard: {}",
             report.removals_held
+        ));
+    }
+    if report.removals_awaiting_confirmation > 0 {
+        lines.push(format!(
+            "removals waiting for LAPI to confirm them: {}",
+            report.removals_awaiting_confirmation
+        ));
+    }
+    if let Some(why) = &report.foreign_writer {
+        lines.push(format!(
+            "ANOTHER WRITER SUSPECTED ({why}): removals are paused; check that only one bouncer writes to this account"
         ));
     }
     if report.quarantined > 0 {

@@ -37,15 +37,22 @@ pub fn render(findings: &[Finding]) -> (String, bool) {
 
 async fn check_lapi(config: &Config) -> Finding {
     let url = &config.crowdsec.api_url;
-    let result = match LapiClient::new(&config.crowdsec) {
-        Ok(client) => client.probe().await,
-        Err(err) => Err(err),
+    let (result, accepted) = match LapiClient::new(&config.crowdsec) {
+        Ok(client) => {
+            let accepted = if client.uses_certificate() {
+                "accepts the bouncer's client certificate"
+            } else {
+                "accepts the bouncer key"
+            };
+            (client.probe().await, accepted)
+        }
+        Err(err) => (Err(err), ""),
     };
     Finding {
         what: "lapi",
         ok: result.is_ok(),
         detail: match result {
-            Ok(()) => format!("{url} accepts the bouncer key"),
+            Ok(()) => format!("{url} {accepted}"),
             Err(err @ lapi::Error::Transport { .. }) => {
                 format!("{err} (is LAPI running? check crowdsec.api_url)")
             }

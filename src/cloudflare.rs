@@ -10,10 +10,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use tracing::warn;
+
 use crate::budget::RequestBudget;
 use crate::config::{CloudflareConfig, ListRef, Secret};
 use crate::item::Item;
-use crate::lapi::USER_AGENT;
+use crate::net::ReadError;
 use crate::telemetry::Telemetry;
 
 mod rulesets;
@@ -22,6 +24,10 @@ pub use rulesets::{Rule, Ruleset};
 
 /// The largest page the API serves (docs/cloudflare-lists.md §2.3).
 pub const MAX_PER_PAGE: usize = 500;
+/// The largest answer read: a page of 500 items with the longest comments is well under.
+const MAX_BODY: usize = 16 << 20;
+/// Longest silence in the middle of an answer.
+const READ_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,11 +44,16 @@ pub enum Error {
         status: u16,
         errors: Vec<ApiMessage>,
     },
-    #[error("cannot reach Cloudflare for {what}: {source}")]
-    Transport {
+    #[error("cannot reach Cloudflare for {what}: {detail}")]
+    Transport { what: &'static str, detail: String },
+    #[error(
+        "Cloudflare answered {what} with HTTP {status} redirecting to {location}: the bouncer \
+         never follows redirects (the token would go along); check cloudflare.api_url"
+    )]
+    Redirect {
         what: &'static str,
-        #[source]
-        source: reqwest::Error,
+        status: u16,
+        location: String,
     },
     #[error("Cloudflare sent an unexpected answer to {what}: {detail}")]
     Decode { what: &'static str, detail: String },
@@ -99,6 +110,7 @@ impl Error {
         match self {
             Error::RateLimited { .. } | Error::Transport { .. } | Error::Decode { .. } => true,
             Error::Api { status, .. } => *status >= 500,
+            Error::Redirect { .. } => true,
             Error::ListNotFound(_) | Error::WrongKind { .. } => false,
         }
     }
@@ -249,14 +261,11 @@ impl CloudflareClient {
         telemetry: Arc<Telemetry>,
     ) -> Result<CloudflareClient, Error> {
         crate::install_tls_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(10))
+        let http = crate::net::client_builder(config.request_timeout)
             .build()
-            .map_err(|source| Error::Transport {
+            .map_err(|err| Error::Transport {
                 what: "client setup",
-                source,
+                detail: crate::net::describe(&err, None),
             })?;
         Ok(CloudflareClient {
             http,
@@ -471,21 +480,56 @@ impl CloudflareClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| Error::Transport { what, source })?;
+        let transport = |err: &reqwest::Error| Error::Transport {
+            what,
+            detail: crate::net::describe(err, None),
+        };
+        let mut response = request.send().await.map_err(|err| transport(&err))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| Error::Transport { what, source })?;
+        if (300..400).contains(&status) {
+            return Err(Error::Redirect {
+                what,
+                status,
+                location: crate::net::location(&response),
+            });
+        }
+        let retry_after = crate::net::retry_after(response.headers()).map(|after| {
+            if after.was_capped() {
+                warn!(
+                    asked_s = after.asked.as_secs(),
+                    wait_s = after.wait.as_secs(),
+                    "Cloudflare's Retry-After is longer than the bouncer ever waits; waiting the capped time"
+                );
+            }
+            after.wait
+        });
+        // Success answers are pages of at most 500 items; error answers are short.
+        let cap = if (200..300).contains(&status) {
+            MAX_BODY
+        } else {
+            crate::net::MAX_ERROR_BODY
+        };
+        let bytes = match crate::net::read_capped(&mut response, cap, READ_IDLE).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::Transport(err)) => return Err(transport(&err)),
+            Err(ReadError::Stalled(idle)) => {
+                return Err(Error::Transport {
+                    what,
+                    detail: format!(
+                        "the answer stopped for {}s part-way (timed out)",
+                        idle.as_secs()
+                    ),
+                })
+            }
+            Err(ReadError::TooLarge { cap }) if (200..300).contains(&status) => {
+                return Err(Error::Decode {
+                    what,
+                    detail: format!("the answer is larger than {} MiB", cap >> 20),
+                })
+            }
+            // The start of a long error answer is enough to report it.
+            Err(ReadError::TooLarge { .. }) => Vec::new(),
+        };
         let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
         if status == 429 {
             let errors = envelope.map(|e| e.errors).unwrap_or_default();

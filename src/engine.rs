@@ -80,6 +80,8 @@ struct Shared {
     op_clock: Mutex<writer::OpClock>,
     /// The account's lists as found at start, for the first list read to reuse.
     known_lists: Mutex<Option<Vec<crate::cloudflare::ListInfo>>>,
+    /// How many held removals were last reported, so the log says it once.
+    hold_said: Mutex<usize>,
 }
 
 impl Shared {
@@ -149,6 +151,7 @@ impl Engine {
                 beats: Mutex::new(Instant::now()),
                 op_clock: Mutex::new(writer::OpClock::default()),
                 known_lists: Mutex::new(None),
+                hold_said: Mutex::new(0),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
             cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,
@@ -254,6 +257,8 @@ impl Engine {
         let list = self.find_list().await?;
         self.pull(Pull::Full).await?;
         self.read_list(&list.id).await?;
+        self.hold_notice();
+        self.confirm_removals().await?;
         let writes = self.drain_once(&list.id, &token).await?;
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
         self.read_list(&list.id).await?;
@@ -335,6 +340,17 @@ impl Engine {
                 () = token.cancelled() => return,
                 result = self.pull(pull) => result,
             };
+            if result.is_ok() {
+                self.hold_notice();
+                let confirmed = tokio::select! {
+                    biased;
+                    () = token.cancelled() => return,
+                    confirmed = self.confirm_removals() => confirmed,
+                };
+                if let Err(err) = confirmed {
+                    warn!(error = %err, "the read confirming removals failed; they stay held and it is retried at the next poll");
+                }
+            }
             let kind = if pull == Pull::Full { "full" } else { "delta" };
             self.telemetry.metrics.lapi_poll(kind, result.is_ok());
             {
@@ -376,6 +392,76 @@ impl Engine {
                 return;
             }
         }
+    }
+
+    /// Confirms the removals full pulls implied, through a read of LAPI's active
+    /// decisions that fails as a whole (docs/lapi.md §9.1): what LAPI still holds stays,
+    /// the rest goes. Nothing to do when no removal waits.
+    async fn confirm_removals(&self) -> Result<(), Error> {
+        let (asked, ipv6_prefix) = {
+            let state = self.shared.state();
+            (state.awaiting_confirmation(), state.policy().ipv6_prefix)
+        };
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut sink = Confirming {
+            asked: asked.iter().copied().collect(),
+            ipv6_prefix,
+            found: Packed::default(),
+        };
+        let targeted = asked.len() <= TARGETED_CONFIRMATIONS;
+        if targeted {
+            for item in &asked {
+                (sink, _) = self.lapi.active_into(Some(item), sink).await?;
+            }
+        } else {
+            (sink, _) = self.lapi.active_into(None, sink).await?;
+        }
+        let kept = {
+            let mut state = self.shared.state();
+            let kept = state.confirm_removals(&asked, sink.found.iter(), Instant::now());
+            state.rebalance();
+            kept
+        };
+        self.telemetry
+            .metrics
+            .removal_confirmations(asked.len() - kept, kept);
+        if kept > 0 {
+            warn!(
+                asked = asked.len(),
+                still_active = kept,
+                "a full pull from LAPI left out decisions LAPI still holds (an answer cut short?); they stay on the list"
+            );
+        }
+        info!(
+            asked = asked.len(),
+            removed = asked.len() - kept,
+            kept,
+            targeted,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "LAPI confirmed the removals a full pull implied"
+        );
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Says once how many removals wait for LAPI's confirmation, when that changes.
+    fn hold_notice(&self) {
+        let awaiting = self.shared.state().counts().awaiting_confirmation;
+        let mut said = self
+            .shared
+            .hold_said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if awaiting > 0 && *said != awaiting {
+            info!(
+                removals = awaiting,
+                "holding removals until LAPI confirms them (GET /v1/decisions)"
+            );
+        }
+        *said = awaiting;
     }
 
     /// One pull, applied to the state. A failed pull changes nothing: a full pull is
@@ -435,6 +521,28 @@ impl Engine {
         self.shared.wake.notify_one();
         Ok(())
     }
+}
+
+/// Above this many removals to confirm, one read of every active decision is cheaper
+/// than one targeted read each.
+const TARGETED_CONFIRMATIONS: usize = 20;
+
+/// A confirming read: keeps the decisions on the items asked about.
+struct Confirming {
+    asked: rustc_hash::FxHashSet<crate::item::Item>,
+    ipv6_prefix: u8,
+    found: Packed,
+}
+
+impl StreamSink for Confirming {
+    fn new_decision(&mut self, decision: DecisionRef<'_>) {
+        let item = crate::item::Item::from_decision(decision.value, self.ipv6_prefix);
+        if item.is_ok_and(|item| self.asked.contains(&item)) {
+            self.found.push(&decision);
+        }
+    }
+
+    fn deleted_decision(&mut self, _: DecisionRef<'_>) {}
 }
 
 /// A full pull being parsed straight into a new desired state.
@@ -543,6 +651,7 @@ fn snapshot(shared: &Shared, telemetry: &Telemetry, lapi_stale: Duration) -> Sna
         reconcile_ago: ago(health.reconcile_ok),
         lapi_error: health.lapi_error.clone(),
         cloudflare_error: health.cloudflare_error.as_ref().map(|(_, e)| e.clone()),
+        foreign_writer: health.foreign_writer.clone(),
     }
 }
 

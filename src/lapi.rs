@@ -15,6 +15,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::Deserialize;
 
 use crate::config::{CrowdsecConfig, Secret};
+use crate::item::Item;
 use crate::state::DecisionRef;
 
 /// `User-Agent` LAPI splits on its single `/` into bouncer type and version (docs/lapi.md §4.7).
@@ -32,12 +33,22 @@ pub enum Error {
     Forbidden,
     #[error("LAPI answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("cannot reach LAPI at {url}: {source}")]
-    Transport {
+    #[error(
+        "LAPI at {url} answered HTTP {status} redirecting to {location}: the bouncer never follows \
+         redirects (the key would go along); set crowdsec.api_url to LAPI's own address"
+    )]
+    Redirect {
         url: String,
-        #[source]
-        source: reqwest::Error,
+        status: u16,
+        location: String,
     },
+    #[error("cannot reach LAPI at {url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error(
+        "LAPI at {url} sent nothing for {}s in the middle of its answer (timed out; \
+         LAPI or the network in between stalls)", .idle.as_secs()
+    )]
+    Stalled { url: String, idle: Duration },
     #[error("LAPI sent a response that is not a decision stream: {0}")]
     Decode(#[source] serde_json::Error),
     #[error("crowdsec TLS settings: {0}")]
@@ -58,7 +69,16 @@ pub struct LapiClient {
     stream_url: String,
     api_key: Option<Secret>,
     filters: Vec<(&'static str, String)>,
+    /// Longest wait for the next chunk of an answer.
+    read_idle: Duration,
 }
+
+/// Longest silence in the middle of an answer before the pull is given up (LAPI streams
+/// a big pull in pages: a healthy one never pauses this long).
+pub const READ_IDLE: Duration = Duration::from_secs(30);
+/// Longest string in a decision stream that is kept whole; the rest of a longer one is
+/// dropped while parsing (labels are cut far shorter later; values are never this long).
+pub const MAX_STREAM_STRING: usize = 4096;
 
 /// Receives decisions as a stream response is parsed.
 pub trait StreamSink {
@@ -115,26 +135,35 @@ impl LapiClient {
     /// # Errors
     /// [`Error::Tls`] when a certificate or key file cannot be read or used.
     pub fn new(config: &CrowdsecConfig) -> Result<LapiClient, Error> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(10))
+        let mut builder = crate::net::client_builder(config.request_timeout)
             .tls_danger_accept_invalid_certs(config.insecure_skip_verify);
         if let Some(ca) = &config.ca_cert_path {
             let pem = read(ca)?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|err| Error::Tls(format!("ca_cert_path {}: {err}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+                Error::Tls(format!("crowdsec.ca_cert_path {}: {err}", ca.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Tls(format!(
+                    "crowdsec.ca_cert_path {} holds no PEM certificate (-----BEGIN CERTIFICATE-----): \
+                     point it at the CA that signed LAPI's certificate",
+                    ca.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         if let (Some(cert), Some(key)) = (&config.cert_path, &config.key_path) {
             let mut pem = read(cert)?;
             pem.extend_from_slice(b"\n");
             pem.extend_from_slice(&read(key)?);
             let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|err| Error::Tls(format!("cert_path/key_path: {err}")))?;
+                .map_err(|err| Error::Tls(format!("crowdsec.cert_path/key_path: {err}")))?;
             builder = builder.identity(identity);
         }
-        let http = builder.build().map_err(|err| Error::Tls(err.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|err| Error::Tls(crate::net::describe(&err, Some("crowdsec"))))?;
         let join = |values: &[String]| values.join(",");
         let mut filters = vec![("scopes", join(&config.scopes))];
         for (name, values) in [
@@ -151,6 +180,7 @@ impl LapiClient {
             stream_url: format!("{}v1/decisions/stream", config.api_url),
             api_key: config.api_key.clone(),
             filters,
+            read_idle: config.request_timeout.min(READ_IDLE),
         })
     }
 
@@ -159,39 +189,96 @@ impl LapiClient {
     /// a failed or truncated pull gives nothing to apply.
     ///
     /// # Errors
-    /// Transport failures, non-200 answers ([`Error::Forbidden`] for a bad key), and [`Error::Decode`] for a body that is not a complete
-    /// decision stream.
+    /// Transport failures, non-200 answers ([`Error::Forbidden`] for a bad key,
+    /// [`Error::Redirect`] for a `3xx`), [`Error::Stalled`] when the answer stops
+    /// arriving, and [`Error::Decode`] for a body that is not a complete decision stream.
     pub async fn stream_into<S: StreamSink + Send + 'static>(
         &self,
         pull: Pull,
         sink: S,
     ) -> Result<(S, u64), Error> {
-        let mut response = self.send_stream(pull).await?;
-        let transport = |source| Error::Transport {
-            url: self.stream_url.clone(),
-            source,
-        };
+        let mut request = self.http.get(&self.stream_url).query(&self.filters);
+        if pull == Pull::Full {
+            // Only the exact string `true` counts (docs/lapi.md §4.2).
+            request = request.query(&[("startup", "true")]);
+        }
+        self.read_into(request, &self.stream_url, BodyShape::Stream, sink)
+            .await
+    }
+
+    /// Reads LAPI's active decisions through `GET /v1/decisions`, handing each to
+    /// `sink` as new. Unlike the stream, LAPI runs the whole query before it answers
+    /// (so a database error is a 500, never a short list), and the read does not move the
+    /// stream's `last_pull` (docs/lapi.md §5, §9.3). `item`: only decisions on it
+    /// (`ip=` for an address, `range=…&contains=false` for a network); `None`: all.
+    ///
+    /// # Errors
+    /// As [`LapiClient::stream_into`].
+    pub async fn active_into<S: StreamSink + Send + 'static>(
+        &self,
+        item: Option<&Item>,
+        sink: S,
+    ) -> Result<(S, u64), Error> {
+        let url = self.stream_url.replace("/decisions/stream", "/decisions");
+        let filters = self.filters.iter().filter(|(name, _)| *name != "scopes");
+        let mut request = self.http.get(&url).query(&filters.collect::<Vec<_>>());
+        if let Some(item) = item {
+            let net = item.net();
+            request = if net.prefix_len() == net.max_prefix_len() {
+                request.query(&[("ip", net.addr().to_string())])
+            } else {
+                request.query(&[("range", net.to_string()), ("contains", "false".into())])
+            };
+        }
+        self.read_into(request, &url, BodyShape::List, sink).await
+    }
+
+    /// Sends `request` and parses its answer into `sink` while it arrives.
+    async fn read_into<S: StreamSink + Send + 'static>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        shape: BodyShape,
+        sink: S,
+    ) -> Result<(S, u64), Error> {
+        let mut response = self.send(request, url).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let parser = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            // serde_json reads byte by byte: std's BufReader makes that cheap.
-            let reader = io::BufReader::with_capacity(64 * 1024, ChunkReader::new(rx));
-            parse_reader(reader, &mut sink).map(|()| sink)
+            // serde_json reads byte by byte: std's BufReader makes that cheap. Strings
+            // are cut while they arrive, so one absurd field costs nothing.
+            let reader = io::BufReader::with_capacity(
+                64 * 1024,
+                StringCap::new(ChunkReader::new(rx), MAX_STREAM_STRING),
+            );
+            match shape {
+                BodyShape::Stream => parse_reader(reader, &mut sink),
+                BodyShape::List => parse_list(reader, &mut sink),
+            }
+            .map(|()| sink)
         });
         let mut size = 0u64;
         let mut failed = None;
         loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
+            match tokio::time::timeout(self.read_idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
                     size += chunk.len() as u64;
                     if tx.send(Ok(chunk)).await.is_err() {
                         break; // The parser stopped on an error; it reports it.
                     }
                 }
-                Ok(None) => break,
-                Err(err) => {
+                Ok(Ok(None)) => break,
+                Ok(Err(err)) => {
                     let _ = tx.send(Err(io::Error::other("the response was cut"))).await;
-                    failed = Some(err);
+                    failed = Some(self.transport(url, &err));
+                    break;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(io::Error::other("the response stalled"))).await;
+                    failed = Some(Error::Stalled {
+                        url: url.to_owned(),
+                        idle: self.read_idle,
+                    });
                     break;
                 }
             }
@@ -201,35 +288,44 @@ impl LapiClient {
             Error::Decode(serde::de::Error::custom(format!("parser task: {err}")))
         })?;
         if let Some(err) = failed {
-            return Err(transport(err));
+            return Err(err);
         }
         Ok((parsed?, size))
     }
 
-    /// Sends the stream request; a 200 answer is returned, unread.
-    async fn send_stream(&self, pull: Pull) -> Result<reqwest::Response, Error> {
-        let mut request = self.http.get(&self.stream_url).query(&self.filters);
-        if pull == Pull::Full {
-            // Only the exact string `true` counts (docs/lapi.md §4.2).
-            request = request.query(&[("startup", "true")]);
-        }
+    /// Sends a request with the key; a 2xx answer is returned unread, anything else is
+    /// an error (a 404 too: callers that expect one look at [`Error::Status`]).
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, Error> {
         if let Some(key) = &self.api_key {
             request = request.header("X-Api-Key", key.expose());
         }
-        let response = request.send().await.map_err(|source| Error::Transport {
-            url: self.stream_url.clone(),
-            source,
-        })?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|err| self.transport(url, &err))?;
         match response.status().as_u16() {
-            200 => Ok(response),
+            200..=299 => Ok(response),
             403 => Err(Error::Forbidden),
-            status => {
-                let body = response.text().await.unwrap_or_default();
-                Err(Error::Status {
-                    status,
-                    body: body.chars().take(200).collect(),
-                })
-            }
+            status @ 300..=399 => Err(Error::Redirect {
+                url: url.to_owned(),
+                status,
+                location: crate::net::location(&response),
+            }),
+            status => Err(Error::Status {
+                status,
+                body: crate::net::error_text(&mut response, self.read_idle).await,
+            }),
+        }
+    }
+
+    fn transport(&self, url: &str, err: &reqwest::Error) -> Error {
+        Error::Transport {
+            url: url.to_owned(),
+            detail: crate::net::describe(err, Some("crowdsec")),
         }
     }
 
@@ -242,26 +338,16 @@ impl LapiClient {
         let url = self
             .stream_url
             .replace("/decisions/stream", "/usage-metrics");
-        let mut request = self.http.post(&url).json(payload);
-        if let Some(key) = &self.api_key {
-            request = request.header("X-Api-Key", key.expose());
+        match self.send(self.http.post(&url).json(payload), &url).await {
+            Ok(_) => Ok(true),
+            Err(Error::Status { status: 404, .. }) => Ok(false),
+            Err(err) => Err(err),
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| Error::Transport { url, source })?;
-        match response.status().as_u16() {
-            200..=299 => Ok(true),
-            404 => Ok(false),
-            403 => Err(Error::Forbidden),
-            status => {
-                let body = response.text().await.unwrap_or_default();
-                Err(Error::Status {
-                    status,
-                    body: body.chars().take(200).collect(),
-                })
-            }
-        }
+    }
+
+    /// Whether this client authenticates with a client certificate (no key).
+    pub fn uses_certificate(&self) -> bool {
+        self.api_key.is_none()
     }
 
     /// Checks that LAPI accepts the key, without moving the stream's `last_pull`
@@ -271,21 +357,140 @@ impl LapiClient {
     /// As [`LapiClient::stream_into`].
     pub async fn probe(&self) -> Result<(), Error> {
         let url = self.stream_url.replace("/decisions/stream", "/decisions");
-        let mut request = self.http.head(&url).query(&[("ip", "127.0.0.1")]);
-        if let Some(key) = &self.api_key {
-            request = request.header("X-Api-Key", key.expose());
+        let request = self.http.head(&url).query(&[("ip", "127.0.0.1")]);
+        self.send(request, &url).await.map(|_| ())
+    }
+}
+
+/// Cuts every JSON string of a stream to at most `cap` bytes while it passes, dropping
+/// the rest up to the closing quote. Only string contents are touched, whole characters
+/// and whole escapes at a time (a surrogate pair stays a pair), so valid JSON stays
+/// valid and nothing else changes.
+struct StringCap<R> {
+    inner: R,
+    cap: usize,
+    buf: Vec<u8>,
+    in_string: bool,
+    /// Bytes of the current string kept so far.
+    len: usize,
+    /// The rest of the current string is dropped.
+    dropping: bool,
+    /// Bytes of the current escape still to come (`None`: not in an escape).
+    escape: Option<Escape>,
+    /// The last kept escape was a high surrogate: its pair must be kept too.
+    force_escape: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Escape {
+    /// Bytes seen after the backslash.
+    seen: u8,
+    keep: bool,
+    unicode: bool,
+    high_surrogate: bool,
+}
+
+impl<R: io::Read> StringCap<R> {
+    fn new(inner: R, cap: usize) -> StringCap<R> {
+        StringCap {
+            inner,
+            cap,
+            buf: vec![0; 16 * 1024],
+            in_string: false,
+            len: 0,
+            dropping: false,
+            escape: None,
+            force_escape: false,
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| Error::Transport { url, source })?;
-        match response.status().as_u16() {
-            200..=299 => Ok(()),
-            403 => Err(Error::Forbidden),
-            status => Err(Error::Status {
-                status,
-                body: String::new(),
-            }),
+    }
+
+    /// Whether to pass `byte` on.
+    fn keep(&mut self, byte: u8) -> bool {
+        if !self.in_string {
+            if byte == b'"' {
+                (self.in_string, self.len, self.dropping) = (true, 0, false);
+                self.force_escape = false;
+            }
+            return true;
+        }
+        if let Some(mut escape) = self.escape {
+            escape.seen += 1;
+            match escape.seen {
+                1 => escape.unicode = byte == b'u',
+                // `\uD800`–`\uDBFF` start a surrogate pair.
+                2 => escape.high_surrogate = byte.eq_ignore_ascii_case(&b'd'),
+                3 => {
+                    escape.high_surrogate &= matches!(byte, b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B')
+                }
+                _ => {}
+            }
+            let done = !escape.unicode || escape.seen == 5;
+            self.escape = (!done).then_some(escape);
+            if done {
+                self.force_escape = escape.keep && escape.unicode && escape.high_surrogate;
+            }
+            return escape.keep;
+        }
+        match byte {
+            b'"' => {
+                self.in_string = false;
+                true
+            }
+            b'\\' => {
+                let keep = self.force_escape || (!self.dropping && self.len + 12 <= self.cap);
+                self.force_escape = false;
+                self.dropping |= !keep;
+                if keep {
+                    self.len += 6;
+                }
+                self.escape = Some(Escape {
+                    seen: 0,
+                    keep,
+                    unicode: false,
+                    high_surrogate: false,
+                });
+                keep
+            }
+            _ if self.dropping => false,
+            // A character's continuation bytes follow its first byte.
+            _ if byte & 0xC0 == 0x80 => {
+                self.len += 1;
+                true
+            }
+            _ if self.len + 4 <= self.cap => {
+                self.len += 1;
+                true
+            }
+            _ => {
+                self.dropping = true;
+                false
+            }
+        }
+    }
+}
+
+impl<R: io::Read> io::Read for StringCap<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let want = out.len().min(self.buf.len());
+            if want == 0 {
+                return Ok(0);
+            }
+            let n = self.inner.read(&mut self.buf[..want])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut written = 0;
+            for i in 0..n {
+                let byte = self.buf[i];
+                if self.keep(byte) {
+                    out[written] = byte;
+                    written += 1;
+                }
+            }
+            if written > 0 {
+                return Ok(written);
+            }
         }
     }
 }
@@ -305,6 +510,29 @@ pub fn parse_reader<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Resu
 /// As [`parse_reader`].
 pub fn parse_slice<S: StreamSink>(body: &[u8], sink: &mut S) -> Result<(), Error> {
     parse(serde_json::Deserializer::from_slice(body), sink)
+}
+
+/// Parses `GET /v1/decisions`'s answer (a list of decisions, or `null`), handing each
+/// to `sink` as new.
+///
+/// # Errors
+/// As [`parse_reader`].
+pub fn parse_list<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Result<(), Error> {
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    Decisions {
+        sink,
+        deleted: false,
+    }
+    .deserialize(&mut deserializer)
+    .map_err(Error::Decode)?;
+    deserializer.end().map_err(Error::Decode)
+}
+
+/// What an answer holds: a stream object, or a plain list of decisions.
+#[derive(Clone, Copy)]
+enum BodyShape {
+    Stream,
+    List,
 }
 
 fn parse<'de, R: serde_json::de::Read<'de>, S: StreamSink>(

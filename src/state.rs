@@ -194,6 +194,18 @@ pub struct SyncState {
     mass_removal_seen: bool,
     /// Items whose one-item bulk operation failed; retried after the next list read.
     quarantined: HashSet<Item>,
+    /// Items LAPI is known to have dropped: a delta deleted their decisions, they
+    /// expired here, or a confirming read found none. Only these leave the list
+    /// (see [`SyncState::awaiting_confirmation`]).
+    gone: HashSet<Item>,
+    /// Listed items no full pull wants any more, whose removal waits for a confirming
+    /// read: a full pull may be cut short (docs/lapi.md §9.1), so its word alone never
+    /// removes anything.
+    awaiting: HashSet<Item>,
+    /// Removals are trusted without confirmation (`cleanup`, which removes on purpose).
+    trust_full_pulls: bool,
+    /// No removal is sent while this is set (another writer is suspected).
+    removals_paused: bool,
     desired_known: bool,
     list_known: bool,
     skipped: Skipped,
@@ -224,6 +236,10 @@ impl SyncState {
             held: HashSet::default(),
             mass_removal_seen: false,
             quarantined: HashSet::default(),
+            gone: HashSet::default(),
+            awaiting: HashSet::default(),
+            trust_full_pulls: false,
+            removals_paused: false,
             desired_known: false,
             list_known: false,
             skipped: Skipped::default(),
@@ -242,12 +258,14 @@ impl SyncState {
     ) {
         for decision in deleted {
             if let Some(item) = self.desired.forget(&self.policy, &decision) {
+                self.gone.insert(item);
                 self.enqueue(item);
             }
             self.admission_stale = true;
         }
         for decision in new {
             if let Some(item) = self.desired.insert(&self.policy, &decision, now) {
+                self.gone.remove(&item);
                 self.enqueue(item);
             }
             self.admission_stale = true;
@@ -281,9 +299,16 @@ impl SyncState {
     }
 
     /// Swaps in a desired state built from a full pull; queues what changed.
+    ///
+    /// Items the old state wanted and the new one lacks are not removed on the pull's
+    /// word: their removal waits for a confirming read ([`SyncState::awaiting_confirmation`]).
+    /// Decisions that expired here before the swap are removed as usual.
     pub fn replace_desired_with(&mut self, desired: Desired) {
+        self.expire(Instant::now());
         let old = std::mem::replace(&mut self.desired, desired);
         self.desired_known = true;
+        let wanted = &self.desired;
+        self.gone.retain(|item| !wanted.contains(item));
         // A new desired state carries no admission marks yet: admit now, then queue
         // whatever needs a write, among the items either state wants.
         let was_over = self.over_capacity;
@@ -302,6 +327,13 @@ impl SyncState {
             }))
             .copied()
             .collect();
+        // Items the old state wanted and this pull lacks are confirmed with LAPI, listed
+        // or not: one not listed yet was an add this pull may have cancelled by mistake.
+        if !self.trust_full_pulls {
+            let dropped = (old.items.items()).filter(|item| !self.desired.contains(item));
+            self.awaiting
+                .extend(dropped.filter(|item| !self.gone.contains(item)));
+        }
         drop(old);
         self.enqueue_all(changed);
         self.collect_refusals();
@@ -312,6 +344,7 @@ impl SyncState {
     pub fn expire(&mut self, now: Instant) -> usize {
         let (gone, expired) = self.desired.expire(now);
         self.admission_stale |= expired > 0;
+        self.gone.extend(gone.iter().copied());
         self.enqueue_all(gone);
         expired
     }
@@ -354,6 +387,8 @@ impl SyncState {
     pub fn replace_list_with(&mut self, view: ListView) -> Drift {
         self.listed = view.items;
         self.quarantined.clear();
+        let listed = &self.listed;
+        self.gone.retain(|item| listed.contains(item));
         let changed: Vec<Item> = (self.listed.items())
             .filter(|item| !self.desired.contains(item))
             .chain((self.desired.items.items()).filter(|item| !self.listed.contains(item)))
@@ -386,12 +421,15 @@ impl SyncState {
         let mut taken = Vec::new();
         let mut skipped_other = Vec::new();
         while let Some(item) = self.queue.pop_front() {
-            let intent = self
-                .intent(&item)
-                .filter(|_| !self.quarantined.contains(&item));
-            match intent {
-                Some(Intent::Remove) if self.held.contains(&item) => self.unqueue(&item),
-                None => self.unqueue(&item),
+            // Held, paused, unconfirmed and quarantined items leave the queue too.
+            match self.pending(&item) {
+                None => {
+                    if self.intent(&item) == Some(Intent::Remove) && self.needs_confirmation(&item)
+                    {
+                        self.awaiting.insert(item);
+                    }
+                    self.unqueue(&item);
+                }
                 Some(intent) if kind.is_none_or(|k| k == intent) => {
                     kind = Some(intent);
                     self.unqueue(&item);
@@ -457,6 +495,7 @@ impl SyncState {
                 Confirmed::Added => self.listed.insert(*item, None, true),
                 Confirmed::Removed => {
                     self.listed.remove(item);
+                    self.gone.remove(item);
                 }
             }
             // Desired state may have moved while the operation ran.
@@ -474,6 +513,7 @@ impl SyncState {
             }
             None => {
                 self.listed.remove(&item);
+                self.gone.remove(&item);
             }
         }
         // Found missing, an item the bouncer thought it had added needs adding again.
@@ -539,6 +579,7 @@ impl SyncState {
             left_out: self.left_out(),
             held: self.held.len(),
             quarantined: self.quarantined.len(),
+            awaiting_confirmation: self.awaiting.len(),
         }
     }
 
@@ -585,6 +626,73 @@ impl SyncState {
         out
     }
 
+    /// Removals waiting for a confirming read of LAPI's active decisions: listed items
+    /// that a full pull no longer wants, that no delta deleted and that did not expire.
+    pub fn awaiting_confirmation(&self) -> Vec<Item> {
+        let mut items: Vec<Item> = self.awaiting.iter().copied().collect();
+        items.sort();
+        items
+    }
+
+    /// Applies a confirming read for `asked` (the items of
+    /// [`SyncState::awaiting_confirmation`] it covered): `active` holds the decisions LAPI
+    /// still has on them, which are wanted again; every other item asked about is gone,
+    /// and its removal goes ahead. Returns how many asked items stay.
+    pub fn confirm_removals<'a>(
+        &mut self,
+        asked: &[Item],
+        active: impl IntoIterator<Item = DecisionRef<'a>>,
+        now: Instant,
+    ) -> usize {
+        let asked_set: HashSet<Item> = asked.iter().copied().collect();
+        for decision in active {
+            let item = Item::from_decision(decision.value, self.policy.ipv6_prefix).ok();
+            if item.is_some_and(|item| asked_set.contains(&item)) {
+                self.desired.insert(&self.policy, &decision, now);
+                self.admission_stale = true;
+            }
+        }
+        self.collect_refusals();
+        let mut kept = 0;
+        for &item in asked {
+            if self.desired.contains(&item) {
+                kept += 1;
+            } else {
+                self.gone.insert(item);
+            }
+            self.awaiting.remove(&item);
+            self.enqueue(item);
+        }
+        kept
+    }
+
+    /// Trusts full pulls: removals need no confirming read (`cleanup` empties the
+    /// list on purpose).
+    pub fn trust_full_pulls(&mut self) {
+        self.trust_full_pulls = true;
+    }
+
+    /// Stops (or resumes) sending removals, e.g. while another writer is suspected.
+    /// Adds go on.
+    pub fn pause_removals(&mut self, paused: bool) {
+        if self.removals_paused == paused {
+            return;
+        }
+        self.removals_paused = paused;
+        if !paused {
+            let extra: Vec<Item> = (self.listed.items())
+                .filter(|item| self.intent(item) == Some(Intent::Remove))
+                .copied()
+                .collect();
+            self.enqueue_all(extra);
+        }
+        self.refresh_queue();
+    }
+
+    pub fn removals_paused(&self) -> bool {
+        self.removals_paused
+    }
+
     /// Refusals and guard decisions worth one log line each, since the last call.
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -622,9 +730,17 @@ impl SyncState {
     fn pending(&self, item: &Item) -> Option<Intent> {
         match self.intent(item)? {
             _ if self.quarantined.contains(item) => None,
-            Intent::Remove if self.held.contains(item) => None,
+            Intent::Remove if self.held.contains(item) || self.removals_paused => None,
+            Intent::Remove if self.needs_confirmation(item) => None,
             intent => Some(intent),
         }
+    }
+
+    /// Whether removing `item` waits for LAPI to confirm: no decision wants it, and
+    /// nothing but a full pull said so. (An item still desired but left out for
+    /// capacity goes at once: that is the bouncer's own choice.)
+    fn needs_confirmation(&self, item: &Item) -> bool {
+        !self.trust_full_pulls && !self.desired.contains(item) && !self.gone.contains(item)
     }
 
     /// Queues `item` if it needs a write; if already queued, records what it needs now.
@@ -636,6 +752,14 @@ impl SyncState {
     /// [`SyncState::enqueue`], at the back of the queue or, for a retry, at the front.
     fn enqueue_at(&mut self, item: Item, front: bool) {
         let pending = self.pending(&item);
+        if pending.is_none()
+            && self.intent(&item) == Some(Intent::Remove)
+            && self.needs_confirmation(&item)
+        {
+            self.awaiting.insert(item);
+        } else if !self.needs_confirmation(&item) {
+            self.awaiting.remove(&item);
+        }
         match self.queued.get_mut(&item) {
             Some(recorded) => {
                 let was = std::mem::replace(recorded, pending);
@@ -722,6 +846,8 @@ pub struct Counts {
     pub held: usize,
     /// Items whose bulk operation failed on their own, waiting for the next read.
     pub quarantined: usize,
+    /// Removals waiting for LAPI to confirm them (a full pull alone never removes).
+    pub awaiting_confirmation: usize,
 }
 
 mod desired;

@@ -73,6 +73,9 @@ pub struct Metrics {
     pending_changes: Family<ActionLabels, Gauge>,
     items_left_out: Gauge,
     removals_held: Gauge,
+    removals_awaiting_confirmation: Gauge,
+    removal_confirmations: Family<OutcomeLabels, Counter>,
+    foreign_writer_suspected: Gauge,
     items_quarantined: Gauge,
     cloudflare_requests: Family<RequestLabels, Counter>,
     bulk_operations: Family<OutcomeLabels, Counter>,
@@ -103,6 +106,9 @@ impl Metrics {
             pending_changes: Family::default(),
             items_left_out: Gauge::default(),
             removals_held: Gauge::default(),
+            removals_awaiting_confirmation: Gauge::default(),
+            removal_confirmations: Family::default(),
+            foreign_writer_suspected: Gauge::default(),
             items_quarantined: Gauge::default(),
             cloudflare_requests: Family::default(),
             bulk_operations: Family::default(),
@@ -140,6 +146,21 @@ impl Metrics {
             "removals_held",
             "Removals held by the mass-removal guard until the next reconcile",
             metrics.removals_held.clone(),
+        );
+        r.register(
+            "removals_awaiting_confirmation",
+            "Removals a full pull implied, held until a read of LAPI's active decisions confirms them",
+            metrics.removals_awaiting_confirmation.clone(),
+        );
+        r.register(
+            "removal_confirmations",
+            "Removals a confirming read settled: removed (LAPI has no such decision) or kept (it does)",
+            metrics.removal_confirmations.clone(),
+        );
+        r.register(
+            "foreign_writer_suspected",
+            "1 while another writer on the list is suspected (removals are paused), else 0",
+            metrics.foreign_writer_suspected.clone(),
         );
         r.register(
             "items_quarantined",
@@ -217,6 +238,14 @@ impl Metrics {
         }
     }
 
+    pub fn removal_confirmations(&self, removed: usize, kept: usize) {
+        for (outcome, n) in [("removed", removed), ("kept", kept)] {
+            self.removal_confirmations
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n as u64);
+        }
+    }
+
     pub fn reconcile_drift(&self, added: usize, removed: usize) {
         self.reconcile_drift
             .get_or_create(&DirectionLabels { direction: "added" })
@@ -253,6 +282,10 @@ impl Metrics {
             .set(snapshot.pending_removes as i64);
         self.items_left_out.set(counts.left_out as i64);
         self.removals_held.set(counts.held as i64);
+        self.removals_awaiting_confirmation
+            .set(counts.awaiting_confirmation as i64);
+        self.foreign_writer_suspected
+            .set(i64::from(snapshot.foreign_writer.is_some()));
         self.items_quarantined.set(counts.quarantined as i64);
         for (what, ago) in [
             ("lapi_poll", snapshot.lapi_poll_ago),
@@ -297,6 +330,11 @@ pub struct Health {
     pub reconcile_ok: Option<Instant>,
     /// When the bulk operation in flight was submitted.
     pub pending_since: Option<Instant>,
+    /// When the writer must have turned by (it sets this before every wait, from the
+    /// wait's own length); past it, the writer is wedged. `None`: idle, or not running.
+    pub writer_due: Option<Instant>,
+    /// Why another writer on the list is suspected, while it is.
+    pub foreign_writer: Option<String>,
 }
 
 impl Default for Health {
@@ -311,6 +349,8 @@ impl Default for Health {
             write_ok: None,
             reconcile_ok: None,
             pending_since: None,
+            writer_due: None,
+            foreign_writer: None,
         }
     }
 }
@@ -347,6 +387,13 @@ impl Health {
                 ));
             }
         }
+        if let Some(why) = &self.foreign_writer {
+            return Err(format!(
+                "another writer on the list is suspected ({why}); removals are paused: \
+                 check that only one bouncer writes to this Cloudflare account"
+            ));
+        }
+        self.liveness(now)?;
         if let Some(since) = self.pending_since {
             let pending = now.duration_since(since);
             if pending > PENDING_TOO_LONG {
@@ -357,6 +404,18 @@ impl Health {
             }
         }
         Ok(())
+    }
+
+    /// Alive unless the writer is wedged: it has not turned by the time its own waits
+    /// promised. `/healthz` and the systemd watchdog follow this.
+    pub fn liveness(&self, now: Instant) -> Result<(), String> {
+        match self.writer_due {
+            Some(due) if now > due => Err(format!(
+                "the Cloudflare writer has not turned for {}s longer than its longest wait",
+                now.duration_since(due).as_secs()
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn uptime(&self, now: Instant) -> Duration {
@@ -405,6 +464,7 @@ pub struct Snapshot {
     pub reconcile_ago: Option<Duration>,
     pub lapi_error: Option<String>,
     pub cloudflare_error: Option<String>,
+    pub foreign_writer: Option<String>,
 }
 
 /// What `/status` serves and `status` prints.
@@ -421,6 +481,8 @@ pub struct StatusReport {
     pub pending_removes: usize,
     pub left_out: usize,
     pub removals_held: usize,
+    #[serde(default)]
+    pub removals_awaiting_confirmation: usize,
     pub quarantined: usize,
     pub decisions_refused: u64,
     pub last_lapi_poll_seconds_ago: Option<u64>,
@@ -428,6 +490,8 @@ pub struct StatusReport {
     pub last_reconcile_seconds_ago: Option<u64>,
     pub lapi_error: Option<String>,
     pub cloudflare_error: Option<String>,
+    #[serde(default)]
+    pub foreign_writer: Option<String>,
 }
 
 impl From<&Snapshot> for StatusReport {
@@ -445,6 +509,7 @@ impl From<&Snapshot> for StatusReport {
             pending_removes: s.pending_removes,
             left_out: s.counts.left_out,
             removals_held: s.counts.held,
+            removals_awaiting_confirmation: s.counts.awaiting_confirmation,
             quarantined: s.counts.quarantined,
             decisions_refused: s.skipped.allowlisted + s.skipped.too_broad,
             last_lapi_poll_seconds_ago: secs(s.lapi_poll_ago),
@@ -452,6 +517,7 @@ impl From<&Snapshot> for StatusReport {
             last_reconcile_seconds_ago: secs(s.reconcile_ago),
             lapi_error: s.lapi_error.clone(),
             cloudflare_error: s.cloudflare_error.clone(),
+            foreign_writer: s.foreign_writer.clone(),
         }
     }
 }
@@ -514,6 +580,7 @@ mod tests {
                 left_out: 1,
                 held: 0,
                 quarantined: 0,
+                awaiting_confirmation: 0,
             },
             skipped: Skipped {
                 allowlisted: 2,
@@ -527,6 +594,7 @@ mod tests {
             reconcile_ago: None,
             lapi_error: None,
             cloudflare_error: None,
+            foreign_writer: None,
         };
         let text = metrics.render(&snapshot);
         for line in [

@@ -162,6 +162,7 @@ impl Engine {
         {
             let mut state = self.shared.state();
             state.disable_mass_removal_guard();
+            state.trust_full_pulls();
             state.replace_desired([], std::time::Instant::now());
         }
         self.read_list(&list.id).await?;

@@ -14,6 +14,10 @@ enum Event {
     Unban(u8),
     /// A full pull holding exactly these bans.
     FullPull(Vec<u8>),
+    /// A full pull cut short (docs/lapi.md §9.1): only the first `n` of LAPI's bans.
+    TruncatedPull(u8),
+    /// The poller's confirming read of LAPI's active decisions.
+    Confirm,
     /// Someone adds or removes an item by hand, then a list read shows it.
     HandAdd(u8),
     HandRemove(u8),
@@ -43,6 +47,8 @@ fn event() -> impl Strategy<Value = Event> {
         4 => (0u8..40).prop_map(Event::Ban),
         3 => (0u8..40).prop_map(Event::Unban),
         1 => proptest::collection::vec(0u8..40, 0..20).prop_map(Event::FullPull),
+        1 => (0u8..20).prop_map(Event::TruncatedPull),
+        1 => Just(Event::Confirm),
         1 => (0u8..40).prop_map(Event::HandAdd),
         1 => (0u8..40).prop_map(Event::HandRemove),
         1 => (1u8..4).prop_map(Event::FailWrites),
@@ -85,9 +91,21 @@ impl FakeList {
     }
 }
 
-/// Runs one batch against the fake list the way the writer does.
+/// What a confirming read returns: LAPI's active bans on the items asked about.
+fn confirm(state: &mut SyncState, banned: &HashSet<String>, now: Instant) {
+    let asked = state.awaiting_confirmation();
+    let active: Vec<&String> = banned
+        .iter()
+        .filter(|v| asked.contains(&Item::from_decision(v, 64).expect("valid")))
+        .collect();
+    state.confirm_removals(&asked, active.iter().map(|v| decision(v)), now);
+}
+
+/// Runs one batch against the fake list the way the writer does. A removal of an item
+/// LAPI still bans is a lost ban, unless the item is desired and left out for capacity.
 fn write_one(
     state: &mut SyncState,
+    banned: &HashSet<String>,
     list: &mut FakeList,
     cap: usize,
     fail_write: bool,
@@ -116,6 +134,13 @@ fn write_one(
         }
         Batch::Remove(items) => {
             for (item, id) in items {
+                let still_banned = banned
+                    .iter()
+                    .any(|v| Item::from_decision(v, 64).ok() == Some(*item));
+                assert!(
+                    !still_banned || state.desired.contains(item),
+                    "{item} removed while LAPI still bans it"
+                );
                 // Removal needs an id: the writer resolves unknown ones by search.
                 let found = list.items.get(item).cloned();
                 if id.is_none() {
@@ -162,6 +187,13 @@ proptest! {
                     state.replace_desired(banned.iter().map(|v| decision(v)), now);
                     state.replace_list(list.read());
                 }
+                Event::TruncatedPull(n) => {
+                    let mut bans: Vec<&String> = banned.iter().collect();
+                    bans.sort();
+                    state.replace_desired(bans.into_iter().take(n.into()).map(|v| decision(v)), now);
+                    state.replace_list(list.read());
+                }
+                Event::Confirm => confirm(&mut state, &banned, now),
                 Event::HandAdd(i) => {
                     list.add(Item::from_decision(&value(i), 64).expect("valid"));
                     state.replace_list(list.read());
@@ -177,7 +209,7 @@ proptest! {
                         let fail_write = failing_writes > 0;
                         let fail_op = !fail_write && failing_ops > 0;
                         let poison = std::mem::take(&mut poisoned);
-                        if !write_one(&mut state, &mut list, 3, fail_write, fail_op, poison) {
+                        if !write_one(&mut state, &banned, &mut list, 3, fail_write, fail_op, poison) {
                             break;
                         }
                         failing_writes = failing_writes.saturating_sub(1);
@@ -193,9 +225,10 @@ proptest! {
         // writer drains everything.
         state.set_capacity(usize::MAX);
         state.replace_list(list.read());
+        confirm(&mut state, &banned, now);
         prop_assert_eq!(state.pending_changes(), state.scan_pending());
         let mut rounds = 0;
-        while write_one(&mut state, &mut list, 3, false, false, false) {
+        while write_one(&mut state, &banned, &mut list, 3, false, false, false) {
             prop_assert_eq!(state.pending_changes(), state.scan_pending());
             rounds += 1;
             prop_assert!(rounds < 1000, "the drain terminates");

@@ -36,6 +36,13 @@ fn primed(desired: &[&str], listed: &[&str]) -> SyncState {
     state
 }
 
+/// LAPI's confirming read finds no active decision on any item awaiting it: every
+/// removal a full pull implied goes ahead.
+fn confirm_none(state: &mut SyncState) {
+    let asked = state.awaiting_confirmation();
+    state.confirm_removals(&asked, [], Instant::now());
+}
+
 /// Drains the state as a perfect Cloudflare would, returning the writes in order.
 fn drain(state: &mut SyncState, max: usize) -> Vec<Batch> {
     let mut writes = Vec::new();
@@ -70,6 +77,7 @@ fn diff_adds_missing_and_removes_extra() {
         &["1.1.1.1", "2.2.2.2", "10.0.0.0/24"],
         &["2.2.2.2", "9.9.9.9"],
     );
+    confirm_none(&mut state);
     let writes = drain(&mut state, 100);
     assert_eq!(writes.len(), 2, "{writes:?}");
     let mut added = adds(&writes[0]);
@@ -97,6 +105,7 @@ fn nothing_is_written_before_both_sides_are_known() {
         "a list read alone must never cause removals"
     );
     state.replace_desired([ban("1.1.1.1")], Instant::now());
+    confirm_none(&mut state);
     let writes = drain(&mut state, 10);
     assert_eq!(adds(&writes[0]), ["1.1.1.1"]);
     assert_eq!(removes(&writes[1]), ["5.5.5.5"]);
@@ -241,10 +250,99 @@ fn decisions_expire_locally() {
 }
 
 #[test]
-fn full_pull_removes_hard_deleted_decisions() {
+fn full_pull_removes_hard_deleted_decisions_once_lapi_confirms() {
     let mut state = primed(&["1.1.1.1", "2.2.2.2"], &["1.1.1.1", "2.2.2.2"]);
     state.replace_desired([ban("1.1.1.1")], Instant::now());
+    assert!(drain(&mut state, 10).is_empty(), "the pull's word alone");
+    assert_eq!(state.awaiting_confirmation(), [item("2.2.2.2")]);
+    assert_eq!(state.counts().awaiting_confirmation, 1);
+    confirm_none(&mut state);
     assert_eq!(removes(&drain(&mut state, 10)[0]), ["2.2.2.2"]);
+    assert_eq!(state.counts().awaiting_confirmation, 0);
+}
+
+#[test]
+fn a_cut_full_pull_removes_nothing_lapi_still_holds() {
+    let all = [
+        "1.1.1.1",
+        "2.2.2.2",
+        "3.3.3.3",
+        "10.0.0.0/24",
+        "2001:db8::1",
+    ];
+    let listed = [
+        "1.1.1.1",
+        "2.2.2.2",
+        "3.3.3.3",
+        "10.0.0.0/24",
+        "2001:db8::/64",
+    ];
+    let mut state = primed(&all, &listed);
+    assert!(drain(&mut state, 10).is_empty());
+    // LAPI 1.7 cut its answer after the first decision: valid JSON, most of `new` missing.
+    state.replace_desired([ban("1.1.1.1")], Instant::now());
+    state.replace_list(
+        listed
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (item(v), format!("{i:032x}").into(), None)),
+    );
+    assert!(
+        drain(&mut state, 10).is_empty(),
+        "nothing removed on its word"
+    );
+    assert_eq!(state.awaiting_confirmation().len(), 4);
+    // The confirming read: everything but 3.3.3.3 (hard-deleted meanwhile) is active.
+    let asked = state.awaiting_confirmation();
+    let active = [
+        ban("2.2.2.2"),
+        ban("10.0.0.0/24"),
+        ban("2001:db8::1"),
+        ban("9.9.9.9"),
+    ];
+    let kept = state.confirm_removals(&asked, active, Instant::now());
+    assert_eq!(kept, 3);
+    let writes = drain(&mut state, 10);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(removes(&writes[0]), ["3.3.3.3"]);
+    assert!(
+        !state.desired_items().contains(&item("9.9.9.9")),
+        "a decision that was not asked about is left to the stream"
+    );
+    assert_eq!(state.desired_items().len(), 4);
+}
+
+#[test]
+fn deleted_and_expired_decisions_leave_at_once() {
+    let mut state = primed(&["1.1.1.1"], &["1.1.1.1"]);
+    state.apply_delta([ban("1.1.1.1")], [], Instant::now());
+    assert_eq!(removes(&drain(&mut state, 10)[0]), ["1.1.1.1"]);
+    let now = Instant::now();
+    let mut short = ban("2.2.2.2");
+    short.duration = "1s";
+    state.apply_delta([], [short], now);
+    drain(&mut state, 10);
+    state.expire(now + std::time::Duration::from_secs(3));
+    assert_eq!(removes(&drain(&mut state, 10)[0]), ["2.2.2.2"]);
+    // Deleted, then banned again, then left out of a cut pull: held again.
+    state.apply_delta([], [ban("4.4.4.4")], now);
+    drain(&mut state, 10);
+    state.apply_delta([ban("4.4.4.4")], [ban("4.4.4.4")], now);
+    state.replace_desired([], now);
+    assert!(drain(&mut state, 10).is_empty());
+    assert_eq!(state.awaiting_confirmation(), [item("4.4.4.4")]);
+}
+
+#[test]
+fn paused_removals_wait_and_adds_go_on() {
+    let mut state = primed(&["1.1.1.1"], &["9.9.9.9"]);
+    confirm_none(&mut state);
+    state.pause_removals(true);
+    let writes = drain(&mut state, 10);
+    assert_eq!(writes.len(), 1);
+    assert_eq!(adds(&writes[0]), ["1.1.1.1"]);
+    state.pause_removals(false);
+    assert_eq!(removes(&drain(&mut state, 10)[0]), ["9.9.9.9"]);
 }
 
 #[test]
@@ -299,6 +397,7 @@ fn changes_during_an_operation_are_applied_after_it() {
 #[test]
 fn removal_carries_known_ids_and_learns_missing_ones() {
     let mut state = primed(&["7.7.7.7"], &["1.1.1.1"]);
+    confirm_none(&mut state);
     let writes = drain(&mut state, 10);
     match &writes[1] {
         Batch::Remove(items) => assert_eq!(items[0].1.as_deref(), Some(&*format!("{:032x}", 0))),
@@ -451,10 +550,11 @@ fn a_mass_removal_waits_for_a_second_reconcile() {
     state.apply_delta([ban("10.9.0.1")], [], Instant::now());
     assert_eq!(removes(&drain(&mut state, 100)[0]), ["10.9.0.1"]);
 
-    // The next reconcile sees the same: the removal goes ahead.
+    // The next reconcile sees the same, and LAPI confirms: the removal goes ahead.
     state.replace_desired([], Instant::now());
     let items = listed(&state);
     state.replace_list(items);
+    confirm_none(&mut state);
     let removed: usize = drain(&mut state, 100).iter().map(Batch::len).sum();
     assert_eq!(removed, 29);
     assert_eq!(state.counts().held, 0);
@@ -504,6 +604,7 @@ fn tagged_mode_removes_only_tagged_items() {
             Some("crowdsecurity is not our tag"),
         ),
     ]);
+    confirm_none(&mut state);
     let writes = drain(&mut state, 10);
     assert_eq!(
         writes.len(),
