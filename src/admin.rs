@@ -151,7 +151,7 @@ pub fn render_status(report: &StatusReport) -> String {
     }
     if report.decisions_refused > 0 {
         lines.push(format!(
-            "decisions refused by the allowlist or broad-range rails: {}",
+            "decisions refused by the rails (allowlist, broad ranges, never-a-client addresses): {}",
             report.decisions_refused
         ));
     }

@@ -149,6 +149,61 @@ fn auth_hint(status: u16, errors: &[ApiMessage]) -> &'static str {
     }
 }
 
+/// Guards a paged read against a cursor that repeats or never ends: a read that sees a
+/// cursor twice, or far more pages than the list's size allows, fails as a whole (and a
+/// failed read changes nothing).
+pub struct PageGuard {
+    seen: rustc_hash::FxHashSet<String>,
+    pages: u64,
+    max_pages: u64,
+}
+
+/// Pages a read may take beyond what the list's size needs (items added meanwhile).
+const EXTRA_PAGES: u64 = 10;
+
+impl PageGuard {
+    /// For a list of `num_items` items (as the account's list of lists reports it).
+    pub fn new(num_items: u64) -> PageGuard {
+        PageGuard {
+            seen: rustc_hash::FxHashSet::default(),
+            pages: 0,
+            max_pages: num_items.div_ceil(MAX_PER_PAGE as u64) * 2 + EXTRA_PAGES,
+        }
+    }
+
+    /// Counts a page read; `next` is the cursor it gave.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] for a repeated cursor, or too many pages.
+    pub fn next_page(&mut self, next: Option<&str>) -> Result<(), Error> {
+        self.pages += 1;
+        let Some(next) = next else {
+            return Ok(());
+        };
+        if !self.seen.insert(next.to_owned()) {
+            return Err(Error::Decode {
+                what: "reading list items",
+                detail: format!(
+                    "the pagination cursor repeated after {} pages, so the read would never end; \
+                     nothing was changed, and the read is retried",
+                    self.pages
+                ),
+            });
+        }
+        if self.pages >= self.max_pages {
+            return Err(Error::Decode {
+                what: "reading list items",
+                detail: format!(
+                    "{} pages and more to come, far more than the list's size allows; \
+                     nothing was changed, and the read is retried",
+                    self.pages
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A list as the account holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListInfo {
@@ -349,10 +404,13 @@ impl CloudflareClient {
     pub async fn find_item(&self, list_id: &str, item: Item) -> Result<Option<String>, Error> {
         let text = item.to_string();
         let mut cursor = None;
+        // A search finds an item and the few it prefixes.
+        let mut pages = PageGuard::new(0);
         loop {
             let (items, next) = self
                 .items_page(list_id, cursor.as_deref(), Some(&text))
                 .await?;
+            pages.next_page(next.as_deref())?;
             let found = items
                 .into_iter()
                 .find(|listed| Item::from_cloudflare(&listed.ip) == Some(item));
@@ -646,6 +704,29 @@ fn encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeating_or_endless_cursor_fails_the_read() {
+        let mut guard = PageGuard::new(1000);
+        guard.next_page(Some("a")).expect("first page");
+        guard.next_page(Some("b")).expect("second page");
+        let err = guard.next_page(Some("a")).expect_err("repeated");
+        assert!(
+            err.to_string().contains("cursor repeated after 3 pages"),
+            "{err}"
+        );
+        let mut guard = PageGuard::new(1000);
+        let endless = (0..100).try_for_each(|i| guard.next_page(Some(&i.to_string())));
+        let err = endless.expect_err("endless");
+        assert!(err.to_string().contains("14 pages and more"), "{err}");
+        let mut guard = PageGuard::new(1000);
+        for i in 0..5 {
+            guard
+                .next_page(Some(&i.to_string()))
+                .expect("within the list's size");
+        }
+        guard.next_page(None).expect("the last page");
+    }
 
     #[test]
     fn encodes_query_values() {

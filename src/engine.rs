@@ -26,11 +26,14 @@ use crate::lapi::{self, LapiClient, Pull, StreamSink};
 use crate::state::{DecisionRef, Desired, Policy, SyncState};
 use crate::telemetry::{Snapshot, Telemetry};
 
+mod foreign;
 mod operate;
 mod writer;
 
 /// Longest wait between retries of a failing LAPI pull or Cloudflare call.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How long tasks may take past `shutdown_grace` before they are stopped.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 /// Cloudflare's global limit blocks every call for the rest of a 5-minute window.
 const GLOBAL_LIMIT_WAIT: Duration = Duration::from_secs(300);
 
@@ -82,6 +85,8 @@ struct Shared {
     known_lists: Mutex<Option<Vec<crate::cloudflare::ListInfo>>>,
     /// How many held removals were last reported, so the log says it once.
     hold_said: Mutex<usize>,
+    /// The writer's watch for another writer on the list.
+    foreign: Mutex<foreign::ForeignWatch>,
 }
 
 impl Shared {
@@ -152,6 +157,7 @@ impl Engine {
                 op_clock: Mutex::new(writer::OpClock::default()),
                 known_lists: Mutex::new(None),
                 hold_said: Mutex::new(0),
+                foreign: Mutex::new(foreign::ForeignWatch::new()),
             }),
             lapi: LapiClient::new(&config.crowdsec)?,
             cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,
@@ -233,9 +239,26 @@ impl Engine {
         }
         // Type=notify: started. Readiness to serve is /readyz's business.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        while let Some(result) = tasks.join_next().await {
-            if let Err(err) = result {
-                error!(error = %err, "task ended abnormally");
+        // Shutdown is bounded from the signal: the writer has `shutdown_grace` for an
+        // operation in flight, and whatever still runs a moment after is stopped.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let until = deadline.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                biased;
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Err(err)) if !err.is_cancelled() => error!(error = %err, "task ended abnormally"),
+                    Some(_) => {}
+                },
+                () = token.cancelled(), if deadline.is_none() => {
+                    deadline = Some(tokio::time::Instant::now() + engine.config.sync.shutdown_grace + SHUTDOWN_MARGIN);
+                }
+                () = tokio::time::sleep_until(until), if deadline.is_some() => {
+                    warn!("stopping tasks that outlived the shutdown grace");
+                    tasks.abort_all();
+                    deadline = Some(tokio::time::Instant::now() + SHUTDOWN_MARGIN);
+                }
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -306,7 +329,11 @@ impl Engine {
     async fn resolve_list(&self, token: &CancellationToken) -> Option<String> {
         let mut attempt = 0;
         loop {
-            let found = self.find_list().await;
+            let found = tokio::select! {
+                biased;
+                () = token.cancelled() => return None,
+                found = self.find_list() => found,
+            };
             match found {
                 Ok(list) => {
                     info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");

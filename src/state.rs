@@ -108,6 +108,8 @@ pub struct Skipped {
     pub too_broad: u64,
     pub duration: u64,
     pub allowlisted: u64,
+    /// Loopback, unspecified, broadcast and multicast addresses: never a client.
+    pub not_client: u64,
 }
 
 impl Skipped {
@@ -118,10 +120,17 @@ impl Skipped {
         self.too_broad += other.too_broad;
         self.duration += other.duration;
         self.allowlisted += other.allowlisted;
+        self.not_client += other.not_client;
     }
 
     pub fn total(&self) -> u64 {
-        self.kind + self.scope + self.value + self.too_broad + self.duration + self.allowlisted
+        self.kind
+            + self.scope
+            + self.value
+            + self.too_broad
+            + self.duration
+            + self.allowlisted
+            + self.not_client
     }
 }
 
@@ -202,6 +211,9 @@ pub struct SyncState {
     /// read: a full pull may be cut short (docs/lapi.md §9.1), so its word alone never
     /// removes anything.
     awaiting: HashSet<Item>,
+    /// Items some of whose decisions a full pull left out while others remain: when
+    /// the last one goes, the item's removal waits for a confirming read too.
+    doubtful: HashSet<Item>,
     /// Removals are trusted without confirmation (`cleanup`, which removes on purpose).
     trust_full_pulls: bool,
     /// No removal is sent while this is set (another writer is suspected).
@@ -238,6 +250,7 @@ impl SyncState {
             quarantined: HashSet::default(),
             gone: HashSet::default(),
             awaiting: HashSet::default(),
+            doubtful: HashSet::default(),
             trust_full_pulls: false,
             removals_paused: false,
             desired_known: false,
@@ -258,7 +271,7 @@ impl SyncState {
     ) {
         for decision in deleted {
             if let Some(item) = self.desired.forget(&self.policy, &decision) {
-                self.gone.insert(item);
+                self.mark_gone(item);
                 self.enqueue(item);
             }
             self.admission_stale = true;
@@ -330,9 +343,18 @@ impl SyncState {
         // Items the old state wanted and this pull lacks are confirmed with LAPI, listed
         // or not: one not listed yet was an add this pull may have cancelled by mistake.
         if !self.trust_full_pulls {
-            let dropped = (old.items.items()).filter(|item| !self.desired.contains(item));
-            self.awaiting
-                .extend(dropped.filter(|item| !self.gone.contains(item)));
+            for wanted in old.items.iter() {
+                let item = wanted.item();
+                match self.desired.get(item) {
+                    None if !self.gone.contains(item) => {
+                        self.awaiting.insert(*item);
+                    }
+                    Some(now) if now.decisions() < wanted.decisions() => {
+                        self.doubtful.insert(*item);
+                    }
+                    _ => {}
+                }
+            }
         }
         drop(old);
         self.enqueue_all(changed);
@@ -344,7 +366,9 @@ impl SyncState {
     pub fn expire(&mut self, now: Instant) -> usize {
         let (gone, expired) = self.desired.expire(now);
         self.admission_stale |= expired > 0;
-        self.gone.extend(gone.iter().copied());
+        for &item in &gone {
+            self.mark_gone(item);
+        }
         self.enqueue_all(gone);
         expired
     }
@@ -385,19 +409,37 @@ impl SyncState {
 
     /// Swaps in a complete list read; see [`SyncState::replace_list`].
     pub fn replace_list_with(&mut self, view: ListView) -> Drift {
+        // Items carrying the bouncer's tag that appeared since the last read without
+        // this process writing them: another writer with the same tag.
+        let foreign_tagged = if self.list_known {
+            (view.items.iter())
+                .filter(|listed| listed.ours() && !self.listed.contains(listed.item()))
+                .count()
+        } else {
+            0
+        };
         self.listed = view.items;
         self.quarantined.clear();
         let listed = &self.listed;
         self.gone.retain(|item| listed.contains(item));
+        let desired = &self.desired;
+        self.doubtful
+            .retain(|item| listed.contains(item) || desired.contains(item));
         let changed: Vec<Item> = (self.listed.items())
             .filter(|item| !self.desired.contains(item))
             .chain((self.desired.items.items()).filter(|item| !self.listed.contains(item)))
             .copied()
             .collect();
-        let mut drift = Drift::default();
+        let mut drift = Drift {
+            foreign_tagged,
+            ..Drift::default()
+        };
         for item in &changed {
             match self.intent(item) {
-                Some(Intent::Add) => drift.missing += 1,
+                Some(Intent::Add) => {
+                    drift.missing += 1;
+                    drift.missing_fingerprint ^= fingerprint(item);
+                }
                 Some(Intent::Remove) => drift.extra += 1,
                 None => {}
             }
@@ -655,6 +697,7 @@ impl SyncState {
         self.collect_refusals();
         let mut kept = 0;
         for &item in asked {
+            self.doubtful.remove(&item);
             if self.desired.contains(&item) {
                 kept += 1;
             } else {
@@ -736,6 +779,17 @@ impl SyncState {
         }
     }
 
+    /// Records that no decision wants `item` any more, by a delta or an expiry: its
+    /// removal needs no confirmation, unless a full pull earlier left some of its
+    /// decisions out (those may still be active).
+    fn mark_gone(&mut self, item: Item) {
+        if self.doubtful.contains(&item) {
+            self.awaiting.insert(item);
+        } else {
+            self.gone.insert(item);
+        }
+    }
+
     /// Whether removing `item` waits for LAPI to confirm: no decision wants it, and
     /// nothing but a full pull said so. (An item still desired but left out for
     /// capacity goes at once: that is the bouncer's own choice.)
@@ -757,8 +811,12 @@ impl SyncState {
             && self.needs_confirmation(&item)
         {
             self.awaiting.insert(item);
-        } else if !self.needs_confirmation(&item) {
-            self.awaiting.remove(&item);
+        } else if !self.needs_confirmation(&item)
+            && self.awaiting.remove(&item)
+            && self.desired.contains(&item)
+        {
+            // Wanted again by a decision, but the ones the pull left out are unknown.
+            self.doubtful.insert(item);
         }
         match self.queued.get_mut(&item) {
             Some(recorded) => {
@@ -822,11 +880,24 @@ impl ListView {
     }
 }
 
+/// An order-free fingerprint of a set of items, from each item's hash.
+fn fingerprint(item: &Item) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<rustc_hash::FxHasher>::default()
+        .hash_one(item)
+        .max(1)
+}
+
 /// What a full list read found out of step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drift {
     /// Desired items missing from the list.
     pub missing: usize,
+    /// The missing items as a set, to tell the same drift coming back (0: none).
+    pub missing_fingerprint: u64,
+    /// Listed items with the bouncer's tag that were not on the list at the last read
+    /// and that this process did not write.
+    pub foreign_tagged: usize,
     /// Listed items the bouncer manages that are not desired.
     pub extra: usize,
 }

@@ -197,7 +197,7 @@ impl Metrics {
             "Seconds since the last successful LAPI poll, Cloudflare write and reconcile",
             metrics.seconds_since_success.clone(),
         );
-        r.register("decisions_refused", "Decisions not pushed, by reason (allowlist, too_broad, invalid, type, scope, duration)", metrics.decisions_refused.clone());
+        r.register("decisions_refused", "Decisions not pushed, by reason (allowlist, not_a_client, too_broad, invalid, type, scope, duration)", metrics.decisions_refused.clone());
         r.register(
             "reconcile_drift",
             "Items a reconcile found to add or remove",
@@ -303,6 +303,7 @@ impl Metrics {
         let now = snapshot.skipped;
         for (reason, total, before) in [
             ("allowlist", now.allowlisted, seen.allowlisted),
+            ("not_a_client", now.not_client, seen.not_client),
             ("too_broad", now.too_broad, seen.too_broad),
             ("invalid", now.value, seen.value),
             ("type", now.kind, seen.kind),
@@ -511,7 +512,7 @@ impl From<&Snapshot> for StatusReport {
             removals_held: s.counts.held,
             removals_awaiting_confirmation: s.counts.awaiting_confirmation,
             quarantined: s.counts.quarantined,
-            decisions_refused: s.skipped.allowlisted + s.skipped.too_broad,
+            decisions_refused: s.skipped.allowlisted + s.skipped.too_broad + s.skipped.not_client,
             last_lapi_poll_seconds_ago: secs(s.lapi_poll_ago),
             last_cloudflare_write_seconds_ago: secs(s.cloudflare_write_ago),
             last_reconcile_seconds_ago: secs(s.reconcile_ago),

@@ -81,15 +81,22 @@ impl Engine {
             if !sleep_or_cancel(period / 2, &token).await {
                 return;
             }
-            let responsive = {
+            let (responsive, live) = {
                 let _state = self.shared.state();
-                let _health = self.telemetry.health();
-                self.shared.last_beat().elapsed() < alive_within
+                let health = self.telemetry.health();
+                (
+                    self.shared.last_beat().elapsed() < alive_within,
+                    health.liveness(std::time::Instant::now()),
+                )
             };
-            if responsive {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            } else {
-                warn!("the sync loops have not gone round for a while; not feeding the watchdog");
+            match live {
+                Ok(()) if responsive => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                Ok(()) => warn!(
+                    "the sync loops have not gone round for a while; not feeding the watchdog"
+                ),
+                Err(why) => warn!(reason = %why, "not feeding the watchdog"),
             }
         }
     }

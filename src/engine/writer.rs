@@ -28,6 +28,8 @@ const SLOW_POLL: Duration = Duration::from_secs(15);
 const PENDING_TOO_LONG: Duration = Duration::from_secs(60);
 /// An operation Cloudflare says it does not know for this long is given up.
 const LOST_AFTER: Duration = Duration::from_secs(30);
+/// What the writer may take beyond its own waits and requests before it counts as wedged.
+const WEDGE_MARGIN: Duration = Duration::from_secs(60);
 /// Bounds of the wait after a write whose answer was lost.
 const MIN_UNCONFIRMED_WAIT: Duration = Duration::from_secs(5);
 const MAX_UNCONFIRMED_WAIT: Duration = Duration::from_secs(120);
@@ -55,12 +57,18 @@ impl Engine {
                 return;
             }
             self.shared.heartbeat();
+            self.turn(Duration::ZERO);
             if self.shared.refresh_list.swap(false, Ordering::SeqCst) {
-                if let Err(err) = self.read_list(list_id).await {
+                let read = tokio::select! {
+                    biased;
+                    () = token.cancelled() => return,
+                    read = self.read_list(list_id) => read,
+                };
+                if let Err(err) = read {
                     self.shared.refresh_list.store(true, Ordering::SeqCst);
                     pace.failures += 1;
                     warn!(error = %err, "reading the list failed; retrying");
-                    if !sleep_or_cancel(retry_delay(&err, pace.failures), &token).await {
+                    if !self.wait(retry_delay(&err, pace.failures), &token).await {
                         return;
                     }
                     continue;
@@ -70,6 +78,8 @@ impl Engine {
             let batch = self.shared.state().take_batch(pace.cap);
             let Some(batch) = batch else {
                 progress.finish();
+                // Idle is no wedge: nothing is due until the poller wakes us.
+                self.telemetry.health().writer_due = None;
                 tokio::select! {
                     biased;
                     () = token.cancelled() => return,
@@ -80,7 +90,7 @@ impl Engine {
             progress.batch(batch.len(), queued);
             let result = self.write(list_id, batch, &token, &mut pace).await;
             if let Some(delay) = self.after_write(result, &mut pace) {
-                if !sleep_or_cancel(delay, &token).await {
+                if !self.wait(delay, &token).await {
                     return;
                 }
             }
@@ -115,7 +125,9 @@ impl Engine {
                 Err(err) if pace.failures >= 5 => return Err(err),
                 Err(err) => {
                     if let Some(delay) = self.after_write(Err(err), &mut pace) {
-                        tokio::time::sleep(delay).await;
+                        if !self.wait(delay, token).await {
+                            return Err(Error::Cancelled);
+                        }
                     }
                 }
             }
@@ -137,15 +149,21 @@ impl Engine {
         match &err {
             // Whether the write was applied is unknown: read the list before the next one.
             Error::Unconfirmed(_) | Error::OperationLost(_) => {
+                self.foreign().own_operation_uncertain();
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
                 Some(self.unconfirmed_wait(&err, pace))
             }
             // A write refused because an operation we do not know of is pending (a lost
-            // answer of ours, a killed predecessor): give it time to finish.
+            // answer of ours, a killed predecessor, another writer): it is waited out
+            // like a write with an unknown outcome, and the list read again before the
+            // next write, so nothing that operation wrote is written twice.
             Error::Cloudflare(cf)
                 if matches!(cf, crate::cloudflare::Error::RateLimited { .. })
                     && !cf.is_global_limit() =>
             {
+                let verdict = self.foreign().write_refused_for_pending(Instant::now());
+                self.act_on(verdict);
+                self.shared.refresh_list.store(true, Ordering::SeqCst);
                 Some(
                     self.unconfirmed_wait(&err, pace)
                         .max(retry_delay(&err, pace.failures)),
@@ -159,6 +177,50 @@ impl Engine {
             _ => {
                 warn!(error = %err, "write failed; the change stays queued");
                 Some(retry_delay(&err, pace.failures))
+            }
+        }
+    }
+
+    /// Promises that the writer turns within `wait` (plus a request's time and a margin):
+    /// past that, `/healthz` fails and the watchdog starves (see `Health::liveness`).
+    pub(super) fn turn(&self, wait: Duration) {
+        let slack = self.config.cloudflare.request_timeout * 2 + WEDGE_MARGIN;
+        self.telemetry.health().writer_due = Some(Instant::now() + wait + slack);
+    }
+
+    /// Waits `delay` unless cancelled first (then `false`), promising to turn after it.
+    async fn wait(&self, delay: Duration, token: &CancellationToken) -> bool {
+        self.turn(delay);
+        sleep_or_cancel(delay, token).await
+    }
+
+    fn foreign(&self) -> std::sync::MutexGuard<'_, super::foreign::ForeignWatch> {
+        self.shared
+            .foreign
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises or clears the suspicion of another writer: the warning, the readiness
+    /// reason and the metric, and removals paused while it stands.
+    fn act_on(&self, verdict: super::foreign::Verdict) {
+        use super::foreign::Verdict;
+        match verdict {
+            Verdict::Unchanged => {}
+            Verdict::Suspected(why) => {
+                warn!(
+                    reason = %why,
+                    "another bouncer writes to this account, or someone edits the list: removals are paused \
+                     (adds go on); check that only one bouncer instance uses this Cloudflare account and list"
+                );
+                self.shared.state().pause_removals(true);
+                self.telemetry.health().foreign_writer = Some(why);
+            }
+            Verdict::Cleared => {
+                info!("no sign of another writer for a while: removals resume");
+                self.shared.state().pause_removals(false);
+                self.telemetry.health().foreign_writer = None;
+                self.shared.wake.notify_one();
             }
         }
     }
@@ -190,16 +252,23 @@ impl Engine {
             .filter(|l| l.id != list_id)
             .map(|l| l.num_items)
             .sum();
+        let num_items = lists
+            .iter()
+            .find(|l| l.id == list_id)
+            .map_or(0, |l| l.num_items);
+        let mut pages = crate::cloudflare::PageGuard::new(num_items);
         // Page by page into a view of its own: one page in memory at a time, and the
         // state's view replaced only by a complete read.
         let mut view = self.shared.state().new_list_view();
         let (mut n_listed, mut unreadable) = (0, 0);
         let mut cursor = None;
         loop {
+            self.turn(Duration::ZERO);
             let (page, next) = self
                 .cloudflare
                 .items_page(list_id, cursor.as_deref(), None)
                 .await?;
+            pages.next_page(next.as_deref())?;
             for listed in &page {
                 n_listed += 1;
                 match Item::from_cloudflare(&listed.ip) {
@@ -223,6 +292,12 @@ impl Engine {
         let counts = state.counts();
         let primed = state.is_primed();
         drop(state);
+        let verdict = self.foreign().list_read(
+            Instant::now(),
+            drift.missing_fingerprint,
+            drift.foreign_tagged,
+        );
+        self.act_on(verdict);
         self.telemetry
             .metrics
             .reconcile_drift(drift.missing, drift.extra);
@@ -335,6 +410,8 @@ impl Engine {
         }
         match status? {
             OpStatus::Completed => {
+                self.foreign()
+                    .own_operation_completed(outcome == Confirmed::Added);
                 self.shared.state().confirm(outcome, &items);
                 self.telemetry.health().write_ok = Some(Instant::now());
                 let (added, removed) = match outcome {
@@ -419,16 +496,35 @@ impl Engine {
         // A failed poll hides when the operation ended: such an operation teaches the
         // clock nothing (after a burst of faults it would aim far too late).
         let mut every_poll_answered = true;
+        let grace = self.config.sync.shutdown_grace;
         loop {
-            tokio::time::sleep(interval).await;
+            // Shutdown counts from the signal: the wait is cut short by it, and never
+            // runs past the end of the grace.
+            let wait = match cancelled_at {
+                Some(since) => interval
+                    .min(MAX_POLL)
+                    .min(grace.saturating_sub(since.elapsed())),
+                None => interval,
+            };
+            self.turn(wait);
+            if cancelled_at.is_none() {
+                tokio::select! {
+                    biased;
+                    () = token.cancelled() => {
+                        cancelled_at = Some(Instant::now());
+                        interval = interval.min(MAX_POLL);
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+            } else {
+                tokio::time::sleep(wait).await;
+            }
             polls += 1;
-            if token.is_cancelled() {
-                let since = *cancelled_at.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.config.sync.shutdown_grace {
+            if let Some(since) = cancelled_at {
+                if since.elapsed() >= grace {
                     warn!(op_id, "shutting down with a bulk operation still pending");
                     return Ok(OpStatus::Pending);
                 }
-                interval = interval.min(MAX_POLL);
             }
             match self.cloudflare.operation(op_id).await {
                 Ok(OpStatus::Pending) => unknown_since = None,

@@ -152,6 +152,11 @@ impl Keyed for Wanted {
 }
 
 impl Wanted {
+    /// How many decisions want this item.
+    pub fn decisions(&self) -> u32 {
+        self.others + u32::from(self.own != NO_OWN)
+    }
+
     /// Whether the last admission kept this item (see [`Desired::admit`]).
     pub fn admitted(&self) -> bool {
         self.flags & ADMITTED != 0
@@ -509,6 +514,11 @@ impl Desired {
             self.skipped.too_broad += 1;
             return false;
         }
+        if let Some(kind) = never_a_client(&net) {
+            self.refuse(decision, format!("{kind} addresses are never a client"));
+            self.skipped.not_client += 1;
+            return false;
+        }
         let allowed = policy
             .allowlist
             .iter()
@@ -532,9 +542,52 @@ impl Desired {
     }
 }
 
+/// Networks no request ever comes from: a decision on them is a mistake (or an attack on
+/// the bouncer's own host), never a client to block.
+const NEVER_A_CLIENT: [(&str, &str); 7] = [
+    ("0.0.0.0/8", "unspecified"),
+    ("127.0.0.0/8", "loopback"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("ff00::/8", "multicast"),
+];
+
+/// What kind of never-a-client network `net` overlaps, if any.
+fn never_a_client(net: &IpNet) -> Option<&'static str> {
+    NEVER_A_CLIENT.iter().find_map(|(text, kind)| {
+        let special: IpNet = text.parse().ok()?;
+        (special.contains(net) || net.contains(&special)).then_some(*kind)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_unspecified_broadcast_and_multicast_are_never_clients() {
+        for (text, kind) in [
+            ("127.0.0.1", Some("loopback")),
+            ("127.5.0.0/16", Some("loopback")),
+            ("0.0.0.0", Some("unspecified")),
+            ("255.255.255.255", Some("broadcast")),
+            ("239.1.2.3", Some("multicast")),
+            ("::1", Some("loopback")),
+            ("::", Some("unspecified")),
+            ("ff02::1", Some("multicast")),
+            ("1.2.3.4", None),
+            ("10.0.0.0/8", None),
+            ("2001:db8::1", None),
+        ] {
+            let net: IpNet = match text.parse() {
+                Ok(net) => net,
+                Err(_) => IpNet::from(text.parse::<IpAddr>().expect("an address")),
+            };
+            assert_eq!(never_a_client(&net), kind, "{text}");
+        }
+    }
 
     #[test]
     fn values_are_kept_exactly_and_compactly() {

@@ -225,6 +225,7 @@ fn skips_and_counts_what_is_not_ours() {
             too_broad: 1,
             duration: 2,
             allowlisted: 0,
+            not_client: 0,
         }
     );
     assert!(state.take_batch(10).is_none());
