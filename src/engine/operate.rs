@@ -61,11 +61,10 @@ impl Engine {
             })
             .collect();
         let (kind, version) = USER_AGENT.split_once('/').unwrap_or((USER_AGENT, ""));
-        let os_version = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         json!({"remediation_components": [{
             "type": kind,
             "version": version,
-            "os": {"name": std::env::consts::OS, "version": os_version.trim()},
+            "os": {"name": std::env::consts::OS, "version": kernel_release()},
             "feature_flags": [],
             "utc_startup_timestamp": started,
             "metrics": [{"meta": {"window_size_seconds": window, "utc_now_timestamp": now}, "items": items}],
@@ -189,6 +188,29 @@ fn references(expression: &str, name: &str) -> bool {
     })
 }
 
+/// The running kernel's release, as `uname -r` prints it; empty if uname(2) fails.
+///
+/// uname(2), not /proc/sys/kernel/osrelease: the systemd unit's `ProcSubset=pid` hides
+/// /proc/sys, and the version was then sent empty.
+fn kernel_release() -> String {
+    // SAFETY: `utsname` is plain C data (arrays of `c_char`), for which all-zero bytes are a
+    // valid value.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is a valid, writable `utsname` for the whole call; uname(2) writes
+    // only inside it.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return String::new();
+    }
+    // The kernel NUL-terminates each field; stop at the array's end anyway.
+    let release: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&release).into_owned()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -244,6 +266,18 @@ mod tests {
             &json!({"name": "active_decisions", "value": 1, "unit": "ip",
                                        "labels": {"origin": "CAPI", "ip_type": "ipv6"}})
         ));
+    }
+
+    #[test]
+    fn the_os_version_is_the_kernel_release_uname_prints() {
+        let release = kernel_release();
+        assert!(!release.is_empty());
+        let uname = std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .expect("uname runs");
+        assert!(uname.status.success());
+        assert_eq!(release, String::from_utf8_lossy(&uname.stdout).trim_end());
     }
 
     #[test]
