@@ -21,6 +21,57 @@ pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
 /// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
 pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
+/// Environment variable systemd sets to the directory holding the unit's credentials.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// One secret of the configuration: its key and the places it may come from.
+struct SecretSpec {
+    key: &'static str,
+    env: &'static str,
+    credential: &'static str,
+    /// What the operator should put there, for messages.
+    what: &'static str,
+}
+
+const LAPI_KEY: SecretSpec = SecretSpec {
+    key: "api_key",
+    env: ENV_LAPI_KEY,
+    credential: CREDENTIAL_LAPI_KEY,
+    what: "the bouncer key",
+};
+
+const CF_TOKEN: SecretSpec = SecretSpec {
+    key: "api_token",
+    env: ENV_CF_TOKEN,
+    credential: CREDENTIAL_CF_TOKEN,
+    what: "the API token",
+};
+
+/// Where a secret was read from, named in messages (the value never is).
+enum SecretSource {
+    Env,
+    Credential(PathBuf),
+    Inline,
+    File(String),
+}
+
+/// The outcome of reading a secret.
+enum SecretRead {
+    Found(Secret),
+    /// Set nowhere.
+    Absent,
+    /// Set but unusable; the problem is recorded.
+    Refused,
+}
+
+impl SecretRead {
+    fn found(self) -> Option<Secret> {
+        match self {
+            SecretRead::Found(secret) => Some(secret),
+            SecretRead::Absent | SecretRead::Refused => None,
+        }
+    }
+}
 
 /// A secret string. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -255,19 +306,10 @@ impl Config {
     }
 }
 
-/// Environment lookups, including systemd credentials: `CROWDSEC_API_KEY` also reads
-/// `$CREDENTIALS_DIRECTORY/crowdsec_api_key` when the variable itself is unset.
+/// Environment lookups. systemd credentials are read by [`Config::parse`] from the
+/// directory named by `CREDENTIALS_DIRECTORY`, looked up here too.
 fn process_env(name: &str) -> Option<String> {
-    if let Ok(value) = std::env::var(name) {
-        return Some(value);
-    }
-    let credential = match name {
-        ENV_LAPI_KEY => CREDENTIAL_LAPI_KEY,
-        ENV_CF_TOKEN => CREDENTIAL_CF_TOKEN,
-        _ => return None,
-    };
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-    std::fs::read_to_string(Path::new(&dir).join(credential)).ok()
+    std::env::var(name).ok()
 }
 
 /// A warning when the file holds a secret inline and others may read it.
@@ -368,8 +410,8 @@ fn read_crowdsec(
             "set both (client certificate and its key) or neither",
         );
     }
-    let api_key = s.secret("api_key", ENV_LAPI_KEY, env);
-    if api_key.is_none() && cert_path.is_none() {
+    let api_key = s.secret(&LAPI_KEY, env);
+    if matches!(api_key, SecretRead::Absent) && cert_path.is_none() {
         s.problem(
             "api_key",
             &format!(
@@ -409,7 +451,7 @@ fn read_crowdsec(
     };
     Some(CrowdsecConfig {
         api_url: api_url?,
-        api_key,
+        api_key: api_key.found(),
         update_frequency,
         decision_types,
         scopes,
@@ -432,8 +474,8 @@ fn read_cloudflare(
     let api_url = s
         .url("api_url", "https://api.cloudflare.com/client/v4")
         .map(|url| url.trim_end_matches('/').to_owned());
-    let api_token = s.secret("api_token", ENV_CF_TOKEN, env);
-    if api_token.is_none() {
+    let api_token = s.secret(&CF_TOKEN, env);
+    if matches!(api_token, SecretRead::Absent) {
         s.problem(
             "api_token",
             &format!(
@@ -506,7 +548,7 @@ fn read_cloudflare(
     let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
     Some(CloudflareConfig {
         api_url: api_url?,
-        api_token: api_token?,
+        api_token: api_token.found()?,
         account_id,
         list: list?,
         batch_size: batch_size as usize,
@@ -576,6 +618,21 @@ impl<'p> Section<'p> {
                     &format!("expected a string, found {}", other.type_str()),
                 );
                 default.to_owned()
+            }
+        }
+    }
+
+    /// A string, or `None` when the key is absent (or not a string: a problem).
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.table.remove(key) {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected a string, found {}", other.type_str()),
+                );
+                None
             }
         }
     }
@@ -696,39 +753,128 @@ impl<'p> Section<'p> {
         }
     }
 
-    /// A secret from `env_name`, else `<key>` inline, else the file named by `<key>_file`.
-    fn secret(
-        &mut self,
-        key: &str,
-        env_name: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Option<Secret> {
-        let inline = self.string(key, "");
+    /// A secret from its environment variable, else its systemd credential, else
+    /// `<key>` inline, else the file named by `<key>_file`. Surrounding whitespace (a
+    /// file's final line break) is trimmed; a blank value or one holding a control
+    /// character is refused.
+    fn secret(&mut self, spec: &SecretSpec, env: &dyn Fn(&str) -> Option<String>) -> SecretRead {
+        let key = spec.key;
+        let inline = self.opt_string(key);
         let file_key = format!("{key}_file");
-        let file = self.string(&file_key, "");
-        if !inline.is_empty() && !file.is_empty() {
+        let file = self.opt_string(&file_key).filter(|f| !f.is_empty());
+        if inline.is_some() && file.is_some() {
             self.problem(&format!("{key} and {file_key}"), "set only one of them");
         }
-        if let Some(value) = env(env_name).filter(|v| !v.trim().is_empty()) {
-            return Some(Secret::new(value.trim()));
+        if let Some(value) = env(spec.env) {
+            return self.check_secret(spec, &value, &SecretSource::Env);
         }
-        if !inline.is_empty() {
-            return Some(Secret::new(inline.trim()));
-        }
-        if file.is_empty() {
-            return None;
-        }
-        match std::fs::read_to_string(&file) {
-            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
-            Ok(_) => {
-                self.problem(&file_key, &format!("{file} is empty"));
-                None
+        if let Some(dir) = env(ENV_CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty()) {
+            let path = Path::new(&dir).join(spec.credential);
+            match std::fs::read_to_string(&path) {
+                Ok(value) => {
+                    return self.check_secret(spec, &value, &SecretSource::Credential(path))
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    self.problem(
+                        key,
+                        &format!(
+                            "cannot read the systemd credential {} ({}): {err}",
+                            spec.credential,
+                            path.display()
+                        ),
+                    );
+                    return SecretRead::Refused;
+                }
             }
+        }
+        if let Some(value) = inline {
+            return self.check_secret(spec, &value, &SecretSource::Inline);
+        }
+        let Some(file) = file else {
+            return SecretRead::Absent;
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(value) => self.check_secret(spec, &value, &SecretSource::File(file)),
             Err(err) => {
                 self.problem(&file_key, &format!("cannot read {file}: {err}"));
-                None
+                SecretRead::Refused
             }
         }
+    }
+
+    /// Refuses a blank secret or one with a control character, naming where it came from.
+    fn check_secret(
+        &mut self,
+        spec: &SecretSpec,
+        value: &str,
+        source: &SecretSource,
+    ) -> SecretRead {
+        let value = value.trim();
+        let blank = value.is_empty();
+        if !blank && !value.chars().any(char::is_control) {
+            return SecretRead::Found(Secret::new(value));
+        }
+        let (key, what) = (spec.key, spec.what);
+        let file_key = format!("{key}_file");
+        let (key, message) = match (source, blank) {
+            (SecretSource::Env, true) => (
+                key,
+                format!(
+                    "env {} is set but blank: set it to {what}, or unset it",
+                    spec.env
+                ),
+            ),
+            (SecretSource::Env, false) => (
+                key,
+                format!(
+                    "the value of env {} contains a control character (a line break inside it?): \
+                     set it to {what} alone",
+                    spec.env
+                ),
+            ),
+            (SecretSource::Credential(path), true) => (
+                key,
+                format!(
+                    "the systemd credential {} ({}) is blank: put {what} in it",
+                    spec.credential,
+                    path.display()
+                ),
+            ),
+            (SecretSource::Credential(path), false) => (
+                key,
+                format!(
+                    "the systemd credential {} ({}) contains a control character \
+                     (a line break inside it?): it must hold {what} alone, on one line",
+                    spec.credential,
+                    path.display()
+                ),
+            ),
+            (SecretSource::Inline, true) => (
+                key,
+                format!("is blank: put {what} in it, or remove the line"),
+            ),
+            (SecretSource::Inline, false) => (
+                key,
+                format!(
+                    "contains a control character (a line break or \\u escape inside it?): \
+                     put {what} alone in the string"
+                ),
+            ),
+            (SecretSource::File(file), true) => (
+                file_key.as_str(),
+                format!("{file} is blank: put {what} in it"),
+            ),
+            (SecretSource::File(file), false) => (
+                file_key.as_str(),
+                format!(
+                    "{file} contains a control character (a line break inside it?): \
+                     it must hold {what} alone, on one line"
+                ),
+            ),
+        };
+        self.problem(key, &message);
+        SecretRead::Refused
     }
 }
 

@@ -142,3 +142,105 @@ fn bad_toml_is_reported() {
     let problems = Config::parse("[crowdsec\napi_key=", &no_env).expect_err("invalid");
     assert!(problems[0].starts_with("not valid TOML"), "{problems:?}");
 }
+
+/// `parse`'s problems for `text` with `env`, which must be refused.
+fn problems_of(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    Config::parse(text, env).expect_err("config is invalid")
+}
+
+#[test]
+fn blank_secrets_are_refused_naming_key_and_source() {
+    let blank_inline = MINIMAL.replace("\"lapi-key\"", "\"  \"");
+    let problems = problems_of(&blank_inline, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: is blank"),
+        "{problems:?}"
+    );
+
+    // With certificate auth the key is optional, but a blank one is still a mistake.
+    let with_cert = blank_inline.replace(
+        "[cloudflare]",
+        "cert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n[cloudflare]",
+    );
+    let problems = problems_of(&with_cert, &no_env);
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: is blank"),
+        "{problems:?}"
+    );
+
+    let env = |name: &str| (name == ENV_CF_TOKEN).then(|| " \t".to_owned());
+    let problems = problems_of(MINIMAL, &env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("cloudflare.api_token: env CLOUDFLARE_API_TOKEN is set but blank"),
+        "{problems:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(CREDENTIAL_LAPI_KEY), "\n").expect("write credential");
+    let credentials = dir.path().display().to_string();
+    let env = |name: &str| (name == ENV_CREDENTIALS_DIRECTORY).then(|| credentials.clone());
+    let problems = problems_of(MINIMAL, &env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: the systemd credential crowdsec_api_key"),
+        "{problems:?}"
+    );
+    assert!(problems[0].contains("is blank"), "{problems:?}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, " \n").expect("write token");
+    let text = MINIMAL.replace(
+        "api_token = \"cf-token\"",
+        &format!("api_token_file = \"{}\"", token_file.display()),
+    );
+    let problems = problems_of(&text, &no_env);
+    assert!(
+        problems[0].starts_with("cloudflare.api_token_file: ") && problems[0].contains("is blank"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn secrets_with_control_characters_are_refused_without_showing_them() {
+    let inline = MINIMAL.replace("\"cf-token\"", "\"cf-\\u0001token\"");
+    let problems = problems_of(&inline, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("cloudflare.api_token: contains a control character"),
+        "{problems:?}"
+    );
+    assert!(
+        !problems[0].contains("cf-"),
+        "never shows the value: {problems:?}"
+    );
+
+    let env = |name: &str| (name == ENV_LAPI_KEY).then(|| "secret-one\nsecret-two".to_owned());
+    let problems = problems_of(MINIMAL, &env);
+    assert!(
+        problems[0].starts_with(
+            "crowdsec.api_key: the value of env CROWDSEC_API_KEY contains a control character"
+        ),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("secret-"), "{problems:?}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(CREDENTIAL_CF_TOKEN), "s3cr\u{7f}et\n").expect("write");
+    let credentials = dir.path().display().to_string();
+    let env = |name: &str| (name == ENV_CREDENTIALS_DIRECTORY).then(|| credentials.clone());
+    let problems = problems_of(MINIMAL, &env);
+    assert!(
+        problems[0]
+            .starts_with("cloudflare.api_token: the systemd credential cloudflare_api_token")
+            && problems[0].contains("contains a control character"),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("s3cr"), "{problems:?}");
+
+    // The line break a file or credential usually ends with is not part of the secret.
+    std::fs::write(dir.path().join(CREDENTIAL_CF_TOKEN), "from-credential\r\n").expect("write");
+    let config = Config::parse(MINIMAL, &env).expect("valid");
+    assert_eq!(config.cloudflare.api_token.expose(), "from-credential");
+}
