@@ -272,7 +272,8 @@ impl Config {
         let cloudflare_config = read_cloudflare(&mut cloudflare, env);
         cloudflare.finish();
         let mut safety = Section::take(&mut root, "safety", &mut problems);
-        let safety_config = read_safety(&mut safety);
+        let mut warnings = Vec::new();
+        let safety_config = read_safety(&mut safety, &mut warnings);
         safety.finish();
         let mut admin = Section::take(&mut root, "admin", &mut problems);
         let admin_config = read_admin(&mut admin);
@@ -299,7 +300,7 @@ impl Config {
                 safety: safety_config,
                 admin: admin_config,
                 log: log_config,
-                warnings: Vec::new(),
+                warnings,
             }),
             _ => Err(problems),
         }
@@ -368,19 +369,41 @@ fn read_log(s: &mut Section<'_>) -> LogConfig {
     }
 }
 
-fn read_safety(s: &mut Section<'_>) -> SafetyConfig {
+fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig {
     let mut allowlist = Vec::new();
     for text in s.strings("allowlist", &[]) {
         let parsed = text
             .parse::<ipnet::IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => allowlist.push(net.trunc()),
-            Err(_) => s.problem(
+        let net = match parsed {
+            Ok(net) => net,
+            Err(_) => {
+                s.problem(
+                    "allowlist",
+                    &format!("{text:?} is not an IP address or CIDR"),
+                );
+                continue;
+            }
+        };
+        if net.prefix_len() == 0 {
+            let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+            s.problem(
                 "allowlist",
-                &format!("{text:?} is not an IP address or CIDR"),
-            ),
+                &format!(
+                    "{text:?} covers every {family} address, so nothing would ever be pushed \
+                     for {family}: remove it and list only the networks to keep unblocked"
+                ),
+            );
+            continue;
         }
+        let masked = net.trunc();
+        if masked != net {
+            warnings.push(format!(
+                "safety.allowlist: {text:?} has host bits set; it is read as {masked} \
+                 (write \"{masked}\" to silence this warning)"
+            ));
+        }
+        allowlist.push(masked);
     }
     SafetyConfig {
         allowlist,

@@ -244,3 +244,41 @@ fn secrets_with_control_characters_are_refused_without_showing_them() {
     let config = Config::parse(MINIMAL, &env).expect("valid");
     assert_eq!(config.cloudflare.api_token.expose(), "from-credential");
 }
+
+fn with_safety(safety: &str) -> String {
+    format!("{MINIMAL}[safety]\n{safety}\n")
+}
+
+#[test]
+fn an_allowlist_entry_covering_everything_is_refused() {
+    for entry in ["0.0.0.0/0", "::/0", "10.1.2.3/0"] {
+        let problems = problems_of(&with_safety(&format!("allowlist = [\"{entry}\"]")), &no_env);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(&format!("safety.allowlist: \"{entry}\" covers every")),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains("nothing would ever be pushed"),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
+fn an_allowlist_network_with_host_bits_is_masked_with_a_warning() {
+    let text = with_safety("allowlist = [\"192.168.1.1/24\", \"10.0.0.0/8\", \"2001:db8::1\"]");
+    let config = Config::parse(&text, &no_env).expect("valid");
+    assert_eq!(
+        config.safety.allowlist,
+        ["192.168.1.0/24", "10.0.0.0/8", "2001:db8::1/128"]
+            .map(|n| n.parse::<ipnet::IpNet>().expect("test network"))
+    );
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].starts_with("safety.allowlist: \"192.168.1.1/24\" has host bits set")
+            && config.warnings[0].contains("192.168.1.0/24"),
+        "{:?}",
+        config.warnings
+    );
+}
