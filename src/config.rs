@@ -363,10 +363,36 @@ fn read_log(s: &mut Section<'_>) -> LogConfig {
             LogFormat::Text
         }
     };
-    LogConfig {
-        format,
-        level: s.string("level", "info"),
+    let level = s.string("level", "info");
+    if let Err(why) = check_log_filter(&level) {
+        s.problem(
+            "level",
+            &format!(
+                "{level:?} is not a log level or tracing filter ({why}): expected trace, debug, \
+                 info, warn, error or off, or a filter like \"cfbouncer=debug,info\" \
+                 (a target alone needs its level: \"cfbouncer=trace\")"
+            ),
+        );
     }
+    LogConfig { format, level }
+}
+
+/// Whether `filter` is a tracing filter that logs what it seems to say. A bare word
+/// that is not a level parses as a target and would silence every other log, so a
+/// typo like `warning` is refused; so is an empty filter, which logs nothing.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::LevelFilter;
+    if filter.trim().is_empty() {
+        return Err("it is empty; \"off\" turns logs off".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|err| err.to_string())?;
+    let directives = filter.split(',').map(str::trim).filter(|d| !d.is_empty());
+    for directive in directives {
+        if !directive.contains(['=', '[']) && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!("{directive:?} is neither a level nor TARGET=LEVEL"));
+        }
+    }
+    Ok(())
 }
 
 fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig {

@@ -282,3 +282,51 @@ fn an_allowlist_network_with_host_bits_is_masked_with_a_warning() {
         config.warnings
     );
 }
+
+fn with_log_level(level: &str) -> String {
+    format!("{MINIMAL}[log]\nlevel = {level:?}\n")
+}
+
+#[test]
+fn log_levels_and_tracing_filters_are_accepted() {
+    for level in [
+        "trace",
+        "debug",
+        "info",
+        "warn",
+        "error",
+        "off",
+        "WARN",
+        "cfbouncer=debug,info",
+        "cfbouncer::engine=trace,reqwest=warn,info",
+    ] {
+        let config = Config::parse(&with_log_level(level), &no_env)
+            .unwrap_or_else(|problems| panic!("{level:?}: {problems:?}"));
+        assert_eq!(config.log.level, level);
+    }
+}
+
+#[test]
+fn an_invalid_log_level_names_the_key_and_the_accepted_values() {
+    // "warning" and "verbose" would parse as tracing targets and silence every log.
+    for level in [
+        "verbose",
+        "warning",
+        "cfbouncer=verbose",
+        "info,cfbouncer=loud",
+        "",
+        " ",
+    ] {
+        let problems = problems_of(&with_log_level(level), &no_env);
+        assert_eq!(problems.len(), 1, "{level:?}: {problems:#?}");
+        assert!(
+            problems[0].starts_with(&format!("log.level: {level:?} is not")),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains("trace, debug, info, warn, error or off")
+                && problems[0].contains("\"cfbouncer=debug,info\""),
+            "{problems:?}"
+        );
+    }
+}
