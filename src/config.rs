@@ -246,10 +246,11 @@ impl Config {
                 "cannot read the configuration file: {err} (pass another one with -c FILE)"
             )],
         })?;
-        let mut config = Config::parse(&text, &process_env).map_err(|problems| ConfigError {
-            path: path.to_owned(),
-            problems,
-        })?;
+        let mut config =
+            parse(&text, &process_env, Some(path)).map_err(|problems| ConfigError {
+                path: path.to_owned(),
+                problems,
+            })?;
         if let Some(warning) = readable_by_others(path, &text) {
             config.warnings.push(warning);
         }
@@ -261,50 +262,141 @@ impl Config {
     /// # Errors
     /// Every problem found, one line each.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
-        let mut root: Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| vec![format!("not valid TOML: {}", err.message())])?;
-        let mut problems = Vec::new();
-        let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
-        let crowdsec_config = read_crowdsec(&mut crowdsec, env);
-        crowdsec.finish();
-        let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
-        let cloudflare_config = read_cloudflare(&mut cloudflare, env);
-        cloudflare.finish();
-        let mut safety = Section::take(&mut root, "safety", &mut problems);
-        let mut warnings = Vec::new();
-        let safety_config = read_safety(&mut safety, &mut warnings);
-        safety.finish();
-        let mut admin = Section::take(&mut root, "admin", &mut problems);
-        let admin_config = read_admin(&mut admin);
-        admin.finish();
-        let mut log = Section::take(&mut root, "log", &mut problems);
-        let log_config = read_log(&mut log);
-        log.finish();
-        let mut sync = Section::take(&mut root, "sync", &mut problems);
-        let sync_config = SyncConfig {
-            reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
-            shutdown_grace: sync.duration("shutdown_grace", "10s", Duration::ZERO),
-        };
-        sync.finish();
-        for key in root.keys() {
-            problems.push(format!(
+        parse(text, env, None)
+    }
+}
+
+/// [`Config::parse`], naming `path` in a TOML syntax error when the text came from a file.
+fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    path: Option<&Path>,
+) -> Result<Config, Vec<String>> {
+    let mut root: Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| vec![toml_problem(&err, text, path)])?;
+    let mut problems = Vec::new();
+    let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
+    let crowdsec_config = read_crowdsec(&mut crowdsec, env);
+    crowdsec.finish();
+    let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
+    let cloudflare_config = read_cloudflare(&mut cloudflare, env);
+    cloudflare.finish();
+    let mut safety = Section::take(&mut root, "safety", &mut problems);
+    let mut warnings = Vec::new();
+    let safety_config = read_safety(&mut safety, &mut warnings);
+    safety.finish();
+    let mut admin = Section::take(&mut root, "admin", &mut problems);
+    let admin_config = read_admin(&mut admin);
+    admin.finish();
+    let mut log = Section::take(&mut root, "log", &mut problems);
+    let log_config = read_log(&mut log);
+    log.finish();
+    let mut sync = Section::take(&mut root, "sync", &mut problems);
+    let sync_config = SyncConfig {
+        reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
+        shutdown_grace: sync.duration("shutdown_grace", "10s", Duration::ZERO),
+    };
+    sync.finish();
+    for key in root.keys() {
+        problems.push(format!(
                 "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], [sync], [admin] and [log])"
             ));
-        }
-        match (crowdsec_config, cloudflare_config) {
-            (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok(Config {
-                crowdsec,
-                cloudflare,
-                sync: sync_config,
-                safety: safety_config,
-                admin: admin_config,
-                log: log_config,
-                warnings,
-            }),
-            _ => Err(problems),
-        }
     }
+    match (crowdsec_config, cloudflare_config) {
+        (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok(Config {
+            crowdsec,
+            cloudflare,
+            sync: sync_config,
+            safety: safety_config,
+            admin: admin_config,
+            log: log_config,
+            warnings,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// A TOML syntax error: where it is (`line 3, column 20`, or `FILE:3:20`), what is wrong,
+/// and the line with a caret under the column. A line that may hold a secret is cut
+/// before its value.
+fn toml_problem(err: &toml::de::Error, text: &str, path: Option<&Path>) -> String {
+    let message = err.message().replace('\n', "; ");
+    let Some(offset) = err.span().map(|span| span.start.min(text.len())) else {
+        return match path {
+            Some(path) => format!("not valid TOML in {}: {message}", path.display()),
+            None => format!("not valid TOML: {message}"),
+        };
+    };
+    let offset = (0..=offset)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line_number = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..offset].chars().count() + 1;
+    let place = match path {
+        Some(path) => format!("{}:{line_number}:{column}", path.display()),
+        None => format!("line {line_number}, column {column}"),
+    };
+    let mut problem = format!("not valid TOML at {place}: {message}");
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let gutter = line_number.to_string().len();
+    match quotable(&text[..line_start], line) {
+        Some(shown) => {
+            let whole = shown.len() == line.len();
+            let shown: String = shown
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let hidden = if whole {
+                ""
+            } else {
+                " … (the rest is not shown)"
+            };
+            problem.push_str(&format!("\n    {line_number:>gutter$} | {shown}{hidden}"));
+            // Past the end of a whole line (its line break): the caret goes just after it.
+            let caret = if whole {
+                column.min(shown.chars().count() + 1)
+            } else {
+                column
+            };
+            if caret <= shown.chars().count() + 1 {
+                problem.push_str(&format!("\n    {:gutter$} | {:>caret$}", "", "^"));
+            }
+        }
+        None => problem.push_str(&format!(
+            "\n    {line_number:>gutter$} | (not shown: it may hold a secret)"
+        )),
+    }
+    problem
+}
+
+/// The part of `line` an error message may show: all of it, or only up to the `=` after
+/// a secret's key name; `None` inside a multi-line string, which may be a secret.
+fn quotable<'a>(before: &str, line: &'a str) -> Option<&'a str> {
+    const MAX: usize = 160;
+    let in_multiline = |quotes: &str| before.matches(quotes).count() % 2 == 1;
+    if in_multiline("\"\"\"") || in_multiline("'''") {
+        return None;
+    }
+    let lower = line.to_ascii_lowercase();
+    let secret_name = ["api_key", "api_token"]
+        .iter()
+        .filter_map(|name| lower.find(name).map(|at| at + name.len()))
+        .min();
+    let end = match secret_name {
+        Some(name_end) => line[name_end..]
+            .find('=')
+            .map_or(name_end, |eq| name_end + eq + 1),
+        None => line.len(),
+    };
+    let end = (0..=end.min(MAX))
+        .rev()
+        .find(|&i| line.is_char_boundary(i))
+        .unwrap_or(0);
+    Some(&line[..end])
 }
 
 /// Environment lookups. systemd credentials are read by [`Config::parse`] from the

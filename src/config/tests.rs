@@ -330,3 +330,51 @@ fn an_invalid_log_level_names_the_key_and_the_accepted_values() {
         );
     }
 }
+
+#[test]
+fn bad_toml_shows_line_column_and_the_line() {
+    let text = "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\nupdate_frequency = 10s\n";
+    let problems = problems_of(text, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let problem = &problems[0];
+    assert!(
+        problem.starts_with("not valid TOML at line 3, column 20: "),
+        "{problem}"
+    );
+    assert!(
+        problem.ends_with("\n    3 | update_frequency = 10s\n      |                    ^"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn bad_toml_in_a_file_names_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bouncer.toml");
+    std::fs::write(&path, "[crowdsec]\r\napi_url = \"x\r\n").expect("write");
+    let err = Config::load(&path).expect_err("invalid");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let want = format!("not valid TOML at {}:2:", path.display());
+    assert!(err.problems[0].starts_with(&want), "{err}");
+    assert!(
+        err.problems[0].ends_with("\n    2 | api_url = \"x\n      |             ^"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_toml_never_quotes_a_secret() {
+    for text in [
+        "[crowdsec]\napi_key = \"s3cret\n",
+        "[crowdsec]\n\"api_token\" = s3cret\n",
+        "[crowdsec]\napi_key s3cret\n",
+        "[crowdsec]\nx = \"\"\"\ns3cret = \"\n",
+    ] {
+        let problems = problems_of(text, &no_env);
+        assert!(
+            problems[0].starts_with("not valid TOML at line "),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("s3cret"), "{problems:?}");
+    }
+}
