@@ -246,12 +246,12 @@ impl Config {
                 "cannot read the configuration file: {err} (pass another one with -c FILE)"
             )],
         })?;
-        let mut config =
+        let (mut config, holds_secret) =
             parse(&text, &process_env, Some(path)).map_err(|problems| ConfigError {
                 path: path.to_owned(),
                 problems,
             })?;
-        if let Some(warning) = readable_by_others(path, &text) {
+        if let Some(warning) = holds_secret.then(|| readable_by_others(path)).flatten() {
             config.warnings.push(warning);
         }
         Ok(config)
@@ -262,19 +262,28 @@ impl Config {
     /// # Errors
     /// Every problem found, one line each.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
-        parse(text, env, None)
+        parse(text, env, None).map(|(config, _)| config)
     }
 }
 
 /// [`Config::parse`], naming `path` in a TOML syntax error when the text came from a file.
+/// Also says whether the text holds a secret itself (`crowdsec.api_key`,
+/// `cloudflare.api_token`), however the key is written.
 fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     path: Option<&Path>,
-) -> Result<Config, Vec<String>> {
+) -> Result<(Config, bool), Vec<String>> {
     let mut root: Table = text
         .parse()
         .map_err(|err: toml::de::Error| vec![toml_problem(&err, text, path)])?;
+    let holds_secret = [(&LAPI_KEY, "crowdsec"), (&CF_TOKEN, "cloudflare")]
+        .iter()
+        .any(|(spec, section)| {
+            root.get(*section)
+                .and_then(Value::as_table)
+                .is_some_and(|table| table.contains_key(spec.key))
+        });
     let mut problems = Vec::new();
     let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
     let crowdsec_config = read_crowdsec(&mut crowdsec, env);
@@ -304,15 +313,18 @@ fn parse(
             ));
     }
     match (crowdsec_config, cloudflare_config) {
-        (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok(Config {
-            crowdsec,
-            cloudflare,
-            sync: sync_config,
-            safety: safety_config,
-            admin: admin_config,
-            log: log_config,
-            warnings,
-        }),
+        (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok((
+            Config {
+                crowdsec,
+                cloudflare,
+                sync: sync_config,
+                safety: safety_config,
+                admin: admin_config,
+                log: log_config,
+                warnings,
+            },
+            holds_secret,
+        )),
         _ => Err(problems),
     }
 }
@@ -405,17 +417,11 @@ fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// A warning when the file holds a secret inline and others may read it.
-fn readable_by_others(path: &Path, text: &str) -> Option<String> {
+/// A warning when group or others may read the file at `path`, which holds a secret.
+fn readable_by_others(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let holds_secret = text.lines().any(|line| {
-        let line = line.trim_start();
-        (line.starts_with("api_key") || line.starts_with("api_token"))
-            && !line.starts_with("api_key_file")
-            && !line.starts_with("api_token_file")
-    });
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (holds_secret && mode & 0o077 != 0).then(|| {
+    (mode & 0o077 != 0).then(|| {
         format!(
             "{} holds a secret and is readable by group or others (mode {:o}): chmod 600 it",
             path.display(),

@@ -378,3 +378,51 @@ fn bad_toml_never_quotes_a_secret() {
         assert!(!problems[0].contains("s3cret"), "{problems:?}");
     }
 }
+
+/// `Config::load` of `text` written to a file of mode `mode` in `dir`.
+fn load_with_mode(dir: &Path, text: &str, mode: u32) -> Config {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("bouncer.toml");
+    std::fs::write(&path, text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    Config::load(&path).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn warns_readable(config: &Config) -> bool {
+    config
+        .warnings
+        .iter()
+        .any(|w| w.contains("holds a secret and is readable by group or others (mode 644)"))
+}
+
+#[test]
+fn a_readable_file_holding_a_secret_is_warned_about_however_the_key_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token\n").expect("write token");
+    let quoted = MINIMAL
+        .replace("api_key =", "\"api_key\" =")
+        .replace("api_token =", "'api_token' =");
+    let dotted = MINIMAL.replace("[crowdsec]\napi_key", "crowdsec.api_key");
+    let inline_table = format!(
+        "crowdsec = {{ api_key = \"lapi-key\" }}\n\
+         cloudflare = {{ api_token_file = \"{}\", account_id = \"0123456789abcdef0123456789abcdef\", list_name = \"l\" }}\n",
+        token_file.display()
+    );
+    for text in [MINIMAL, &quoted, &dotted, &inline_table] {
+        let config = load_with_mode(dir.path(), text, 0o644);
+        assert!(warns_readable(&config), "{text}: {:?}", config.warnings);
+        let config = load_with_mode(dir.path(), text, 0o600);
+        assert!(config.warnings.is_empty(), "{text}: {:?}", config.warnings);
+    }
+
+    // The secrets are elsewhere (a certificate, a file): nothing to warn about.
+    let no_secret = format!(
+        "[crowdsec]\ncert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n\
+         [cloudflare]\napi_token_file = \"{}\"\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+         list_name = \"l\"\n",
+        token_file.display()
+    );
+    let config = load_with_mode(dir.path(), &no_secret, 0o644);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
