@@ -716,6 +716,61 @@ fn is_list_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Why `text` is not a usable base URL; `example` is the key's default. The URL is
+/// quoted without any user name or password.
+fn check_base_url(text: &str, example: &str) -> Result<(), String> {
+    let shown = without_userinfo(text);
+    if text.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain spaces or control characters: found {shown:?}"
+        ));
+    }
+    if !(text.starts_with("http://") || text.starts_with("https://")) {
+        return Err(format!(
+            "expected an http:// or https:// URL, found {shown:?}"
+        ));
+    }
+    let url = url::Url::parse(text).map_err(|err| {
+        format!("{shown:?} is not a valid URL ({err}): expected one like {example:?}")
+    })?;
+    if url.host().is_none() {
+        return Err(format!(
+            "{shown:?} has no host: expected one like {example:?}"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry a user name or password (they would show in logs): remove the \
+             part before `@`; the bouncer authenticates with api_key or api_token"
+                .to_owned(),
+        );
+    }
+    if url.query().is_some() {
+        return Err(format!(
+            "must not have a query (`?...`): remove it from {shown:?}"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "must not have a fragment (`#...`): remove it from {shown:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// `text` with anything before an `@` in its authority replaced by `...`.
+fn without_userinfo(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}...@{}", &rest[at + 1..]),
+        None => text.to_owned(),
+    }
+}
+
 /// One `[section]` being read: typed getters that record problems instead of failing,
 /// and [`Section::finish`] to report keys nobody asked for.
 struct Section<'p> {
@@ -789,16 +844,18 @@ impl<'p> Section<'p> {
         (!value.is_empty()).then(|| PathBuf::from(value))
     }
 
+    /// A base URL, kept as written (callers normalise its trailing `/`): http or https,
+    /// with a host, and without what does not belong in a base URL: a user name or
+    /// password (they would show in logs), a query or a fragment.
     fn url(&mut self, key: &str, default: &str) -> Option<String> {
-        let url = self.string(key, default);
-        if url.starts_with("http://") || url.starts_with("https://") {
-            return Some(url);
+        let text = self.string(key, default);
+        match check_base_url(&text, default) {
+            Ok(()) => Some(text),
+            Err(why) => {
+                self.problem(key, &why);
+                None
+            }
         }
-        self.problem(
-            key,
-            &format!("expected an http:// or https:// URL, found {url:?}"),
-        );
-        None
     }
 
     fn bool(&mut self, key: &str, default: bool) -> bool {

@@ -426,3 +426,82 @@ fn a_readable_file_holding_a_secret_is_warned_about_however_the_key_is_written()
     let config = load_with_mode(dir.path(), &no_secret, 0o644);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
+
+fn with_urls(lapi: &str, cloudflare: &str) -> String {
+    MINIMAL
+        .replace("[crowdsec]\n", &format!("[crowdsec]\napi_url = {lapi:?}\n"))
+        .replace(
+            "[cloudflare]\n",
+            &format!("[cloudflare]\napi_url = {cloudflare:?}\n"),
+        )
+}
+
+#[test]
+fn urls_keep_their_normalisation() {
+    for (lapi, want) in [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080/"),
+        (
+            "https://lapi.example:8443/prefix",
+            "https://lapi.example:8443/prefix/",
+        ),
+        ("http://[::1]:8080/", "http://[::1]:8080/"),
+    ] {
+        let text = with_urls(lapi, "https://api.cloudflare.com/client/v4/");
+        let config = Config::parse(&text, &no_env).unwrap_or_else(|p| panic!("{lapi}: {p:?}"));
+        assert_eq!(config.crowdsec.api_url, want);
+        assert_eq!(
+            config.cloudflare.api_url,
+            "https://api.cloudflare.com/client/v4"
+        );
+    }
+}
+
+#[test]
+fn urls_are_parsed_and_refused_naming_the_key_and_the_fix() {
+    let ok = "http://127.0.0.1:8080/";
+    for (url, want) in [
+        ("ftp://127.0.0.1/", "expected an http:// or https:// URL"),
+        ("http://", "not a valid URL"),
+        ("http://127.0.0.1:99999/", "not a valid URL"),
+        ("http://lapi^host/", "not a valid URL"),
+        ("http://lapi host/", "must not contain spaces"),
+        ("http://127.0.0.1:8080/?debug=1", "must not have a query"),
+        ("http://127.0.0.1:8080/#top", "must not have a fragment"),
+        (" http://127.0.0.1:8080/", "must not contain spaces"),
+    ] {
+        for (text, key) in [
+            (
+                with_urls(url, "https://api.cloudflare.com/client/v4"),
+                "crowdsec.api_url",
+            ),
+            (with_urls(ok, url), "cloudflare.api_url"),
+        ] {
+            let problems = problems_of(&text, &no_env);
+            assert_eq!(problems.len(), 1, "{url}: {problems:#?}");
+            assert!(
+                problems[0].starts_with(&format!("{key}: ")) && problems[0].contains(want),
+                "{url}: want {want:?} in {problems:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_url_with_credentials_is_refused_without_showing_them() {
+    for url in [
+        "http://bouncer:pa55word@127.0.0.1:8080/",
+        "https://pa55word@api.example/v4",
+    ] {
+        let problems = problems_of(
+            &with_urls(url, "https://api.cloudflare.com/client/v4"),
+            &no_env,
+        );
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("crowdsec.api_url: must not carry a user name or password"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("pa55word"), "{problems:?}");
+    }
+}
