@@ -18,6 +18,13 @@ pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplis
 pub const ENV_LAPI_KEY: &str = "CROWDSEC_API_KEY";
 /// Environment variable that overrides `cloudflare.api_token`.
 pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
+/// The longest `crowdsec.update_frequency`: a longer one delays every ban, and the
+/// delta pull is what tells the systemd watchdog (`WatchdogSec=120`) the bouncer is alive.
+const MAX_UPDATE_FREQUENCY: Duration = Duration::from_secs(60);
+/// The longest request timeout, for LAPI and Cloudflare alike.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest `sync.reconcile_interval` (7 days): drift is fixed at least this often.
+const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 /// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
 pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
@@ -303,8 +310,18 @@ fn parse(
     log.finish();
     let mut sync = Section::take(&mut root, "sync", &mut problems);
     let sync_config = SyncConfig {
-        reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
-        shutdown_grace: sync.duration("shutdown_grace", "10s", Duration::ZERO),
+        reconcile_interval: sync.duration(
+            "reconcile_interval",
+            "10m",
+            Duration::from_secs(1),
+            MAX_RECONCILE_INTERVAL,
+        ),
+        shutdown_grace: sync.duration(
+            "shutdown_grace",
+            "10s",
+            Duration::ZERO,
+            Duration::from_secs(600),
+        ),
     };
     sync.finish();
     for key in root.keys() {
@@ -577,25 +594,29 @@ fn read_crowdsec(
         s.problem("decision_types", "must not be empty; use [\"ban\"]");
     }
     // Read every key before returning, so unread keys are not reported as unknown.
-    let update_frequency = s.duration("update_frequency", "10s", Duration::from_millis(100));
+    let update_frequency = s.duration(
+        "update_frequency",
+        "10s",
+        Duration::from_millis(100),
+        MAX_UPDATE_FREQUENCY,
+    );
     let origins = s.strings("origins", &[]);
     let scenarios_containing = s.strings("scenarios_containing", &[]);
     let scenarios_not_containing = s.strings("scenarios_not_containing", &[]);
     let ca_cert_path = s.opt_path("ca_cert_path");
     let insecure_skip_verify = s.bool("insecure_skip_verify", false);
-    let request_timeout = s.duration("request_timeout", "2m", Duration::from_secs(1));
-    let usage_metrics_interval = s.duration("usage_metrics_interval", "30m", Duration::ZERO);
-    let usage_metrics_interval = match usage_metrics_interval {
-        Duration::ZERO => None,
-        d if d < Duration::from_secs(600) => {
-            s.problem(
-                "usage_metrics_interval",
-                "the minimum is \"10m\" (or \"0s\" to disable)",
-            );
-            None
-        }
-        d => Some(d),
-    };
+    let request_timeout = s.duration(
+        "request_timeout",
+        "2m",
+        Duration::from_secs(1),
+        MAX_REQUEST_TIMEOUT,
+    );
+    let usage_metrics_interval = s.duration_or_off(
+        "usage_metrics_interval",
+        "30m",
+        Duration::from_secs(600),
+        Duration::from_secs(86_400),
+    );
     Some(CrowdsecConfig {
         api_url: api_url?,
         api_key: api_key.found(),
@@ -671,7 +692,12 @@ fn read_cloudflare(
     };
     let batch_size = s.uint("batch_size", 1000, 1, 10_000);
     let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
-    let request_timeout = s.duration("request_timeout", "30s", Duration::from_secs(1));
+    let request_timeout = s.duration(
+        "request_timeout",
+        "30s",
+        Duration::from_secs(1),
+        MAX_REQUEST_TIMEOUT,
+    );
     let capacity = s.uint("capacity", 10_000, 1, 10_000_000) as usize;
     let origin_priority = s.strings("origin_priority", &["cscli", "crowdsec", "lists", "CAPI"]);
     let manage = match s.string("manage", "all").as_str() {
@@ -936,23 +962,54 @@ impl<'p> Section<'p> {
         }
     }
 
-    fn duration(&mut self, key: &str, default: &str, min: Duration) -> Duration {
+    /// A duration from `min` to `max`.
+    fn duration(&mut self, key: &str, default: &str, min: Duration, max: Duration) -> Duration {
+        let range = format!("between {} and {}", godur::format(min), godur::format(max));
+        self.bounded_duration(key, default, |d| (min..=max).contains(&d), &range)
+            .unwrap_or(min)
+    }
+
+    /// A duration from `min` to `max`, or `0s` for off (`None`).
+    fn duration_or_off(
+        &mut self,
+        key: &str,
+        default: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let range = format!(
+            "between {} and {}, or \"0s\" to turn it off",
+            godur::format(min),
+            godur::format(max)
+        );
+        let within = |d: Duration| d.is_zero() || (min..=max).contains(&d);
+        let d = self.bounded_duration(key, default, within, &range)?;
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// A duration accepted by `within`, else the default (`None` if that is refused too).
+    fn bounded_duration(
+        &mut self,
+        key: &str,
+        default: &str,
+        within: impl Fn(Duration) -> bool,
+        range: &str,
+    ) -> Option<Duration> {
         let text = self.string(key, default);
+        let default = godur::parse_std(default).ok().filter(|&d| within(d));
         match godur::parse_std(&text) {
-            Ok(d) if d >= min => d,
-            Ok(_) => {
-                self.problem(
-                    key,
-                    &format!(
-                        "{text:?} is too short: the minimum is {}",
-                        godur::format(min)
-                    ),
-                );
-                godur::parse_std(default).unwrap_or(min)
+            Ok(d) if within(d) => Some(d),
+            Ok(d) => {
+                let word = match default {
+                    Some(default) if d < default => "too short",
+                    _ => "too long",
+                };
+                self.problem(key, &format!("{text:?} is {word}: expected {range}"));
+                default
             }
             Err(err) => {
                 self.problem(key, &err.to_string());
-                godur::parse_std(default).unwrap_or(min)
+                default
             }
         }
     }

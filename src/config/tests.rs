@@ -505,3 +505,105 @@ fn a_url_with_credentials_is_refused_without_showing_them() {
         assert!(!problems[0].contains("pa55word"), "{problems:?}");
     }
 }
+
+/// Every duration key, its section, its bounds and the text they are written in.
+const DURATION_BOUNDS: [(&str, &str, Duration, Duration, &str); 6] = [
+    (
+        "crowdsec",
+        "update_frequency",
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        "between 100ms and 1m",
+    ),
+    (
+        "crowdsec",
+        "request_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        "between 1s and 10m",
+    ),
+    (
+        "crowdsec",
+        "usage_metrics_interval",
+        Duration::from_secs(600),
+        Duration::from_secs(86_400),
+        "between 10m and 24h, or \"0s\" to turn it off",
+    ),
+    (
+        "cloudflare",
+        "request_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        "between 1s and 10m",
+    ),
+    (
+        "sync",
+        "reconcile_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+        "between 1s and 168h",
+    ),
+    (
+        "sync",
+        "shutdown_grace",
+        Duration::ZERO,
+        Duration::from_secs(600),
+        "between 0s and 10m",
+    ),
+];
+
+fn with_key(section: &str, key: &str, value: &str) -> String {
+    let line = format!("{key} = {value:?}\n");
+    match section {
+        "crowdsec" | "cloudflare" => {
+            MINIMAL.replace(&format!("[{section}]\n"), &format!("[{section}]\n{line}"))
+        }
+        _ => format!("{MINIMAL}[{section}]\n{line}"),
+    }
+}
+
+fn duration_of(config: &Config, section: &str, key: &str) -> Option<Duration> {
+    match (section, key) {
+        ("crowdsec", "update_frequency") => Some(config.crowdsec.update_frequency),
+        ("crowdsec", "request_timeout") => Some(config.crowdsec.request_timeout),
+        ("crowdsec", "usage_metrics_interval") => config.crowdsec.usage_metrics_interval,
+        ("cloudflare", "request_timeout") => Some(config.cloudflare.request_timeout),
+        ("sync", "reconcile_interval") => Some(config.sync.reconcile_interval),
+        ("sync", "shutdown_grace") => Some(config.sync.shutdown_grace),
+        _ => panic!("unknown duration key {section}.{key}"),
+    }
+}
+
+#[test]
+fn durations_are_bounded_per_key() {
+    let defaults = Config::parse(MINIMAL, &no_env).expect("valid");
+    for (section, key, min, max, range) in DURATION_BOUNDS {
+        let default = duration_of(&defaults, section, key).expect("on by default");
+        assert!((min..=max).contains(&default), "{section}.{key} default");
+        for inside in [min, max] {
+            let text = with_key(section, key, &format!("{}ms", inside.as_millis()));
+            let config = Config::parse(&text, &no_env)
+                .unwrap_or_else(|p| panic!("{section}.{key} = {inside:?}: {p:?}"));
+            assert_eq!(duration_of(&config, section, key), Some(inside));
+        }
+        for (outside, word) in [
+            (format!("{}ms", max.as_millis() + 1), "too long"),
+            ("2562047h".to_owned(), "too long"),
+            (
+                format!("{}us", min.as_micros().saturating_sub(1)),
+                "too short",
+            ),
+        ] {
+            if min.is_zero() && word == "too short" {
+                continue;
+            }
+            let problems = problems_of(&with_key(section, key, &outside), &no_env);
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            let want = format!("{section}.{key}: {outside:?} is {word}: expected {range}");
+            assert_eq!(problems[0], want);
+        }
+    }
+    let off = with_key("crowdsec", "usage_metrics_interval", "0s");
+    let config = Config::parse(&off, &no_env).expect("valid");
+    assert_eq!(config.crowdsec.usage_metrics_interval, None);
+}
