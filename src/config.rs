@@ -699,7 +699,18 @@ fn read_cloudflare(
         MAX_REQUEST_TIMEOUT,
     );
     let capacity = s.uint("capacity", 10_000, 1, 10_000_000) as usize;
-    let origin_priority = s.strings("origin_priority", &["cscli", "crowdsec", "lists", "CAPI"]);
+    // A person's decisions first (cscli, the console), then the engine's, then lists.
+    let origin_priority = s.strings(
+        "origin_priority",
+        &[
+            "cscli",
+            "console",
+            "crowdsec",
+            "lists",
+            "remediation_sync",
+            "CAPI",
+        ],
+    );
     let manage = match s.string("manage", "all").as_str() {
         "all" => Manage::All,
         "tagged" => Manage::Tagged,

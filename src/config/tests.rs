@@ -607,3 +607,19 @@ fn durations_are_bounded_per_key() {
     let config = Config::parse(&off, &no_env).expect("valid");
     assert_eq!(config.crowdsec.usage_metrics_interval, None);
 }
+
+#[test]
+fn origin_priority_defaults_rank_console_and_remediation_sync() {
+    let config = Config::parse(MINIMAL, &no_env).expect("valid");
+    let want = [
+        "cscli",
+        "console",
+        "crowdsec",
+        "lists",
+        "remediation_sync",
+        "CAPI",
+    ];
+    assert_eq!(config.cloudflare.origin_priority, want);
+    let policy = crate::state::Policy::new(vec!["ban".into()], 64);
+    assert_eq!(policy.origin_priority, want, "the state's default agrees");
+}
