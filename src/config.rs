@@ -18,6 +18,12 @@ pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplis
 pub const ENV_LAPI_KEY: &str = "CROWDSEC_API_KEY";
 /// Environment variable that overrides `cloudflare.api_token`.
 pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
+/// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
+pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
+pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
+/// Environment variable systemd sets to the directory holding the unit's credentials.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
 /// The longest `crowdsec.update_frequency`: a longer one delays every ban, and the
 /// delta pull is what tells the systemd watchdog (`WatchdogSec=120`) the bouncer is alive.
 const MAX_UPDATE_FREQUENCY: Duration = Duration::from_secs(60);
@@ -25,11 +31,6 @@ const MAX_UPDATE_FREQUENCY: Duration = Duration::from_secs(60);
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest `sync.reconcile_interval` (7 days): drift is fixed at least this often.
 const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
-/// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
-pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
-pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
-/// Environment variable systemd sets to the directory holding the unit's credentials.
-pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 /// One secret of the configuration: its key and the places it may come from.
 struct SecretSpec {
@@ -326,8 +327,9 @@ fn parse(
     sync.finish();
     for key in root.keys() {
         problems.push(format!(
-                "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], [sync], [admin] and [log])"
-            ));
+            "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], \
+             [sync], [admin] and [log])"
+        ));
     }
     match (crowdsec_config, cloudflare_config) {
         (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok((
