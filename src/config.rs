@@ -21,6 +21,65 @@ pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
 /// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
 pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
+/// Environment variable systemd sets to the directory holding the unit's credentials.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The longest `crowdsec.update_frequency`: a longer one delays every ban, and the
+/// delta pull is what tells the systemd watchdog (`WatchdogSec=120`) the bouncer is alive.
+const MAX_UPDATE_FREQUENCY: Duration = Duration::from_secs(60);
+/// The longest request timeout, for LAPI and Cloudflare alike.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest `sync.reconcile_interval` (7 days): drift is fixed at least this often.
+const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+
+/// One secret of the configuration: its key and the places it may come from.
+struct SecretSpec {
+    key: &'static str,
+    env: &'static str,
+    credential: &'static str,
+    /// What the operator should put there, for messages.
+    what: &'static str,
+}
+
+const LAPI_KEY: SecretSpec = SecretSpec {
+    key: "api_key",
+    env: ENV_LAPI_KEY,
+    credential: CREDENTIAL_LAPI_KEY,
+    what: "the bouncer key",
+};
+
+const CF_TOKEN: SecretSpec = SecretSpec {
+    key: "api_token",
+    env: ENV_CF_TOKEN,
+    credential: CREDENTIAL_CF_TOKEN,
+    what: "the API token",
+};
+
+/// Where a secret was read from, named in messages (the value never is).
+enum SecretSource {
+    Env,
+    Credential(PathBuf),
+    Inline,
+    File(String),
+}
+
+/// The outcome of reading a secret.
+enum SecretRead {
+    Found(Secret),
+    /// Set nowhere.
+    Absent,
+    /// Set but unusable; the problem is recorded.
+    Refused,
+}
+
+impl SecretRead {
+    fn found(self) -> Option<Secret> {
+        match self {
+            SecretRead::Found(secret) => Some(secret),
+            SecretRead::Absent | SecretRead::Refused => None,
+        }
+    }
+}
 
 /// A secret string. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -195,11 +254,12 @@ impl Config {
                 "cannot read the configuration file: {err} (pass another one with -c FILE)"
             )],
         })?;
-        let mut config = Config::parse(&text, &process_env).map_err(|problems| ConfigError {
-            path: path.to_owned(),
-            problems,
-        })?;
-        if let Some(warning) = readable_by_others(path, &text) {
+        let (mut config, holds_secret) =
+            parse(&text, &process_env, Some(path)).map_err(|problems| ConfigError {
+                path: path.to_owned(),
+                problems,
+            })?;
+        if let Some(warning) = holds_secret.then(|| readable_by_others(path)).flatten() {
             config.warnings.push(warning);
         }
         Ok(config)
@@ -210,77 +270,177 @@ impl Config {
     /// # Errors
     /// Every problem found, one line each.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
-        let mut root: Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| vec![format!("not valid TOML: {}", err.message())])?;
-        let mut problems = Vec::new();
-        let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
-        let crowdsec_config = read_crowdsec(&mut crowdsec, env);
-        crowdsec.finish();
-        let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
-        let cloudflare_config = read_cloudflare(&mut cloudflare, env);
-        cloudflare.finish();
-        let mut safety = Section::take(&mut root, "safety", &mut problems);
-        let safety_config = read_safety(&mut safety);
-        safety.finish();
-        let mut admin = Section::take(&mut root, "admin", &mut problems);
-        let admin_config = read_admin(&mut admin);
-        admin.finish();
-        let mut log = Section::take(&mut root, "log", &mut problems);
-        let log_config = read_log(&mut log);
-        log.finish();
-        let mut sync = Section::take(&mut root, "sync", &mut problems);
-        let sync_config = SyncConfig {
-            reconcile_interval: sync.duration("reconcile_interval", "10m", Duration::from_secs(1)),
-            shutdown_grace: sync.duration("shutdown_grace", "10s", Duration::ZERO),
-        };
-        sync.finish();
-        for key in root.keys() {
-            problems.push(format!(
-                "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], [sync], [admin] and [log])"
-            ));
-        }
-        match (crowdsec_config, cloudflare_config) {
-            (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok(Config {
+        parse(text, env, None).map(|(config, _)| config)
+    }
+}
+
+/// [`Config::parse`], naming `path` in a TOML syntax error when the text came from a file.
+/// Also says whether the text holds a secret itself (`crowdsec.api_key`,
+/// `cloudflare.api_token`), however the key is written.
+fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    path: Option<&Path>,
+) -> Result<(Config, bool), Vec<String>> {
+    let mut root: Table = text
+        .parse()
+        .map_err(|err: toml::de::Error| vec![toml_problem(&err, text, path)])?;
+    let holds_secret = [(&LAPI_KEY, "crowdsec"), (&CF_TOKEN, "cloudflare")]
+        .iter()
+        .any(|(spec, section)| {
+            root.get(*section)
+                .and_then(Value::as_table)
+                .is_some_and(|table| table.contains_key(spec.key))
+        });
+    let mut problems = Vec::new();
+    let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
+    let crowdsec_config = read_crowdsec(&mut crowdsec, env);
+    crowdsec.finish();
+    let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
+    let cloudflare_config = read_cloudflare(&mut cloudflare, env);
+    cloudflare.finish();
+    let mut safety = Section::take(&mut root, "safety", &mut problems);
+    let mut warnings = Vec::new();
+    let safety_config = read_safety(&mut safety, &mut warnings);
+    safety.finish();
+    let mut admin = Section::take(&mut root, "admin", &mut problems);
+    let admin_config = read_admin(&mut admin);
+    admin.finish();
+    let mut log = Section::take(&mut root, "log", &mut problems);
+    let log_config = read_log(&mut log);
+    log.finish();
+    let mut sync = Section::take(&mut root, "sync", &mut problems);
+    let sync_config = SyncConfig {
+        reconcile_interval: sync.duration(
+            "reconcile_interval",
+            "10m",
+            Duration::from_secs(1),
+            MAX_RECONCILE_INTERVAL,
+        ),
+        shutdown_grace: sync.duration(
+            "shutdown_grace",
+            "10s",
+            Duration::ZERO,
+            Duration::from_secs(600),
+        ),
+    };
+    sync.finish();
+    for key in root.keys() {
+        problems.push(format!(
+            "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], \
+             [sync], [admin] and [log])"
+        ));
+    }
+    match (crowdsec_config, cloudflare_config) {
+        (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok((
+            Config {
                 crowdsec,
                 cloudflare,
                 sync: sync_config,
                 safety: safety_config,
                 admin: admin_config,
                 log: log_config,
-                warnings: Vec::new(),
-            }),
-            _ => Err(problems),
-        }
+                warnings,
+            },
+            holds_secret,
+        )),
+        _ => Err(problems),
     }
 }
 
-/// Environment lookups, including systemd credentials: `CROWDSEC_API_KEY` also reads
-/// `$CREDENTIALS_DIRECTORY/crowdsec_api_key` when the variable itself is unset.
-fn process_env(name: &str) -> Option<String> {
-    if let Ok(value) = std::env::var(name) {
-        return Some(value);
-    }
-    let credential = match name {
-        ENV_LAPI_KEY => CREDENTIAL_LAPI_KEY,
-        ENV_CF_TOKEN => CREDENTIAL_CF_TOKEN,
-        _ => return None,
+/// A TOML syntax error: where it is (`line 3, column 20`, or `FILE:3:20`), what is wrong,
+/// and the line with a caret under the column. A line that may hold a secret is cut
+/// before its value.
+fn toml_problem(err: &toml::de::Error, text: &str, path: Option<&Path>) -> String {
+    let message = err.message().replace('\n', "; ");
+    let Some(offset) = err.span().map(|span| span.start.min(text.len())) else {
+        return match path {
+            Some(path) => format!("not valid TOML in {}: {message}", path.display()),
+            None => format!("not valid TOML: {message}"),
+        };
     };
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-    std::fs::read_to_string(Path::new(&dir).join(credential)).ok()
+    let offset = (0..=offset)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line_number = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..offset].chars().count() + 1;
+    let place = match path {
+        Some(path) => format!("{}:{line_number}:{column}", path.display()),
+        None => format!("line {line_number}, column {column}"),
+    };
+    let mut problem = format!("not valid TOML at {place}: {message}");
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let gutter = line_number.to_string().len();
+    match quotable(&text[..line_start], line) {
+        Some(shown) => {
+            let whole = shown.len() == line.len();
+            let shown: String = shown
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let hidden = if whole {
+                ""
+            } else {
+                " … (the rest is not shown)"
+            };
+            problem.push_str(&format!("\n    {line_number:>gutter$} | {shown}{hidden}"));
+            // Past the end of a whole line (its line break): the caret goes just after it.
+            let caret = if whole {
+                column.min(shown.chars().count() + 1)
+            } else {
+                column
+            };
+            if caret <= shown.chars().count() + 1 {
+                problem.push_str(&format!("\n    {:gutter$} | {:>caret$}", "", "^"));
+            }
+        }
+        None => problem.push_str(&format!(
+            "\n    {line_number:>gutter$} | (not shown: it may hold a secret)"
+        )),
+    }
+    problem
 }
 
-/// A warning when the file holds a secret inline and others may read it.
-fn readable_by_others(path: &Path, text: &str) -> Option<String> {
+/// The part of `line` an error message may show: all of it, or only up to the `=` after
+/// a secret's key name; `None` inside a multi-line string, which may be a secret.
+fn quotable<'a>(before: &str, line: &'a str) -> Option<&'a str> {
+    const MAX: usize = 160;
+    let in_multiline = |quotes: &str| before.matches(quotes).count() % 2 == 1;
+    if in_multiline("\"\"\"") || in_multiline("'''") {
+        return None;
+    }
+    let lower = line.to_ascii_lowercase();
+    let secret_name = ["api_key", "api_token"]
+        .iter()
+        .filter_map(|name| lower.find(name).map(|at| at + name.len()))
+        .min();
+    let end = match secret_name {
+        Some(name_end) => line[name_end..]
+            .find('=')
+            .map_or(name_end, |eq| name_end + eq + 1),
+        None => line.len(),
+    };
+    let end = (0..=end.min(MAX))
+        .rev()
+        .find(|&i| line.is_char_boundary(i))
+        .unwrap_or(0);
+    Some(&line[..end])
+}
+
+/// Environment lookups. systemd credentials are read by [`Config::parse`] from the
+/// directory named by `CREDENTIALS_DIRECTORY`, looked up here too.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A warning when group or others may read the file at `path`, which holds a secret.
+fn readable_by_others(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let holds_secret = text.lines().any(|line| {
-        let line = line.trim_start();
-        (line.starts_with("api_key") || line.starts_with("api_token"))
-            && !line.starts_with("api_key_file")
-            && !line.starts_with("api_token_file")
-    });
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (holds_secret && mode & 0o077 != 0).then(|| {
+    (mode & 0o077 != 0).then(|| {
         format!(
             "{} holds a secret and is readable by group or others (mode {:o}): chmod 600 it",
             path.display(),
@@ -320,25 +480,73 @@ fn read_log(s: &mut Section<'_>) -> LogConfig {
             LogFormat::Text
         }
     };
-    LogConfig {
-        format,
-        level: s.string("level", "info"),
+    let level = s.string("level", "info");
+    if let Err(why) = check_log_filter(&level) {
+        s.problem(
+            "level",
+            &format!(
+                "{level:?} is not a log level or tracing filter ({why}): expected trace, debug, \
+                 info, warn, error or off, or a filter like \"cfbouncer=debug,info\" \
+                 (a target alone needs its level: \"cfbouncer=trace\")"
+            ),
+        );
     }
+    LogConfig { format, level }
 }
 
-fn read_safety(s: &mut Section<'_>) -> SafetyConfig {
+/// Whether `filter` is a tracing filter that logs what it seems to say. A bare word
+/// that is not a level parses as a target and would silence every other log, so a
+/// typo like `warning` is refused; so is an empty filter, which logs nothing.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::LevelFilter;
+    if filter.trim().is_empty() {
+        return Err("it is empty; \"off\" turns logs off".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|err| err.to_string())?;
+    let directives = filter.split(',').map(str::trim).filter(|d| !d.is_empty());
+    for directive in directives {
+        if !directive.contains(['=', '[']) && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!("{directive:?} is neither a level nor TARGET=LEVEL"));
+        }
+    }
+    Ok(())
+}
+
+fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig {
     let mut allowlist = Vec::new();
     for text in s.strings("allowlist", &[]) {
         let parsed = text
             .parse::<ipnet::IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => allowlist.push(net.trunc()),
-            Err(_) => s.problem(
+        let net = match parsed {
+            Ok(net) => net,
+            Err(_) => {
+                s.problem(
+                    "allowlist",
+                    &format!("{text:?} is not an IP address or CIDR"),
+                );
+                continue;
+            }
+        };
+        if net.prefix_len() == 0 {
+            let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+            s.problem(
                 "allowlist",
-                &format!("{text:?} is not an IP address or CIDR"),
-            ),
+                &format!(
+                    "{text:?} covers every {family} address, so nothing would ever be pushed \
+                     for {family}: remove it and list only the networks to keep unblocked"
+                ),
+            );
+            continue;
         }
+        let masked = net.trunc();
+        if masked != net {
+            warnings.push(format!(
+                "safety.allowlist: {text:?} has host bits set; it is read as {masked} \
+                 (write \"{masked}\" to silence this warning)"
+            ));
+        }
+        allowlist.push(masked);
     }
     SafetyConfig {
         allowlist,
@@ -368,8 +576,8 @@ fn read_crowdsec(
             "set both (client certificate and its key) or neither",
         );
     }
-    let api_key = s.secret("api_key", ENV_LAPI_KEY, env);
-    if api_key.is_none() && cert_path.is_none() {
+    let api_key = s.secret(&LAPI_KEY, env);
+    if matches!(api_key, SecretRead::Absent) && cert_path.is_none() {
         s.problem(
             "api_key",
             &format!(
@@ -388,28 +596,32 @@ fn read_crowdsec(
         s.problem("decision_types", "must not be empty; use [\"ban\"]");
     }
     // Read every key before returning, so unread keys are not reported as unknown.
-    let update_frequency = s.duration("update_frequency", "10s", Duration::from_millis(100));
+    let update_frequency = s.duration(
+        "update_frequency",
+        "10s",
+        Duration::from_millis(100),
+        MAX_UPDATE_FREQUENCY,
+    );
     let origins = s.strings("origins", &[]);
     let scenarios_containing = s.strings("scenarios_containing", &[]);
     let scenarios_not_containing = s.strings("scenarios_not_containing", &[]);
     let ca_cert_path = s.opt_path("ca_cert_path");
     let insecure_skip_verify = s.bool("insecure_skip_verify", false);
-    let request_timeout = s.duration("request_timeout", "2m", Duration::from_secs(1));
-    let usage_metrics_interval = s.duration("usage_metrics_interval", "30m", Duration::ZERO);
-    let usage_metrics_interval = match usage_metrics_interval {
-        Duration::ZERO => None,
-        d if d < Duration::from_secs(600) => {
-            s.problem(
-                "usage_metrics_interval",
-                "the minimum is \"10m\" (or \"0s\" to disable)",
-            );
-            None
-        }
-        d => Some(d),
-    };
+    let request_timeout = s.duration(
+        "request_timeout",
+        "2m",
+        Duration::from_secs(1),
+        MAX_REQUEST_TIMEOUT,
+    );
+    let usage_metrics_interval = s.duration_or_off(
+        "usage_metrics_interval",
+        "30m",
+        Duration::from_secs(600),
+        Duration::from_secs(86_400),
+    );
     Some(CrowdsecConfig {
         api_url: api_url?,
-        api_key,
+        api_key: api_key.found(),
         update_frequency,
         decision_types,
         scopes,
@@ -432,8 +644,8 @@ fn read_cloudflare(
     let api_url = s
         .url("api_url", "https://api.cloudflare.com/client/v4")
         .map(|url| url.trim_end_matches('/').to_owned());
-    let api_token = s.secret("api_token", ENV_CF_TOKEN, env);
-    if api_token.is_none() {
+    let api_token = s.secret(&CF_TOKEN, env);
+    if matches!(api_token, SecretRead::Absent) {
         s.problem(
             "api_token",
             &format!(
@@ -482,9 +694,25 @@ fn read_cloudflare(
     };
     let batch_size = s.uint("batch_size", 1000, 1, 10_000);
     let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
-    let request_timeout = s.duration("request_timeout", "30s", Duration::from_secs(1));
+    let request_timeout = s.duration(
+        "request_timeout",
+        "30s",
+        Duration::from_secs(1),
+        MAX_REQUEST_TIMEOUT,
+    );
     let capacity = s.uint("capacity", 10_000, 1, 10_000_000) as usize;
-    let origin_priority = s.strings("origin_priority", &["cscli", "crowdsec", "lists", "CAPI"]);
+    // A person's decisions first (cscli, the console), then the engine's, then lists.
+    let origin_priority = s.strings(
+        "origin_priority",
+        &[
+            "cscli",
+            "console",
+            "crowdsec",
+            "lists",
+            "remediation_sync",
+            "CAPI",
+        ],
+    );
     let manage = match s.string("manage", "all").as_str() {
         "all" => Manage::All,
         "tagged" => Manage::Tagged,
@@ -506,7 +734,7 @@ fn read_cloudflare(
     let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
     Some(CloudflareConfig {
         api_url: api_url?,
-        api_token: api_token?,
+        api_token: api_token.found()?,
         account_id,
         list: list?,
         batch_size: batch_size as usize,
@@ -525,6 +753,61 @@ fn is_list_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Why `text` is not a usable base URL; `example` is the key's default. The URL is
+/// quoted without any user name or password.
+fn check_base_url(text: &str, example: &str) -> Result<(), String> {
+    let shown = without_userinfo(text);
+    if text.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must not contain spaces or control characters: found {shown:?}"
+        ));
+    }
+    if !(text.starts_with("http://") || text.starts_with("https://")) {
+        return Err(format!(
+            "expected an http:// or https:// URL, found {shown:?}"
+        ));
+    }
+    let url = url::Url::parse(text).map_err(|err| {
+        format!("{shown:?} is not a valid URL ({err}): expected one like {example:?}")
+    })?;
+    if url.host().is_none() {
+        return Err(format!(
+            "{shown:?} has no host: expected one like {example:?}"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry a user name or password (they would show in logs): remove the \
+             part before `@`; the bouncer authenticates with api_key or api_token"
+                .to_owned(),
+        );
+    }
+    if url.query().is_some() {
+        return Err(format!(
+            "must not have a query (`?...`): remove it from {shown:?}"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "must not have a fragment (`#...`): remove it from {shown:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// `text` with anything before an `@` in its authority replaced by `...`.
+fn without_userinfo(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}...@{}", &rest[at + 1..]),
+        None => text.to_owned(),
+    }
 }
 
 /// One `[section]` being read: typed getters that record problems instead of failing,
@@ -580,21 +863,38 @@ impl<'p> Section<'p> {
         }
     }
 
+    /// A string, or `None` when the key is absent (or not a string: a problem).
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.table.remove(key) {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
     fn opt_path(&mut self, key: &str) -> Option<PathBuf> {
         let value = self.string(key, "");
         (!value.is_empty()).then(|| PathBuf::from(value))
     }
 
+    /// A base URL, kept as written (callers normalise its trailing `/`): http or https,
+    /// with a host, and without what does not belong in a base URL: a user name or
+    /// password (they would show in logs), a query or a fragment.
     fn url(&mut self, key: &str, default: &str) -> Option<String> {
-        let url = self.string(key, default);
-        if url.starts_with("http://") || url.starts_with("https://") {
-            return Some(url);
+        let text = self.string(key, default);
+        match check_base_url(&text, default) {
+            Ok(()) => Some(text),
+            Err(why) => {
+                self.problem(key, &why);
+                None
+            }
         }
-        self.problem(
-            key,
-            &format!("expected an http:// or https:// URL, found {url:?}"),
-        );
-        None
     }
 
     fn bool(&mut self, key: &str, default: bool) -> bool {
@@ -675,60 +975,180 @@ impl<'p> Section<'p> {
         }
     }
 
-    fn duration(&mut self, key: &str, default: &str, min: Duration) -> Duration {
+    /// A duration from `min` to `max`.
+    fn duration(&mut self, key: &str, default: &str, min: Duration, max: Duration) -> Duration {
+        let range = format!("between {} and {}", godur::format(min), godur::format(max));
+        self.bounded_duration(key, default, |d| (min..=max).contains(&d), &range)
+            .unwrap_or(min)
+    }
+
+    /// A duration from `min` to `max`, or `0s` for off (`None`).
+    fn duration_or_off(
+        &mut self,
+        key: &str,
+        default: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let range = format!(
+            "between {} and {}, or \"0s\" to turn it off",
+            godur::format(min),
+            godur::format(max)
+        );
+        let within = |d: Duration| d.is_zero() || (min..=max).contains(&d);
+        let d = self.bounded_duration(key, default, within, &range)?;
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// A duration accepted by `within`, else the default (`None` if that is refused too).
+    fn bounded_duration(
+        &mut self,
+        key: &str,
+        default: &str,
+        within: impl Fn(Duration) -> bool,
+        range: &str,
+    ) -> Option<Duration> {
         let text = self.string(key, default);
+        let default = godur::parse_std(default).ok().filter(|&d| within(d));
         match godur::parse_std(&text) {
-            Ok(d) if d >= min => d,
-            Ok(_) => {
-                self.problem(
-                    key,
-                    &format!(
-                        "{text:?} is too short: the minimum is {}",
-                        godur::format(min)
-                    ),
-                );
-                godur::parse_std(default).unwrap_or(min)
+            Ok(d) if within(d) => Some(d),
+            Ok(d) => {
+                let word = match default {
+                    Some(default) if d < default => "too short",
+                    _ => "too long",
+                };
+                self.problem(key, &format!("{text:?} is {word}: expected {range}"));
+                default
             }
             Err(err) => {
                 self.problem(key, &err.to_string());
-                godur::parse_std(default).unwrap_or(min)
+                default
             }
         }
     }
 
-    /// A secret from `env_name`, else `<key>` inline, else the file named by `<key>_file`.
-    fn secret(
-        &mut self,
-        key: &str,
-        env_name: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Option<Secret> {
-        let inline = self.string(key, "");
+    /// A secret from its environment variable, else its systemd credential, else
+    /// `<key>` inline, else the file named by `<key>_file`. Surrounding whitespace (a
+    /// file's final line break) is trimmed; a blank value or one holding a control
+    /// character is refused.
+    fn secret(&mut self, spec: &SecretSpec, env: &dyn Fn(&str) -> Option<String>) -> SecretRead {
+        let key = spec.key;
+        let inline = self.opt_string(key);
         let file_key = format!("{key}_file");
-        let file = self.string(&file_key, "");
-        if !inline.is_empty() && !file.is_empty() {
+        let file = self.opt_string(&file_key).filter(|f| !f.is_empty());
+        if inline.is_some() && file.is_some() {
             self.problem(&format!("{key} and {file_key}"), "set only one of them");
         }
-        if let Some(value) = env(env_name).filter(|v| !v.trim().is_empty()) {
-            return Some(Secret::new(value.trim()));
+        if let Some(value) = env(spec.env) {
+            return self.check_secret(spec, &value, &SecretSource::Env);
         }
-        if !inline.is_empty() {
-            return Some(Secret::new(inline.trim()));
-        }
-        if file.is_empty() {
-            return None;
-        }
-        match std::fs::read_to_string(&file) {
-            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
-            Ok(_) => {
-                self.problem(&file_key, &format!("{file} is empty"));
-                None
+        if let Some(dir) = env(ENV_CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty()) {
+            let path = Path::new(&dir).join(spec.credential);
+            match std::fs::read_to_string(&path) {
+                Ok(value) => {
+                    return self.check_secret(spec, &value, &SecretSource::Credential(path))
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    self.problem(
+                        key,
+                        &format!(
+                            "cannot read the systemd credential {} ({}): {err}",
+                            spec.credential,
+                            path.display()
+                        ),
+                    );
+                    return SecretRead::Refused;
+                }
             }
+        }
+        if let Some(value) = inline {
+            return self.check_secret(spec, &value, &SecretSource::Inline);
+        }
+        let Some(file) = file else {
+            return SecretRead::Absent;
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(value) => self.check_secret(spec, &value, &SecretSource::File(file)),
             Err(err) => {
                 self.problem(&file_key, &format!("cannot read {file}: {err}"));
-                None
+                SecretRead::Refused
             }
         }
+    }
+
+    /// Refuses a blank secret or one with a control character, naming where it came from.
+    fn check_secret(
+        &mut self,
+        spec: &SecretSpec,
+        value: &str,
+        source: &SecretSource,
+    ) -> SecretRead {
+        let value = value.trim();
+        let blank = value.is_empty();
+        if !blank && !value.chars().any(char::is_control) {
+            return SecretRead::Found(Secret::new(value));
+        }
+        let (key, what) = (spec.key, spec.what);
+        let file_key = format!("{key}_file");
+        let (key, message) = match (source, blank) {
+            (SecretSource::Env, true) => (
+                key,
+                format!(
+                    "env {} is set but blank: set it to {what}, or unset it",
+                    spec.env
+                ),
+            ),
+            (SecretSource::Env, false) => (
+                key,
+                format!(
+                    "the value of env {} contains a control character (a line break inside it?): \
+                     set it to {what} alone",
+                    spec.env
+                ),
+            ),
+            (SecretSource::Credential(path), true) => (
+                key,
+                format!(
+                    "the systemd credential {} ({}) is blank: put {what} in it",
+                    spec.credential,
+                    path.display()
+                ),
+            ),
+            (SecretSource::Credential(path), false) => (
+                key,
+                format!(
+                    "the systemd credential {} ({}) contains a control character \
+                     (a line break inside it?): it must hold {what} alone, on one line",
+                    spec.credential,
+                    path.display()
+                ),
+            ),
+            (SecretSource::Inline, true) => (
+                key,
+                format!("is blank: put {what} in it, or remove the line"),
+            ),
+            (SecretSource::Inline, false) => (
+                key,
+                format!(
+                    "contains a control character (a line break or \\u escape inside it?): \
+                     put {what} alone in the string"
+                ),
+            ),
+            (SecretSource::File(file), true) => (
+                file_key.as_str(),
+                format!("{file} is blank: put {what} in it"),
+            ),
+            (SecretSource::File(file), false) => (
+                file_key.as_str(),
+                format!(
+                    "{file} contains a control character (a line break inside it?): \
+                     it must hold {what} alone, on one line"
+                ),
+            ),
+        };
+        self.problem(key, &message);
+        SecretRead::Refused
     }
 }
 

@@ -58,8 +58,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
-    for warning in &config.warnings {
+    let logging_warning = init_logging(&config.log);
+    for warning in logging_warning.iter().chain(&config.warnings) {
         warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -85,10 +85,27 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| "info".into());
+/// Logs go to stderr, filtered by `RUST_LOG` when it is set, else by `log.level` (valid:
+/// the configuration checked it). Returns a warning when `RUST_LOG` is not a valid filter.
+fn init_logging(log: &LogConfig) -> Option<String> {
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .map(|value| EnvFilter::try_new(&value));
+    let (filter, ignored) = match from_env {
+        Some(Ok(filter)) => (filter, None),
+        other => {
+            let ignored = other.and_then(Result::err).map(|err| {
+                format!(
+                    "RUST_LOG is not a valid filter ({err}); using log.level {:?} instead",
+                    log.level
+                )
+            });
+            let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| "info".into());
+            (filter, ignored)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -96,6 +113,7 @@ fn init_logging(log: &LogConfig) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
+    ignored
 }
 
 async fn run(config: Config) -> ExitCode {

@@ -68,9 +68,16 @@ impl Policy {
             min_ipv4_prefix: 16,
             min_ipv6_prefix: 32,
             allowlist: Vec::new(),
-            origin_priority: ["cscli", "crowdsec", "lists", "CAPI"]
-                .map(String::from)
-                .to_vec(),
+            origin_priority: [
+                "cscli",
+                "console",
+                "crowdsec",
+                "lists",
+                "remediation_sync",
+                "CAPI",
+            ]
+            .map(String::from)
+            .to_vec(),
             manage_all: true,
             tag: "crowdsec".into(),
             mass_removal_share: 0.5,
@@ -644,19 +651,29 @@ impl SyncState {
         (adds, pending.len() - adds)
     }
 
-    /// Active decisions by origin (cscli, crowdsec, lists, CAPI, other) and IP type.
+    /// Active decisions by origin (cscli, console, crowdsec, lists, remediation_sync,
+    /// CAPI, other) and IP type.
     pub fn active_by_origin(&self) -> Vec<(&'static str, &'static str, usize)> {
-        const ORIGINS: [&str; 5] = ["cscli", "crowdsec", "lists", "CAPI", "other"];
+        const ORIGINS: [&str; 7] = [
+            "cscli",
+            "console",
+            "crowdsec",
+            "lists",
+            "remediation_sync",
+            "CAPI",
+            "other",
+        ];
+        const OTHER: usize = ORIGINS.len() - 1;
         let class = |origin: &str| {
-            ORIGINS[..4]
+            ORIGINS[..OTHER]
                 .iter()
                 .position(|o| origin_matches(origin, o))
-                .unwrap_or(4)
+                .unwrap_or(OTHER)
         };
         let classes: Vec<usize> = self.desired.labels.all().map(class).collect();
-        let mut counts = [[0usize; 2]; 5];
+        let mut counts = [[0usize; 2]; ORIGINS.len()];
         for (origin, ipv6) in self.desired.decisions() {
-            let origin = classes.get(origin as usize).copied().unwrap_or(4);
+            let origin = classes.get(origin as usize).copied().unwrap_or(OTHER);
             counts[origin][usize::from(ipv6)] += 1;
         }
         let mut out = Vec::new();

@@ -142,3 +142,484 @@ fn bad_toml_is_reported() {
     let problems = Config::parse("[crowdsec\napi_key=", &no_env).expect_err("invalid");
     assert!(problems[0].starts_with("not valid TOML"), "{problems:?}");
 }
+
+/// `parse`'s problems for `text` with `env`, which must be refused.
+fn problems_of(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    Config::parse(text, env).expect_err("config is invalid")
+}
+
+#[test]
+fn blank_secrets_are_refused_naming_key_and_source() {
+    let blank_inline = MINIMAL.replace("\"lapi-key\"", "\"  \"");
+    let problems = problems_of(&blank_inline, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: is blank"),
+        "{problems:?}"
+    );
+
+    // With certificate auth the key is optional, but a blank one is still a mistake.
+    let with_cert = blank_inline.replace(
+        "[cloudflare]",
+        "cert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n[cloudflare]",
+    );
+    let problems = problems_of(&with_cert, &no_env);
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: is blank"),
+        "{problems:?}"
+    );
+
+    let env = |name: &str| (name == ENV_CF_TOKEN).then(|| " \t".to_owned());
+    let problems = problems_of(MINIMAL, &env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("cloudflare.api_token: env CLOUDFLARE_API_TOKEN is set but blank"),
+        "{problems:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(CREDENTIAL_LAPI_KEY), "\n").expect("write credential");
+    let credentials = dir.path().display().to_string();
+    let env = |name: &str| (name == ENV_CREDENTIALS_DIRECTORY).then(|| credentials.clone());
+    let problems = problems_of(MINIMAL, &env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("crowdsec.api_key: the systemd credential crowdsec_api_key"),
+        "{problems:?}"
+    );
+    assert!(problems[0].contains("is blank"), "{problems:?}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, " \n").expect("write token");
+    let text = MINIMAL.replace(
+        "api_token = \"cf-token\"",
+        &format!("api_token_file = \"{}\"", token_file.display()),
+    );
+    let problems = problems_of(&text, &no_env);
+    assert!(
+        problems[0].starts_with("cloudflare.api_token_file: ") && problems[0].contains("is blank"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn secrets_with_control_characters_are_refused_without_showing_them() {
+    let inline = MINIMAL.replace("\"cf-token\"", "\"cf-\\u0001token\"");
+    let problems = problems_of(&inline, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("cloudflare.api_token: contains a control character"),
+        "{problems:?}"
+    );
+    assert!(
+        !problems[0].contains("cf-"),
+        "never shows the value: {problems:?}"
+    );
+
+    let env = |name: &str| (name == ENV_LAPI_KEY).then(|| "secret-one\nsecret-two".to_owned());
+    let problems = problems_of(MINIMAL, &env);
+    assert!(
+        problems[0].starts_with(
+            "crowdsec.api_key: the value of env CROWDSEC_API_KEY contains a control character"
+        ),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("secret-"), "{problems:?}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(CREDENTIAL_CF_TOKEN), "s3cr\u{7f}et\n").expect("write");
+    let credentials = dir.path().display().to_string();
+    let env = |name: &str| (name == ENV_CREDENTIALS_DIRECTORY).then(|| credentials.clone());
+    let problems = problems_of(MINIMAL, &env);
+    assert!(
+        problems[0]
+            .starts_with("cloudflare.api_token: the systemd credential cloudflare_api_token")
+            && problems[0].contains("contains a control character"),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("s3cr"), "{problems:?}");
+
+    // The line break a file or credential usually ends with is not part of the secret.
+    std::fs::write(dir.path().join(CREDENTIAL_CF_TOKEN), "from-credential\r\n").expect("write");
+    let config = Config::parse(MINIMAL, &env).expect("valid");
+    assert_eq!(config.cloudflare.api_token.expose(), "from-credential");
+}
+
+fn with_safety(safety: &str) -> String {
+    format!("{MINIMAL}[safety]\n{safety}\n")
+}
+
+#[test]
+fn an_allowlist_entry_covering_everything_is_refused() {
+    for entry in ["0.0.0.0/0", "::/0", "10.1.2.3/0"] {
+        let problems = problems_of(&with_safety(&format!("allowlist = [\"{entry}\"]")), &no_env);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(&format!("safety.allowlist: \"{entry}\" covers every")),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains("nothing would ever be pushed"),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
+fn an_allowlist_network_with_host_bits_is_masked_with_a_warning() {
+    let text = with_safety("allowlist = [\"192.168.1.1/24\", \"10.0.0.0/8\", \"2001:db8::1\"]");
+    let config = Config::parse(&text, &no_env).expect("valid");
+    assert_eq!(
+        config.safety.allowlist,
+        ["192.168.1.0/24", "10.0.0.0/8", "2001:db8::1/128"]
+            .map(|n| n.parse::<ipnet::IpNet>().expect("test network"))
+    );
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].starts_with("safety.allowlist: \"192.168.1.1/24\" has host bits set")
+            && config.warnings[0].contains("192.168.1.0/24"),
+        "{:?}",
+        config.warnings
+    );
+}
+
+fn with_log_level(level: &str) -> String {
+    format!("{MINIMAL}[log]\nlevel = {level:?}\n")
+}
+
+#[test]
+fn log_levels_and_tracing_filters_are_accepted() {
+    for level in [
+        "trace",
+        "debug",
+        "info",
+        "warn",
+        "error",
+        "off",
+        "WARN",
+        "cfbouncer=debug,info",
+        "cfbouncer::engine=trace,reqwest=warn,info",
+    ] {
+        let config = Config::parse(&with_log_level(level), &no_env)
+            .unwrap_or_else(|problems| panic!("{level:?}: {problems:?}"));
+        assert_eq!(config.log.level, level);
+    }
+}
+
+#[test]
+fn an_invalid_log_level_names_the_key_and_the_accepted_values() {
+    // "warning" and "verbose" would parse as tracing targets and silence every log.
+    for level in [
+        "verbose",
+        "warning",
+        "cfbouncer=verbose",
+        "info,cfbouncer=loud",
+        "",
+        " ",
+    ] {
+        let problems = problems_of(&with_log_level(level), &no_env);
+        assert_eq!(problems.len(), 1, "{level:?}: {problems:#?}");
+        assert!(
+            problems[0].starts_with(&format!("log.level: {level:?} is not")),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].contains("trace, debug, info, warn, error or off")
+                && problems[0].contains("\"cfbouncer=debug,info\""),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_toml_shows_line_column_and_the_line() {
+    let text = "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\nupdate_frequency = 10s\n";
+    let problems = problems_of(text, &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let problem = &problems[0];
+    assert!(
+        problem.starts_with("not valid TOML at line 3, column 20: "),
+        "{problem}"
+    );
+    assert!(
+        problem.ends_with("\n    3 | update_frequency = 10s\n      |                    ^"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn bad_toml_in_a_file_names_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bouncer.toml");
+    std::fs::write(&path, "[crowdsec]\r\napi_url = \"x\r\n").expect("write");
+    let err = Config::load(&path).expect_err("invalid");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let want = format!("not valid TOML at {}:2:", path.display());
+    assert!(err.problems[0].starts_with(&want), "{err}");
+    assert!(
+        err.problems[0].ends_with("\n    2 | api_url = \"x\n      |             ^"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_toml_never_quotes_a_secret() {
+    for text in [
+        "[crowdsec]\napi_key = \"s3cret\n",
+        "[crowdsec]\n\"api_token\" = s3cret\n",
+        "[crowdsec]\napi_key s3cret\n",
+        "[crowdsec]\nx = \"\"\"\ns3cret = \"\n",
+    ] {
+        let problems = problems_of(text, &no_env);
+        assert!(
+            problems[0].starts_with("not valid TOML at line "),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("s3cret"), "{problems:?}");
+    }
+}
+
+/// `Config::load` of `text` written to a file of mode `mode` in `dir`.
+fn load_with_mode(dir: &Path, text: &str, mode: u32) -> Config {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("bouncer.toml");
+    std::fs::write(&path, text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    Config::load(&path).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn warns_readable(config: &Config) -> bool {
+    config
+        .warnings
+        .iter()
+        .any(|w| w.contains("holds a secret and is readable by group or others (mode 644)"))
+}
+
+#[test]
+fn a_readable_file_holding_a_secret_is_warned_about_however_the_key_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token\n").expect("write token");
+    let quoted = MINIMAL
+        .replace("api_key =", "\"api_key\" =")
+        .replace("api_token =", "'api_token' =");
+    let dotted = MINIMAL.replace("[crowdsec]\napi_key", "crowdsec.api_key");
+    let inline_table = format!(
+        "crowdsec = {{ api_key = \"lapi-key\" }}\n\
+         cloudflare = {{ api_token_file = \"{}\", account_id = \"0123456789abcdef0123456789abcdef\", list_name = \"l\" }}\n",
+        token_file.display()
+    );
+    for text in [MINIMAL, &quoted, &dotted, &inline_table] {
+        let config = load_with_mode(dir.path(), text, 0o644);
+        assert!(warns_readable(&config), "{text}: {:?}", config.warnings);
+        let config = load_with_mode(dir.path(), text, 0o600);
+        assert!(config.warnings.is_empty(), "{text}: {:?}", config.warnings);
+    }
+
+    // The secrets are elsewhere (a certificate, a file): nothing to warn about.
+    let no_secret = format!(
+        "[crowdsec]\ncert_path = \"/c.pem\"\nkey_path = \"/k.pem\"\n\
+         [cloudflare]\napi_token_file = \"{}\"\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+         list_name = \"l\"\n",
+        token_file.display()
+    );
+    let config = load_with_mode(dir.path(), &no_secret, 0o644);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+fn with_urls(lapi: &str, cloudflare: &str) -> String {
+    MINIMAL
+        .replace("[crowdsec]\n", &format!("[crowdsec]\napi_url = {lapi:?}\n"))
+        .replace(
+            "[cloudflare]\n",
+            &format!("[cloudflare]\napi_url = {cloudflare:?}\n"),
+        )
+}
+
+#[test]
+fn urls_keep_their_normalisation() {
+    for (lapi, want) in [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080/"),
+        (
+            "https://lapi.example:8443/prefix",
+            "https://lapi.example:8443/prefix/",
+        ),
+        ("http://[::1]:8080/", "http://[::1]:8080/"),
+    ] {
+        let text = with_urls(lapi, "https://api.cloudflare.com/client/v4/");
+        let config = Config::parse(&text, &no_env).unwrap_or_else(|p| panic!("{lapi}: {p:?}"));
+        assert_eq!(config.crowdsec.api_url, want);
+        assert_eq!(
+            config.cloudflare.api_url,
+            "https://api.cloudflare.com/client/v4"
+        );
+    }
+}
+
+#[test]
+fn urls_are_parsed_and_refused_naming_the_key_and_the_fix() {
+    let ok = "http://127.0.0.1:8080/";
+    for (url, want) in [
+        ("ftp://127.0.0.1/", "expected an http:// or https:// URL"),
+        ("http://", "not a valid URL"),
+        ("http://127.0.0.1:99999/", "not a valid URL"),
+        ("http://lapi^host/", "not a valid URL"),
+        ("http://lapi host/", "must not contain spaces"),
+        ("http://127.0.0.1:8080/?debug=1", "must not have a query"),
+        ("http://127.0.0.1:8080/#top", "must not have a fragment"),
+        (" http://127.0.0.1:8080/", "must not contain spaces"),
+    ] {
+        for (text, key) in [
+            (
+                with_urls(url, "https://api.cloudflare.com/client/v4"),
+                "crowdsec.api_url",
+            ),
+            (with_urls(ok, url), "cloudflare.api_url"),
+        ] {
+            let problems = problems_of(&text, &no_env);
+            assert_eq!(problems.len(), 1, "{url}: {problems:#?}");
+            assert!(
+                problems[0].starts_with(&format!("{key}: ")) && problems[0].contains(want),
+                "{url}: want {want:?} in {problems:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_url_with_credentials_is_refused_without_showing_them() {
+    for url in [
+        "http://bouncer:pa55word@127.0.0.1:8080/",
+        "https://pa55word@api.example/v4",
+    ] {
+        let problems = problems_of(
+            &with_urls(url, "https://api.cloudflare.com/client/v4"),
+            &no_env,
+        );
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("crowdsec.api_url: must not carry a user name or password"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("pa55word"), "{problems:?}");
+    }
+}
+
+/// Every duration key, its section, its bounds and the text they are written in.
+const DURATION_BOUNDS: [(&str, &str, Duration, Duration, &str); 6] = [
+    (
+        "crowdsec",
+        "update_frequency",
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        "between 100ms and 1m",
+    ),
+    (
+        "crowdsec",
+        "request_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        "between 1s and 10m",
+    ),
+    (
+        "crowdsec",
+        "usage_metrics_interval",
+        Duration::from_secs(600),
+        Duration::from_secs(86_400),
+        "between 10m and 24h, or \"0s\" to turn it off",
+    ),
+    (
+        "cloudflare",
+        "request_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        "between 1s and 10m",
+    ),
+    (
+        "sync",
+        "reconcile_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+        "between 1s and 168h",
+    ),
+    (
+        "sync",
+        "shutdown_grace",
+        Duration::ZERO,
+        Duration::from_secs(600),
+        "between 0s and 10m",
+    ),
+];
+
+fn with_key(section: &str, key: &str, value: &str) -> String {
+    let line = format!("{key} = {value:?}\n");
+    match section {
+        "crowdsec" | "cloudflare" => {
+            MINIMAL.replace(&format!("[{section}]\n"), &format!("[{section}]\n{line}"))
+        }
+        _ => format!("{MINIMAL}[{section}]\n{line}"),
+    }
+}
+
+fn duration_of(config: &Config, section: &str, key: &str) -> Option<Duration> {
+    match (section, key) {
+        ("crowdsec", "update_frequency") => Some(config.crowdsec.update_frequency),
+        ("crowdsec", "request_timeout") => Some(config.crowdsec.request_timeout),
+        ("crowdsec", "usage_metrics_interval") => config.crowdsec.usage_metrics_interval,
+        ("cloudflare", "request_timeout") => Some(config.cloudflare.request_timeout),
+        ("sync", "reconcile_interval") => Some(config.sync.reconcile_interval),
+        ("sync", "shutdown_grace") => Some(config.sync.shutdown_grace),
+        _ => panic!("unknown duration key {section}.{key}"),
+    }
+}
+
+#[test]
+fn durations_are_bounded_per_key() {
+    let defaults = Config::parse(MINIMAL, &no_env).expect("valid");
+    for (section, key, min, max, range) in DURATION_BOUNDS {
+        let default = duration_of(&defaults, section, key).expect("on by default");
+        assert!((min..=max).contains(&default), "{section}.{key} default");
+        for inside in [min, max] {
+            let text = with_key(section, key, &format!("{}ms", inside.as_millis()));
+            let config = Config::parse(&text, &no_env)
+                .unwrap_or_else(|p| panic!("{section}.{key} = {inside:?}: {p:?}"));
+            assert_eq!(duration_of(&config, section, key), Some(inside));
+        }
+        for (outside, word) in [
+            (format!("{}ms", max.as_millis() + 1), "too long"),
+            ("2562047h".to_owned(), "too long"),
+            (
+                format!("{}us", min.as_micros().saturating_sub(1)),
+                "too short",
+            ),
+        ] {
+            if min.is_zero() && word == "too short" {
+                continue;
+            }
+            let problems = problems_of(&with_key(section, key, &outside), &no_env);
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            let want = format!("{section}.{key}: {outside:?} is {word}: expected {range}");
+            assert_eq!(problems[0], want);
+        }
+    }
+    let off = with_key("crowdsec", "usage_metrics_interval", "0s");
+    let config = Config::parse(&off, &no_env).expect("valid");
+    assert_eq!(config.crowdsec.usage_metrics_interval, None);
+}
+
+#[test]
+fn origin_priority_defaults_rank_console_and_remediation_sync() {
+    let config = Config::parse(MINIMAL, &no_env).expect("valid");
+    let want = [
+        "cscli",
+        "console",
+        "crowdsec",
+        "lists",
+        "remediation_sync",
+        "CAPI",
+    ];
+    assert_eq!(config.cloudflare.origin_priority, want);
+    let policy = crate::state::Policy::new(vec!["ban".into()], 64);
+    assert_eq!(policy.origin_priority, want, "the state's default agrees");
+}

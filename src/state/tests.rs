@@ -640,3 +640,56 @@ fn a_quarantined_item_waits_for_the_next_list_read() {
     state.replace_list([(item(good), "b".repeat(32).into(), None)]);
     assert_eq!(adds(&drain(&mut state, 10)[0]), [bad.to_string()]);
 }
+
+#[test]
+fn active_decisions_have_a_label_per_known_origin() {
+    let mut state = primed(&[], &[]);
+    state.apply_delta(
+        [],
+        [
+            ban_from("1.0.0.1", "cscli", "4h"),
+            ban_from("1.0.0.2", "cscli-import", "4h"),
+            ban_from("1.0.0.3", "console", "4h"),
+            ban_from("1.0.0.4", "crowdsec", "4h"),
+            ban_from("1.0.0.5", "lists", "4h"),
+            ban_from("1.0.0.6", "remediation_sync", "4h"),
+            ban_from("1.0.0.7", "CAPI", "4h"),
+            ban_from("1.0.0.8", "somewhere-new", "4h"),
+            ban_from("2001:db8::1", "console", "4h"),
+        ],
+        Instant::now(),
+    );
+    let counts = state.active_by_origin();
+    let labels: Vec<&str> = counts
+        .iter()
+        .filter(|(_, ip_type, _)| *ip_type == "ipv4")
+        .map(|(origin, _, _)| *origin)
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "cscli",
+            "console",
+            "crowdsec",
+            "lists",
+            "remediation_sync",
+            "CAPI",
+            "other"
+        ]
+    );
+    let count = |origin: &str, ip_type: &str| {
+        counts
+            .iter()
+            .find(|(o, t, _)| *o == origin && *t == ip_type)
+            .map(|(_, _, n)| *n)
+    };
+    assert_eq!(
+        count("cscli", "ipv4"),
+        Some(2),
+        "cscli-import counts as cscli"
+    );
+    assert_eq!(count("console", "ipv4"), Some(1));
+    assert_eq!(count("console", "ipv6"), Some(1));
+    assert_eq!(count("remediation_sync", "ipv4"), Some(1));
+    assert_eq!(count("other", "ipv4"), Some(1));
+}
