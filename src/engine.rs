@@ -278,7 +278,9 @@ impl Engine {
     pub async fn once(self, token: CancellationToken) -> Result<OnceReport, Error> {
         let started = Instant::now();
         let list = self.find_list().await?;
-        self.pull(Pull::Full).await?;
+        // A snapshot, not a start-up pull: a daemon using the same key keeps its place
+        // in the stream.
+        self.pull(Pull::Full, Source::Snapshot).await?;
         self.read_list(&list.id).await?;
         self.hold_notice();
         self.confirm_removals().await?;
@@ -356,16 +358,25 @@ impl Engine {
         let frequency = self.config.crowdsec.update_frequency;
         let mut next_full = Instant::now();
         let mut failures = 0;
+        let mut started = false;
         loop {
             let pull = if Instant::now() >= next_full {
                 Pull::Full
             } else {
                 Pull::Delta
             };
+            // The first full pull starts the stream (it sets this key's `last_pull`); later
+            // ones, reconciles and recoveries, read a snapshot of the active decisions,
+            // which costs LAPI about half as much and leaves the stream where it is.
+            let source = if started {
+                Source::Snapshot
+            } else {
+                Source::Stream
+            };
             let result = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
-                result = self.pull(pull) => result,
+                result = self.pull(pull, source) => result,
             };
             if result.is_ok() {
                 self.hold_notice();
@@ -398,6 +409,7 @@ impl Engine {
                     }
                     failures = 0;
                     if pull == Pull::Full {
+                        started = true;
                         next_full = Instant::now() + self.config.sync.reconcile_interval;
                     }
                     frequency
@@ -493,7 +505,7 @@ impl Engine {
 
     /// One pull, applied to the state. A failed pull changes nothing: a full pull is
     /// parsed into a new desired state, swapped in only once the whole response is in.
-    async fn pull(&self, pull: Pull) -> Result<(), Error> {
+    async fn pull(&self, pull: Pull, source: Source) -> Result<(), Error> {
         let (n_new, n_deleted, size) = match pull {
             Pull::Full => {
                 let (policy, desired) = {
@@ -506,7 +518,10 @@ impl Engine {
                     now: Instant::now(),
                     new: 0,
                 };
-                let (sink, size) = self.lapi.stream_into(Pull::Full, sink).await?;
+                let (sink, size) = match source {
+                    Source::Stream => self.lapi.stream_into(Pull::Full, sink).await?,
+                    Source::Snapshot => self.lapi.active_into(None, sink).await?,
+                };
                 let mut state = self.shared.state();
                 state.replace_desired_with(sink.desired);
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
@@ -531,6 +546,7 @@ impl Engine {
         drop(state);
         match pull {
             Pull::Full => info!(
+                source = source.name(),
                 decisions = counts.decisions,
                 items = counts.desired_items,
                 left_out = counts.left_out,
@@ -570,6 +586,26 @@ impl StreamSink for Confirming {
     }
 
     fn deleted_decision(&mut self, _: DecisionRef<'_>) {}
+}
+
+/// Where a full pull reads LAPI's active decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `GET /v1/decisions/stream?startup=true`: sets the key's `last_pull`, so deltas
+    /// follow; also returns every expired decision still in the database.
+    Stream,
+    /// `GET /v1/decisions`: active decisions only, queried before LAPI answers, and the
+    /// stream's `last_pull` is left alone.
+    Snapshot,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Stream => "stream",
+            Source::Snapshot => "decisions",
+        }
+    }
 }
 
 /// A full pull being parsed straight into a new desired state.

@@ -71,6 +71,56 @@ pub struct LapiClient {
     filters: Vec<(&'static str, String)>,
     /// Longest wait for the next chunk of an answer.
     read_idle: Duration,
+    /// The stream's filters, for reads whose endpoint does not apply them.
+    filter: std::sync::Arc<Filter>,
+}
+
+/// The stream's filters (docs/lapi.md §4.5), applied to `GET /v1/decisions`'s answer.
+#[derive(Debug, Clone)]
+struct Filter {
+    /// Lowercase; `ip`, `range`, `country`, `as` match case-insensitively, others exactly.
+    scopes: Vec<String>,
+    origins: Vec<String>,
+    containing: Vec<String>,
+    not_containing: Vec<String>,
+}
+
+impl Filter {
+    fn matches(&self, d: &DecisionRef<'_>) -> bool {
+        let known = ["ip", "range", "country", "as"];
+        let scope_ok = self.scopes.iter().any(|s| {
+            if known.contains(&s.to_ascii_lowercase().as_str()) {
+                s.eq_ignore_ascii_case(d.scope)
+            } else {
+                s == d.scope
+            }
+        });
+        let scenario = d.scenario.to_lowercase();
+        scope_ok
+            && (self.origins.is_empty() || self.origins.iter().any(|o| o == d.origin))
+            && (self.containing.is_empty() || self.containing.iter().any(|c| scenario.contains(c)))
+            && !self.not_containing.iter().any(|c| scenario.contains(c))
+    }
+}
+
+/// A sink that sees only the decisions the stream would have sent.
+struct Filtered<S> {
+    sink: S,
+    filter: std::sync::Arc<Filter>,
+}
+
+impl<S: StreamSink> StreamSink for Filtered<S> {
+    fn new_decision(&mut self, decision: DecisionRef<'_>) {
+        if self.filter.matches(&decision) {
+            self.sink.new_decision(decision);
+        }
+    }
+
+    fn deleted_decision(&mut self, decision: DecisionRef<'_>) {
+        if self.filter.matches(&decision) {
+            self.sink.deleted_decision(decision);
+        }
+    }
 }
 
 /// Longest silence in the middle of an answer before the pull is given up (LAPI streams
@@ -181,6 +231,12 @@ impl LapiClient {
             api_key: config.api_key.clone(),
             filters,
             read_idle: config.request_timeout.min(READ_IDLE),
+            filter: std::sync::Arc::new(Filter {
+                scopes: config.scopes.clone(),
+                origins: config.origins.clone(),
+                containing: lower(&config.scenarios_containing),
+                not_containing: lower(&config.scenarios_not_containing),
+            }),
         })
     }
 
@@ -220,8 +276,9 @@ impl LapiClient {
         sink: S,
     ) -> Result<(S, u64), Error> {
         let url = self.stream_url.replace("/decisions/stream", "/decisions");
-        let filters = self.filters.iter().filter(|(name, _)| *name != "scopes");
-        let mut request = self.http.get(&url).query(&filters.collect::<Vec<_>>());
+        // This endpoint knows none of the stream's filters (all scopes, no dedup): the
+        // same filters are applied here, as the stream applies them.
+        let mut request = self.http.get(&url);
         if let Some(item) = item {
             let net = item.net();
             request = if net.prefix_len() == net.max_prefix_len() {
@@ -230,7 +287,12 @@ impl LapiClient {
                 request.query(&[("range", net.to_string()), ("contains", "false".into())])
             };
         }
-        self.read_into(request, &url, BodyShape::List, sink).await
+        let sink = Filtered {
+            sink,
+            filter: self.filter.clone(),
+        };
+        let (filtered, size) = self.read_into(request, &url, BodyShape::List, sink).await?;
+        Ok((filtered.sink, size))
     }
 
     /// Sends `request` and parses its answer into `sink` while it arrives.
@@ -692,6 +754,10 @@ impl<'a> Stream<'a> {
             self.wire.deleted.as_ref().map_or(0, Vec::len),
         )
     }
+}
+
+fn lower(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| v.to_lowercase()).collect()
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {

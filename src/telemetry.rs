@@ -208,6 +208,12 @@ impl Metrics {
             "1 when ready (see /readyz), else 0",
             metrics.ready.clone(),
         );
+        // Shown at 0 before the first confirming read, so a query finds them.
+        for outcome in ["removed", "kept"] {
+            let _ = metrics
+                .removal_confirmations
+                .get_or_create(&OutcomeLabels { outcome });
+        }
         Metrics {
             registry,
             ..metrics

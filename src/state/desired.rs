@@ -314,8 +314,12 @@ impl Desired {
         });
         (wanted.comment_origin, wanted.scenario) = (origin, scenario);
         if is_own && wanted.own == scope_kind {
-            // The own decision again (LAPI repeats them, or extended it).
-            (wanted.expires, wanted.origin) = (expires, origin);
+            // The own decision again: LAPI repeats them, extends them, and a snapshot
+            // (`GET /v1/decisions`, no dedup) lists every decision on the key. The
+            // longest-lived one counts, as LAPI's own dedup keeps it.
+            if expires >= wanted.expires {
+                (wanted.expires, wanted.origin) = (expires, origin);
+            }
             return None;
         }
         let active = Active { expires, origin };
@@ -325,7 +329,9 @@ impl Desired {
         };
         if wanted.others > 0 {
             if let Some(known) = self.others.get_mut(&key()) {
-                *known = active;
+                if active.expires >= known.expires {
+                    *known = active;
+                }
                 return None;
             }
         }
@@ -723,7 +729,11 @@ mod tests {
                         let d = decision(scope, kind, value, origin, &duration);
                         let at = epoch + Duration::from_secs(now);
                         let made = desired.insert(&policy, &d, at);
-                        model.insert((scope, kind, value), (now + secs, origin));
+                        // The longest-lived decision on a key counts.
+                        let entry = model.entry((scope, kind, value)).or_insert((0, origin));
+                        if now + secs >= entry.0 {
+                            *entry = (now + secs, origin);
+                        }
                         let item = Item::from_decision(VALUES[value], 64).unwrap();
                         prop_assert_eq!(made, (!before.contains(&item)).then_some(item));
                     }
@@ -775,10 +785,14 @@ mod tests {
             let flipped = desired.admit(capacity, &ranks, true);
             prop_assert_eq!(flipped.len(), desired.admitted_count(), "all were unmarked before");
 
-            // The latest insert of each (scope, value) is the live decision.
+            // The longest-lived insert of each (scope, value) is the live decision (the
+            // latest among equals).
             let mut live = BTreeMap::new();
             for &(scope, value, origin, secs) in &ops {
-                live.insert((scope, value), (origin, secs));
+                let entry = live.entry((scope, value)).or_insert((origin, secs));
+                if secs >= entry.1 {
+                    *entry = (origin, secs);
+                }
             }
             let mut ranked: Vec<(usize, std::cmp::Reverse<u64>, Item)> = live
                 .iter()

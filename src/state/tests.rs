@@ -693,3 +693,25 @@ fn active_decisions_have_a_label_per_known_origin() {
     assert_eq!(count("remediation_sync", "ipv4"), Some(1));
     assert_eq!(count("other", "ipv4"), Some(1));
 }
+
+#[test]
+fn the_longest_decision_on_a_key_counts() {
+    // A snapshot of active decisions is not deduplicated: a short decision listed after
+    // a long one on the same key must not shorten it.
+    let mut state = primed(&[], &[]);
+    let now = Instant::now();
+    let mut short = ban("1.1.1.1");
+    short.duration = "1s";
+    let mut short_v6 = ban("2001:db8::5");
+    short_v6.duration = "1s";
+    state.apply_delta(
+        [],
+        [ban("1.1.1.1"), short, ban("2001:db8::5"), short_v6],
+        now,
+    );
+    state.expire(now + std::time::Duration::from_secs(5));
+    assert_eq!(
+        state.desired_items(),
+        [item("1.1.1.1"), item("2001:db8::/64")]
+    );
+}
