@@ -18,11 +18,13 @@ async fn behind_proxy(name: &str) -> (World, FaultProxy) {
 }
 
 fn full_pulls(proxy: &FaultProxy) -> usize {
-    proxy
+    let streamed = proxy
         .stream_requests()
         .iter()
         .filter(|q| q.contains("startup=true"))
-        .count()
+        .count();
+    // Full pulls after the first read a snapshot of the active decisions.
+    streamed + proxy.snapshots() as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

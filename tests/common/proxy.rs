@@ -43,6 +43,8 @@ use tokio::task::JoinHandle;
 
 /// The path whose requests [`FaultProxy::stream_requests`] records.
 const STREAM_PATH: &str = "/v1/decisions/stream";
+/// The live endpoint; unfiltered, it answers every active decision.
+const SNAPSHOT_PATH: &str = "/v1/decisions";
 /// The path [`Fault::UsageMetrics`] answers (LAPI 1.6.3+, shared/docs/lapi.md §9.2).
 const USAGE_METRICS_PATH: &str = "/v1/usage-metrics";
 /// How many decisions LAPI 1.7.8 reads per database query of a stream (shared/docs/lapi.md §9.1).
@@ -261,6 +263,8 @@ struct FaultState {
     requests: u64,
     faulted: u64,
     stream_requests: Vec<String>,
+    /// `GET /v1/decisions` with no filter: every active decision (a snapshot pull).
+    snapshots: u64,
     /// Full pulls [`Fault::CutStartup`] cut.
     cut_pulls: u64,
     /// Payloads [`Fault::UsageMetrics`] accepted.
@@ -285,6 +289,7 @@ impl FaultProxy {
                 requests: 0,
                 faulted: 0,
                 stream_requests: Vec::new(),
+                snapshots: 0,
                 cut_pulls: 0,
                 usage_metrics: Vec::new(),
             }),
@@ -355,6 +360,11 @@ impl FaultProxy {
     pub fn stream_requests(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().stream_requests.clone()
     }
+
+    /// Unfiltered `GET /v1/decisions` requests received: full pulls read as a snapshot.
+    pub fn snapshots(&self) -> u64 {
+        self.shared.state.lock().unwrap().snapshots
+    }
 }
 
 impl Drop for FaultProxy {
@@ -370,6 +380,8 @@ impl FaultState {
         if uri.path() == STREAM_PATH {
             let pq = uri.path_and_query().map_or(STREAM_PATH, |pq| pq.as_str());
             self.stream_requests.push(pq.to_string());
+        } else if uri.path() == SNAPSHOT_PATH && uri.query().is_none_or(str::is_empty) {
+            self.snapshots += 1;
         }
         let fault = match self.temporary.take() {
             Some((fault, left)) if fault.applies_to(target) => {
