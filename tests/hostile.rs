@@ -1,0 +1,149 @@
+//! Hostile and broken peers: redirects, absurd `Retry-After`, huge answers, endless
+//! pagination, a predecessor killed mid-operation, a LAPI that stalls mid-answer, TLS
+//! set up wrong, and decisions on addresses no client ever has. Each peer is a fake
+//! written here (or the emulator, or a real LAPI); each test asserts what the bouncer
+//! does about it.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::bin::{output, text};
+use common::hostile::{fake_lapi, free_port, get, Answer, Daemon, FakeServer, Rig, EMPTY_STREAM};
+use common::world::eventually;
+
+/// Items already on the list, which an empty full pull, if believed, would remove.
+const ON_THE_LIST: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
+
+/// Runs `check` with the configuration in `config`.
+async fn check(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = output(common::bin::command(&[
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "check",
+    ]))
+    .await;
+    (out.status.code(), text(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapi_redirect_is_never_followed_and_the_list_is_untouched() {
+    // Where the redirect points: an empty answer that would empty the list.
+    let capture = FakeServer::start(|_| Answer::json(200, EMPTY_STREAM)).await;
+    let location = format!("{}v1/decisions/stream", capture.url());
+    let fake = FakeServer::start({
+        let location = location.clone();
+        move |_| Answer::redirect(302, &location)
+    })
+    .await;
+    let mut rig = Rig::start(&fake.url()).await;
+    for ip in ON_THE_LIST {
+        rig.cf
+            .insert_item(&rig.list_id, ip, Some("crowdsec cscli: manual ban"));
+    }
+    let port = free_port();
+    rig.admin_listen = format!("127.0.0.1:{port}");
+    let config = rig.config_file();
+    let daemon = Daemon::start(&config);
+
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let last = Mutex::new((0, String::new()));
+    let named = eventually(Duration::from_secs(20), || async {
+        let got = get(&readyz).await;
+        let named = got.1.contains(&location) && got.1.contains("crowdsec.api_url");
+        *last.lock().expect("not poisoned") = got;
+        named && fake.seen().len() >= 2
+    })
+    .await;
+    let (status, reason) = last.into_inner().expect("not poisoned");
+    assert!(
+        named,
+        "/readyz names the redirect and crowdsec.api_url: {status} {reason}; \
+         capture saw {} requests; list {:?}",
+        capture.seen().len(),
+        rig.listed()
+    );
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        capture.seen().is_empty(),
+        "the redirect was followed: {:?}",
+        capture.seen()
+    );
+    assert_eq!(rig.listed(), ON_THE_LIST, "the list is untouched");
+    assert_eq!(rig.cf.counters().writes, 0, "nothing was written");
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("redirecting to {location}")) && log.contains("crowdsec.api_url"),
+        "{log}"
+    );
+    drop(daemon);
+
+    let (code, report) = check(&config).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("FAIL lapi"), "{report}");
+    assert!(report.contains(&location), "{report}");
+    assert!(report.contains("crowdsec.api_url"), "{report}");
+    assert!(capture.seen().is_empty(), "{:?}", capture.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloudflare_redirect_is_never_followed_and_the_token_stays_home() {
+    let capture = FakeServer::start(|_| {
+        Answer::json(
+            200,
+            r#"{"success":true,"errors":[],"messages":[],"result":[]}"#,
+        )
+    })
+    .await;
+    let capture_base = capture.base();
+    let fake_cf = FakeServer::start(move |seen| {
+        Answer::redirect(307, &format!("{capture_base}{}", seen.target))
+    })
+    .await;
+    let lapi = fake_lapi(|| Answer::json(200, EMPTY_STREAM)).await;
+    let mut rig = Rig::start(&lapi.url()).await;
+    rig.cloudflare_url = Some(format!("{}/client/v4", fake_cf.base()));
+    let config = rig.config_file();
+
+    let (code, report) = check(&config).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("FAIL cloudflare"), "{report}");
+    let location = format!(
+        "{}/client/v4/accounts/{}/rules/lists",
+        capture.base(),
+        rig.cf.account_id()
+    );
+    assert!(
+        report.contains(&format!("HTTP 307 redirecting to {location}")),
+        "{report}"
+    );
+    assert!(report.contains("cloudflare.api_url"), "{report}");
+
+    let once = output(common::bin::command(&[
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "once",
+    ]))
+    .await;
+    assert_eq!(once.status.code(), Some(1), "{}", text(&once));
+    assert!(
+        text(&once).contains("cloudflare.api_url"),
+        "{}",
+        text(&once)
+    );
+
+    assert!(
+        capture.seen().is_empty(),
+        "a request (and the token) followed the redirect: {:?}",
+        capture.seen()
+    );
+    let asked = fake_cf.seen();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|seen| seen.header("authorization").is_some()),
+        "the configured URL got the token, as it should: {asked:?}"
+    );
+}
