@@ -7,11 +7,12 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::bin::{output, text};
 use common::hostile::{fake_lapi, free_port, get, Answer, Daemon, FakeServer, Rig, EMPTY_STREAM};
-use common::world::eventually;
+use common::lapi::NewDecision;
+use common::world::{eventually, World};
 
 /// Items already on the list, which an empty full pull, if believed, would remove.
 const ON_THE_LIST: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
@@ -145,5 +146,70 @@ async fn a_cloudflare_redirect_is_never_followed_and_the_token_stays_home() {
             .iter()
             .all(|seen| seen.header("authorization").is_some()),
         "the configured URL got the token, as it should: {asked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_thirty_years_is_capped_and_sigterm_still_stops_in_the_grace() {
+    let mut world = World::start("t-hostile-retry-after").await;
+    let grace = Duration::from_secs(3);
+    world.sync_extra = "reconcile_interval = \"1h\"\nshutdown_grace = \"3s\"\n".into();
+    let port = free_port();
+    world.admin_listen = format!("127.0.0.1:{port}");
+    // Long enough that the 429 surely lands on a status poll of this operation.
+    world
+        .cf
+        .set_op_latency(Duration::from_secs(20), Duration::from_secs(20));
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("198.51.100.1")])
+        .await;
+    let mut daemon = Daemon::start(&world.config_file());
+    assert!(
+        eventually(Duration::from_secs(15), || std::future::ready(
+            world.cf.operation_pending()
+        ))
+        .await,
+        "an operation is pending: {}",
+        daemon.log()
+    );
+    // From now on every request gets 429 with `Retry-After: 1000000000`.
+    world
+        .cf
+        .set_rate_limit(Some(0), Duration::from_secs(1_000_000_000));
+    assert!(
+        eventually(Duration::from_secs(10), || std::future::ready(
+            world.cf.counters().rate_limited >= 1
+        ))
+        .await,
+        "a status poll was refused"
+    );
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let (status, body) = get(&healthz).await;
+        assert_eq!(status, 200, "/healthz while waiting out the 429: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let signalled = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    let log = daemon.log();
+    eprintln!("exit {took:?} after SIGTERM (shutdown_grace {grace:?})");
+    let status = status.unwrap_or_else(|| panic!("still running 15 s after SIGTERM: {log}"));
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "stopped within shutdown_grace + 2 s of the signal: {took:?}"
+    );
+    assert!(
+        log.contains("asked_s=1000000000 wait_s=300"),
+        "the capped wait is logged: {log}"
+    );
+    assert!(
+        log.contains("Retry-After is longer than the bouncer ever waits"),
+        "{log}"
     );
 }
