@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::bin::{output, text};
-use common::hostile::{fake_lapi, free_port, get, Answer, Daemon, FakeServer, Rig, EMPTY_STREAM};
+use common::hostile::{
+    fake_lapi, free_port, get, Answer, Body, Daemon, FakeServer, Rig, EMPTY_STREAM,
+};
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
 
@@ -212,4 +214,78 @@ async fn a_retry_after_of_thirty_years_is_capped_and_sigterm_still_stops_in_the_
         log.contains("Retry-After is longer than the bouncer ever waits"),
         "{log}"
     );
+}
+
+/// Peak memory the bouncer may take against a hostile LAPI.
+const MEMORY_BUDGET_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_150_mb_error_answer_costs_no_memory() {
+    let lapi = fake_lapi(|| {
+        Answer::with_body(
+            500,
+            Body::Filled {
+                head: b"internal error: ".to_vec(),
+                fill: b'e',
+                len: 150 << 20,
+                tail: Vec::new(),
+            },
+        )
+        .header("Content-Type", "text/plain")
+    })
+    .await;
+    let rig = Rig::start(&lapi.url()).await;
+    let daemon = Daemon::start(&rig.config_file());
+    let pulls = eventually(Duration::from_secs(40), || {
+        std::future::ready(lapi.finished() >= 3)
+    })
+    .await;
+    assert!(pulls, "three pulls were answered: {}", daemon.log());
+    let peak = daemon.peak_rss_kib();
+    eprintln!("peak RSS after 3 pulls of a 150 MB error answer: {peak} KiB");
+    assert!(
+        peak < MEMORY_BUDGET_KIB,
+        "peak RSS {peak} KiB against a 150 MB error answer"
+    );
+    let log = daemon.log();
+    assert!(log.contains("LAPI answered HTTP 500"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_scenario_costs_no_memory_and_its_ban_is_applied_with_a_cut_label() {
+    let lapi = fake_lapi(|| {
+        Answer::with_body(
+            200,
+            Body::Filled {
+                head: br#"{"new":[{"duration":"3h59m","id":1,"origin":"cscli","scope":"Ip","type":"ban","value":"203.0.113.50","scenario":""#.to_vec(),
+                fill: b's',
+                len: 50 << 20,
+                tail: br#""}],"deleted":null}"#.to_vec(),
+            },
+        )
+    })
+    .await;
+    let rig = Rig::start(&lapi.url()).await;
+    let daemon = Daemon::start(&rig.config_file());
+    let pulls = eventually(Duration::from_secs(40), || {
+        std::future::ready(lapi.finished() >= 3)
+    })
+    .await;
+    assert!(pulls, "three pulls were answered: {}", daemon.log());
+    let peak = daemon.peak_rss_kib();
+    eprintln!("peak RSS after 3 pulls with a 50 MB scenario: {peak} KiB");
+    assert!(
+        peak < MEMORY_BUDGET_KIB,
+        "peak RSS {peak} KiB against a 50 MB scenario"
+    );
+    let listed = eventually(Duration::from_secs(20), || {
+        std::future::ready(rig.listed() == ["203.0.113.50"])
+    })
+    .await;
+    assert!(listed, "the ban reached the list: {:?}", rig.listed());
+    let items = rig.cf.items(&rig.list_id);
+    let comment = items[0].comment.clone().unwrap_or_default();
+    assert!(comment.starts_with("crowdsec cscli: sss"), "{comment}");
+    let chars = comment.chars().count();
+    assert!((100..=500).contains(&chars), "a cut label: {chars} chars");
 }
