@@ -6,12 +6,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::bin::{output, text};
 use common::hostile::{
-    fake_lapi, free_port, get, Answer, Body, Daemon, FakeServer, Rig, EMPTY_STREAM,
+    fake_lapi, free_port, get, one_ban, Answer, Body, Daemon, FakeServer, Rig, EMPTY_STREAM,
 };
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
@@ -288,4 +289,101 @@ async fn a_50_mb_scenario_costs_no_memory_and_its_ban_is_applied_with_a_cut_labe
     assert!(comment.starts_with("crowdsec cscli: sss"), "{comment}");
     let chars = comment.chars().count();
     assert!((100..=500).contains(&chars), "a cut label: {chars} chars");
+}
+
+/// A fake Cloudflare account with one list of three items whose every page of items
+/// holds one item and the cursor `next(page)`; it refuses everything else with a 500.
+async fn paging_cloudflare(
+    account: &str,
+    next: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> FakeServer {
+    let lists = format!("/client/v4/accounts/{account}/rules/lists");
+    let items = format!("{lists}/{LIST_ID}/items");
+    let pages = AtomicUsize::new(0);
+    FakeServer::start(move |seen| {
+        if seen.method == "GET" && seen.path() == lists {
+            Answer::json(
+                200,
+                &format!(
+                    r#"{{"success":true,"errors":[],"messages":[],"result":[{{"id":"{LIST_ID}","name":"crowdsec_ban","kind":"ip","num_items":3}}]}}"#
+                ),
+            )
+        } else if seen.method == "GET" && seen.path() == items {
+            let page = pages.fetch_add(1, Ordering::SeqCst);
+            Answer::json(
+                200,
+                &format!(
+                    r#"{{"success":true,"errors":[],"messages":[],"result":[{{"id":"item{page}","ip":"192.0.2.{}","comment":"crowdsec cscli: x"}}],"result_info":{{"cursors":{{"after":"{}"}}}}}}"#,
+                    page % 250 + 1,
+                    next(page)
+                ),
+            )
+        } else {
+            Answer::json(
+                500,
+                r#"{"success":false,"errors":[{"code":10001,"message":"not here"}],"messages":[],"result":null}"#,
+            )
+        }
+    })
+    .await
+}
+
+const LIST_ID: &str = "2c0fc9fa937b11eaa1b71c4d701ab86e";
+
+/// Runs `once` against a paging fake; returns its output, how long it took, and what the
+/// fake was asked.
+async fn once_against(cf: &FakeServer, rig: &mut Rig) -> (String, Duration, Vec<String>) {
+    rig.cloudflare_url = Some(format!("{}/client/v4", cf.base()));
+    let config = rig.config_file();
+    let started = Instant::now();
+    let mut once = Daemon::spawn(&["-c", config.to_str().expect("utf-8 path"), "once"]);
+    let status = once.wait_exit(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    let asked: Vec<String> = cf
+        .seen()
+        .iter()
+        .map(|seen| format!("{} {}", seen.method, seen.path()))
+        .collect();
+    let reads = asked.iter().filter(|a| a.ends_with("/items")).count();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "`once` still reads after 20 s ({reads} page reads): {}",
+            once.log()
+        )
+    });
+    assert_eq!(status.code(), Some(1), "{}", once.log());
+    let writes: Vec<&String> = asked.iter().filter(|a| !a.starts_with("GET ")).collect();
+    assert!(writes.is_empty(), "nothing is written: {writes:?}");
+    (once.log(), took, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_read_whose_cursor_repeats_fails_at_once_and_writes_nothing() {
+    let lapi = fake_lapi(|| Answer::json(200, &one_ban("203.0.113.9"))).await;
+    let mut rig = Rig::start(&lapi.url()).await;
+    let cf = paging_cloudflare(&rig.cf.account_id(), |_| "the-same-cursor".into()).await;
+    let (log, took, asked) = once_against(&cf, &mut rig).await;
+    assert!(
+        log.contains("the pagination cursor repeated after 2 pages"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let reads = asked.iter().filter(|a| a.ends_with("/items")).count();
+    assert_eq!(reads, 2, "{asked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_read_whose_cursors_never_end_fails_and_writes_nothing() {
+    let lapi = fake_lapi(|| Answer::json(200, &one_ban("203.0.113.9"))).await;
+    let mut rig = Rig::start(&lapi.url()).await;
+    let cf = paging_cloudflare(&rig.cf.account_id(), |page| format!("cursor-{page}")).await;
+    let (log, took, asked) = once_against(&cf, &mut rig).await;
+    // Three items need one page: twice that and ten more is where the read gives up.
+    assert!(
+        log.contains("12 pages and more to come, far more than the list's size allows"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let reads = asked.iter().filter(|a| a.ends_with("/items")).count();
+    assert_eq!(reads, 12, "{asked:?}");
 }
