@@ -387,3 +387,73 @@ async fn a_list_read_whose_cursors_never_end_fails_and_writes_nothing() {
     let reads = asked.iter().filter(|a| a.ends_with("/items")).count();
     assert_eq!(reads, 12, "{asked:?}");
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_operation_then_restarted_reads_the_list_again_instead_of_writing_twice() {
+    let world = World::start("t-hostile-sigkill").await;
+    // The killed process's operation outlives its successor's start by far.
+    world
+        .cf
+        .set_op_latency(Duration::from_secs(4), Duration::from_secs(4));
+    let ips: Vec<String> = (1..=5).map(|i| format!("10.28.0.{i}")).collect();
+    let decisions: Vec<NewDecision> = ips.iter().map(|ip| NewDecision::ban_ip(ip)).collect();
+    world.lapi.add_decisions(&decisions).await;
+    let config = world.config_file();
+    let mut first = Daemon::start(&config);
+    assert!(
+        eventually(Duration::from_secs(15), || std::future::ready(
+            world.cf.operation_pending()
+        ))
+        .await,
+        "{}",
+        first.log()
+    );
+    first.sigkill();
+    let mut second = Daemon::start(&config);
+    // The successor's first write meets the operation it cannot know of: 429.
+    assert!(
+        eventually(Duration::from_secs(15), || std::future::ready(
+            world.cf.counters().rejected_writes >= 1
+        ))
+        .await,
+        "the successor's write was refused while the operation was pending: {:?}\n{}",
+        world.cf.counters(),
+        second.log()
+    );
+    // It waits that operation out, then reads the list (or, before the fix, writes again).
+    let reads = world.cf.counters().list_reads;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let counters = world.cf.counters();
+            std::future::ready(counters.list_reads > reads || counters.writes >= 2)
+        })
+        .await,
+        "{:?}\n{}",
+        world.cf.counters(),
+        second.log()
+    );
+    world.expect_list(&strs(&ips)).await;
+    // Give a second write, if one were coming, the time to come.
+    world
+        .expect_list_stays(&strs(&ips), Duration::from_secs(1))
+        .await;
+    second.sigterm();
+    let status = second.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        second.log()
+    );
+    let counters = world.cf.counters();
+    assert_eq!(
+        counters.writes, 1,
+        "only the killed process's write was accepted: nothing was written twice: {counters:?}"
+    );
+    assert_eq!(counters.item_changes, 5, "{counters:?}");
+    assert_eq!(counters.writes_while_pending, 1, "{counters:?}");
+    assert_eq!(counters.per_page_over_max, 0);
+}
