@@ -457,3 +457,36 @@ async fn killed_mid_operation_then_restarted_reads_the_list_again_instead_of_wri
     assert_eq!(counters.writes_while_pending, 1, "{counters:?}");
     assert_eq!(counters.per_page_over_max, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapi_that_stalls_mid_answer_fails_the_pull_after_30s() {
+    let lapi = fake_lapi(|| {
+        Answer::with_body(
+            200,
+            Body::Stall {
+                head: br#"{"new":[{"duration":"3h59m","#.to_vec(),
+                hold: Duration::from_secs(150),
+            },
+        )
+    })
+    .await;
+    let mut rig = Rig::start(&lapi.url()).await;
+    rig.crowdsec_extra = "request_timeout = \"120s\"\n".into();
+    let config = rig.config_file();
+    let started = Instant::now();
+    let mut once = Daemon::spawn(&["-c", config.to_str().expect("utf-8 path"), "once"]);
+    let status = once.wait_exit(Duration::from_secs(50)).await;
+    let took = started.elapsed();
+    eprintln!("the stalled pull failed after {took:?}");
+    let log = once.log();
+    let status = status.unwrap_or_else(|| panic!("still waiting after 50 s: {log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(45),
+        "{took:?}: {log}"
+    );
+    assert!(log.contains("sent nothing for 30s"), "{log}");
+    assert!(log.contains("timed out"), "{log}");
+    assert!(!log.contains("error decoding response body"), "{log}");
+    assert_eq!(lapi.seen().len(), 1, "one pull");
+}
