@@ -490,3 +490,49 @@ async fn a_lapi_that_stalls_mid_answer_fails_the_pull_after_30s() {
     assert!(!log.contains("error decoding response body"), "{log}");
     assert_eq!(lapi.seen().len(), 1, "one pull");
 }
+
+/// The value of a metric line `name{labels} value` in an exposition.
+fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_on_addresses_no_client_has_never_reach_the_list_and_are_counted() {
+    let world = World::start("t-hostile-not-a-client").await;
+    let never = [
+        "127.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+        "::1",
+    ];
+    let mut decisions: Vec<NewDecision> = never.iter().map(|ip| NewDecision::ban_ip(ip)).collect();
+    decisions.push(NewDecision::ban_ip("198.51.100.7"));
+    world.lapi.add_decisions(&decisions).await;
+    let bouncer = world.start_bouncer().await;
+    world.expect_list(&["198.51.100.7"]).await;
+    let metrics = format!("http://{}/metrics", bouncer.admin.expect("admin listener"));
+    let series = r#"cf_iplist_bouncer_decisions_refused_total{reason="not_a_client"}"#;
+    let last = Mutex::new(String::new());
+    let counted = eventually(Duration::from_secs(10), || async {
+        let (_, body) = get(&metrics).await;
+        let counted = metric(&body, series) == Some(never.len() as f64);
+        *last.lock().expect("not poisoned") = body;
+        counted
+    })
+    .await;
+    let body = last.into_inner().expect("not poisoned");
+    assert!(
+        counted,
+        "{series} counts {} decisions:\n{body}",
+        never.len()
+    );
+    world
+        .expect_list_stays(&["198.51.100.7"], Duration::from_secs(1))
+        .await;
+    bouncer.stop().await;
+    world.assert_well_behaved();
+}
