@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::bin::{output, text};
 use common::hostile::{
-    fake_lapi, free_port, get, one_ban, Answer, Body, Daemon, FakeServer, Rig, EMPTY_STREAM,
+    fake_lapi, free_port, get, one_ban, start_tls_lapi, Answer, Body, Daemon, FakeServer, Pki, Rig,
+    SServer, EMPTY_STREAM,
 };
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
@@ -535,4 +536,94 @@ async fn decisions_on_addresses_no_client_has_never_reach_the_list_and_are_count
         .await;
     bouncer.stop().await;
     world.assert_well_behaved();
+}
+
+/// The `lapi` line of a `check` report.
+fn lapi_line(report: &str) -> &str {
+    report
+        .lines()
+        .find(|line| line.contains(" lapi "))
+        .unwrap_or_else(|| panic!("no lapi line: {report}"))
+}
+
+fn toml_path(path: &std::path::Path) -> String {
+    format!("{:?}", path.to_str().expect("utf-8 path"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_a_server_signed_by_an_unknown_ca_names_crowdsec_ca_cert_path() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, false).await;
+    let rig = Rig::start(&server.url()).await;
+    let (code, report) = check(&rig.config_file()).await;
+    assert_eq!(code, Some(1), "{report}");
+    let line = lapi_line(&report);
+    assert!(line.starts_with("FAIL lapi"), "{report}");
+    assert!(line.contains("unknown CA"), "{line}");
+    assert!(line.contains("crowdsec.ca_cert_path"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_a_server_requiring_a_client_certificate_names_crowdsec_cert_path() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, true).await;
+    let mut rig = Rig::start(&server.url()).await;
+    rig.crowdsec_extra = format!("ca_cert_path = {}\n", toml_path(&pki.path("ca.pem")));
+    let (code, report) = check(&rig.config_file()).await;
+    assert_eq!(code, Some(1), "{report}");
+    let line = lapi_line(&report);
+    assert!(line.starts_with("FAIL lapi"), "{report}");
+    assert!(line.contains("crowdsec.cert_path"), "{line}");
+    assert!(!line.contains("unknown CA"), "the CA is known: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_a_ca_file_without_a_certificate_is_named() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, false).await;
+    let mut rig = Rig::start(&server.url()).await;
+    let not_a_ca = rig.dir().join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "this file holds no certificate\n").expect("write");
+    rig.crowdsec_extra = format!("ca_cert_path = {}\n", toml_path(&not_a_ca));
+    let (code, report) = check(&rig.config_file()).await;
+    assert_eq!(code, Some(1), "{report}");
+    let line = lapi_line(&report);
+    assert!(line.contains("crowdsec.ca_cert_path"), "{line}");
+    assert!(line.contains("holds no PEM certificate"), "{line}");
+    // The daemon refuses to start on it, saying the same.
+    let config = rig.config_file();
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{status:?}: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("holds no PEM certificate"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_check_under_certificate_auth_reports_the_certificate_not_a_key() {
+    let pki = Pki::new();
+    let url = start_tls_lapi(&pki);
+    let mut rig = Rig::start(&url).await;
+    rig.lapi_auth = format!(
+        "cert_path = {}\nkey_path = {}\n",
+        toml_path(&pki.path("client.pem")),
+        toml_path(&pki.path("client.key"))
+    );
+    rig.crowdsec_extra = format!("ca_cert_path = {}\n", toml_path(&pki.path("ca.pem")));
+    let (code, report) = check(&rig.config_file()).await;
+    let line = lapi_line(&report);
+    assert!(line.starts_with("ok   lapi"), "{report}");
+    assert!(!line.contains("accepts the bouncer key"), "{line}");
+    assert!(
+        line.contains("accepts the bouncer's client certificate"),
+        "{line}"
+    );
+    assert_eq!(code, Some(0), "{report}");
 }
