@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod hostile;
 pub mod lapi;
 pub mod proxy;
 pub mod world;
