@@ -579,14 +579,14 @@ impl CloudflareClient {
                     ),
                 })
             }
-            Err(ReadError::TooLarge { cap }) if (200..300).contains(&status) => {
+            Err(ReadError::TooLarge { cap, .. }) if (200..300).contains(&status) => {
                 return Err(Error::Decode {
                     what,
                     detail: format!("the answer is larger than {} MiB", cap >> 20),
                 })
             }
             // The start of a long error answer is enough to report it.
-            Err(ReadError::TooLarge { .. }) => Vec::new(),
+            Err(ReadError::TooLarge { partial, .. }) => partial,
         };
         let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
         if status == 429 {

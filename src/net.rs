@@ -32,9 +32,10 @@ pub fn client_builder(request_timeout: Duration) -> reqwest::ClientBuilder {
 /// Why a body could not be read in full.
 #[derive(Debug)]
 pub enum ReadError {
-    /// The body is longer than the cap; `read` bytes were read before giving up.
+    /// The body is longer than the cap; `partial` holds what was read before giving up.
     TooLarge {
         cap: usize,
+        partial: Vec<u8>,
     },
     /// No byte arrived for this long.
     Stalled(Duration),
@@ -60,7 +61,9 @@ pub async fn read_capped(
             Ok(Ok(Some(chunk))) => chunk,
         };
         if body.len() + chunk.len() > cap {
-            return Err(ReadError::TooLarge { cap });
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Err(ReadError::TooLarge { cap, partial: body });
         }
         body.extend_from_slice(&chunk);
     }
@@ -71,7 +74,7 @@ pub async fn read_capped(
 /// reads as empty.
 pub async fn error_text(response: &mut reqwest::Response, idle: Duration) -> String {
     let body = match read_capped(response, MAX_ERROR_BODY, idle).await {
-        Ok(body) => body,
+        Ok(body) | Err(ReadError::TooLarge { partial: body, .. }) => body,
         Err(_) => return String::new(),
     };
     quote(&String::from_utf8_lossy(&body))

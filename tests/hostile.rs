@@ -250,7 +250,11 @@ async fn a_150_mb_error_answer_costs_no_memory() {
         "peak RSS {peak} KiB against a 150 MB error answer"
     );
     let log = daemon.log();
-    assert!(log.contains("LAPI answered HTTP 500"), "{log}");
+    // The start of the answer is kept for the message, and no more.
+    assert!(
+        log.contains("LAPI answered HTTP 500: internal error: eeee"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,14 +465,20 @@ async fn killed_mid_operation_then_restarted_reads_the_list_again_instead_of_wri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapi_that_stalls_mid_answer_fails_the_pull_after_30s() {
-    let lapi = fake_lapi(|| {
+    // Both reads a full pull may take (`once` reads a snapshot) stall part-way.
+    let stall = |head: &[u8]| {
         Answer::with_body(
             200,
             Body::Stall {
-                head: br#"{"new":[{"duration":"3h59m","#.to_vec(),
+                head: head.to_vec(),
                 hold: Duration::from_secs(150),
             },
         )
+    };
+    let lapi = FakeServer::start(move |seen| match (seen.method.as_str(), seen.path()) {
+        ("GET", "/v1/decisions/stream") => stall(br#"{"new":[{"duration":"3h59m","#),
+        ("GET", "/v1/decisions") => stall(br#"[{"duration":"3h59m","#),
+        _ => Answer::json(404, r#"{"message":"not found"}"#),
     })
     .await;
     let mut rig = Rig::start(&lapi.url()).await;
