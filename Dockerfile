@@ -15,6 +15,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY crates ./crates
 RUN cargo build --release --locked --bin crowdsec-cloudflare-iplist-bouncer
 
 # glibc, libgcc and the CA certificates (/etc/ssl/certs), nothing else; no shell.

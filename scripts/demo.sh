@@ -20,7 +20,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Installing what the demo needs (crowdsec binaries, unpacked locally) and building"
 bash scripts/install-crowdsec.sh
-cargo build --quiet --bins
+cargo build --quiet --workspace --bins
 bin="$repo/target/debug"
 cs="$repo/target/crowdsec/usr/bin"
 

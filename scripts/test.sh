@@ -27,11 +27,11 @@ systemd-analyze --version | head -n 1
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --locked
+step "cargo test --workspace"
+cargo test --locked --workspace
 
 step "demo smoke test (scripts/demo.sh)"
 bash scripts/demo.sh >target/demo.log 2>&1 || { cat target/demo.log; exit 1; }

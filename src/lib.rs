@@ -9,14 +9,13 @@
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
 //! - [`net`]: what both HTTP clients share: no redirects, capped reads, `Retry-After`.
 //! - [`telemetry`]: metrics and health. [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status`.
-//! - [`emulator`]: a stateful Cloudflare Lists API emulator for tests and the demo.
+//! - `crates/cf-lists-emulator`: a stateful Cloudflare Lists API emulator for tests and the demo.
 
 pub mod admin;
 pub mod budget;
 pub mod check;
 pub mod cloudflare;
 pub mod config;
-pub mod emulator;
 pub mod engine;
 pub mod godur;
 pub mod item;

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cfbouncer::emulator::Permissions;
+use cf_lists_emulator::Permissions;
 use common::lapi::NewDecision;
 use common::world::{eventually, World};
 

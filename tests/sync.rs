@@ -356,7 +356,7 @@ async fn decision_to_edge_latency_at_one_second_polling() {
 async fn converges_against_the_older_documented_api_behaviour() {
     // Where the docs disagree (docs/cloudflare-lists.md §3, §6): writes queued FIFO instead
     // of refused, IPv6 limited to /64, CIDRs with host bits refused instead of masked.
-    use cfbouncer::emulator::{HostBits, PendingWrite, Settings};
+    use cf_lists_emulator::{HostBits, PendingWrite, Settings};
     let settings = Settings {
         op_latency: (Duration::from_millis(20), Duration::from_millis(80)),
         pending_write: PendingWrite::Queue,

@@ -7,7 +7,7 @@ each endpoint, three reads with the bouncer's key: bytes, wall time and LAPI's C
 release bouncer runs with capacity 1 (so the list read is one page and nothing but the pull
 varies): its CPU for the start-up pull (a stream) and per reconcile (`GET /v1/decisions`).
 
-    python3 scripts/bench/reconcile_cost.py        # after `cargo build --release`
+    python3 scripts/bench/reconcile_cost.py        # after `cargo build --release --workspace`
 
 Prints a Markdown table; nothing is written.
 """

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cf_lists_emulator::{Counters, Emulator, Settings};
 use cfbouncer::config::Config;
-use cfbouncer::emulator::{Counters, Emulator, Settings};
 use cfbouncer::engine::{Engine, Error};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use cfbouncer::emulator::{Emulator, Permissions, Settings};
+use cf_lists_emulator::{Emulator, Permissions, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,4 +1,4 @@
-//! `cf-lists-emulator`: runs the Cloudflare Lists API emulator (`cfbouncer::emulator`) as a
+//! `cf-lists-emulator`: runs the Cloudflare Lists API emulator (`cf_lists_emulator`) as a
 //! process for the demo. Parses flags, creates the lists, prints one machine-readable line
 //! on stdout, serves until SIGINT/SIGTERM. Logs go to stderr (`RUST_LOG`, e.g. `debug`).
 
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cfbouncer::emulator::{
+use cf_lists_emulator::{
     is_valid_list_name, CapacityError, Emulator, HostBits, PendingWrite, Permissions, Settings,
 };
 use clap::{Parser, ValueEnum};

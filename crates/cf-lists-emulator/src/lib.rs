@@ -15,7 +15,7 @@
 //! reduced token permissions, a tighter rate limit (see `faults.rs`).
 //!
 //! # Layout
-//! - `mod.rs`: the public types and the core of the [`Emulator`] handle.
+//! - `lib.rs`: the public types and the core of the [`Emulator`] handle.
 //! - `http.rs`: the router and the gate every API request passes (auth, rate limit, faults).
 //! - `handlers.rs`: one handler per Lists endpoint; `admin.rs`: the `/__emulator` surface.
 //! - `zone_handlers.rs`: the rulesets endpoints; `rulesets.rs`: zone rulesets and rules.

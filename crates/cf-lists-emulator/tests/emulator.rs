@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cfbouncer::emulator::{CapacityError, Emulator, HostBits, PendingWrite, Settings};
+use cf_lists_emulator::{CapacityError, Emulator, HostBits, PendingWrite, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cfbouncer::emulator::{Emulator, Permissions, Settings};
+use cf_lists_emulator::{Emulator, Permissions, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

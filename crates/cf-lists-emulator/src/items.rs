@@ -140,7 +140,7 @@ pub(crate) fn parse_delete_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::HostBits;
+    use crate::HostBits;
 
     const RULES: IpRules = IpRules {
         ipv6_max_prefix: 128,
