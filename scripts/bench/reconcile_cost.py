@@ -58,7 +58,7 @@ def main() -> int:
             cpu = statistics.median(r[2] for r in runs)
             rows.append((name, size, wall, cpu))
 
-        emu = h.Emulator(work, "emulator", op_latency_ms="20-80", capacity=10_000)
+        emu = h.Emulator(work, "emulator", op_latency_ms="20..80", capacity=10_000)
         bouncer = h.Bouncer(work, "bouncer", lapi, emu, key=lapi.add_bouncer("rc-bouncer"),
                             update_frequency="1m", capacity=1, reconcile="8s")
         bouncer.start()
