@@ -365,10 +365,11 @@ impl Engine {
             } else {
                 Pull::Delta
             };
-            // The first full pull starts the stream (it sets this key's `last_pull`); later
-            // ones, reconciles and recoveries, read a snapshot of the active decisions,
-            // which costs LAPI about half as much and leaves the stream where it is.
-            let source = if started {
+            // The first full pull starts the stream (it sets this key's `last_pull`), and
+            // so does a recovery after a failed pull; scheduled reconciles read a snapshot
+            // of the active decisions, which costs LAPI a quarter of the CPU and half the
+            // bytes of a start-up pull (docs/lapi.md §9.3).
+            let source = if started && failures == 0 {
                 Source::Snapshot
             } else {
                 Source::Stream
@@ -376,7 +377,7 @@ impl Engine {
             let result = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
-                result = self.pull(pull, source) => result,
+                result = self.pull_cycle(pull, source) => result,
             };
             if result.is_ok() {
                 self.hold_notice();
@@ -484,6 +485,16 @@ impl Engine {
         );
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// One turn of the poller. A snapshot is preceded by a delta: LAPI lets a snapshot
+    /// move a `last_pull` older than a minute (docs/lapi.md §5), and a fresh one it leaves
+    /// alone, so the stream goes on exactly where the delta left it.
+    async fn pull_cycle(&self, pull: Pull, source: Source) -> Result<(), Error> {
+        if pull == Pull::Full && source == Source::Snapshot {
+            self.pull(Pull::Delta, source).await?;
+        }
+        self.pull(pull, source).await
     }
 
     /// Says once how many removals wait for LAPI's confirmation, when that changes.
@@ -594,8 +605,8 @@ enum Source {
     /// `GET /v1/decisions/stream?startup=true`: sets the key's `last_pull`, so deltas
     /// follow; also returns every expired decision still in the database.
     Stream,
-    /// `GET /v1/decisions`: active decisions only, queried before LAPI answers, and the
-    /// stream's `last_pull` is left alone.
+    /// `GET /v1/decisions`: active decisions only, queried before LAPI answers; the
+    /// stream's `last_pull` is left alone when a delta came less than a minute before.
     Snapshot,
 }
 
