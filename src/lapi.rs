@@ -18,11 +18,7 @@ use crate::config::{CrowdsecConfig, Secret};
 use crate::item::Item;
 use crate::state::DecisionRef;
 
-/// `User-Agent` LAPI splits on its single `/` into bouncer type and version (docs/lapi.md §4.7).
-pub const USER_AGENT: &str = concat!(
-    "crowdsec-cloudflare-iplist-bouncer/v",
-    env!("CARGO_PKG_VERSION")
-);
+pub use crate::net::USER_AGENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
