@@ -37,7 +37,7 @@ trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# --- a real LAPI, API-only, everything in $work/lapi (docs: shared/docs/lapi.md §2) ---
+# --- a real LAPI, API-only, everything in $work/lapi (docs/lapi.md §2) ---
 lapi_port="$(free_port)"
 lapi="$work/lapi"
 mkdir -p "$lapi/data" "$lapi/hub" "$lapi/notifications"

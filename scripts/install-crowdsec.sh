@@ -3,7 +3,7 @@
 # WITHOUT installing the package system-wide: no maintainer scripts, no /etc changes.
 # The .deb is unpacked into <repo>/target/crowdsec/ (usr/bin/crowdsec, usr/bin/cscli).
 # Idempotent: does nothing if those binaries already exist and run.
-# See shared docs lapi.md §1.1 for why a plain `apt-get install crowdsec` fails offline.
+# See docs/lapi.md §1.1 for why a plain `apt-get install crowdsec` fails offline.
 set -euo pipefail
 
 die() {

@@ -619,6 +619,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn healthz_fails_only_when_the_writer_is_wedged() {
+        let telemetry = Arc::new(Telemetry::default());
+        let state = AdminState {
+            telemetry: telemetry.clone(),
+            snapshot: Arc::new(|| unreachable!("/healthz takes no snapshot")),
+        };
+        let status = |state: AdminState| async move { healthz(State(state)).await.status() };
+        // Idle (nothing due), and a wait still within its promise: alive.
+        assert_eq!(status(state.clone()).await, StatusCode::OK);
+        telemetry.health().writer_due = Some(Instant::now() + Duration::from_secs(60));
+        assert_eq!(status(state.clone()).await, StatusCode::OK);
+        // Past the promise: wedged.
+        telemetry.health().writer_due = Some(Instant::now() - Duration::from_secs(1));
+        assert_eq!(status(state.clone()).await, StatusCode::SERVICE_UNAVAILABLE);
+        let why = telemetry
+            .health()
+            .liveness(Instant::now())
+            .expect_err("wedged");
+        assert!(why.contains("has not turned"), "{why}");
+    }
+
+    #[tokio::test]
     async fn a_handler_past_the_request_timeout_is_answered_503() {
         let served = start(Limits {
             request_timeout: Duration::from_millis(300),

@@ -1,5 +1,6 @@
 //! `check`: the pre-flight an operator (or `ExecStartPre=`) runs. The configuration is
-//! already valid when this runs; here both APIs are reached with it.
+//! already valid when this runs; here both APIs are reached with it, read-only: it has
+//! clients of its own, writes nothing to Cloudflare and leaves LAPI's stream alone.
 //!
 //! LAPI is probed with `HEAD /v1/decisions?ip=127.0.0.1` (live mode): it checks the key
 //! without touching the stream's `last_pull` while a daemon with the same key polls

@@ -617,7 +617,8 @@ impl CloudflareClient {
                 });
             }
         };
-        // The list write throttle (10040) has been seen inside a 200 body (§3).
+        // The list write throttle (10040) has been seen inside a 200 body
+        // (docs/cloudflare-lists.md §3).
         if envelope.errors.iter().any(|e| e.code == 10040) {
             return Err(Error::RateLimited {
                 retry_after,

@@ -19,7 +19,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::budget::WriteBudget;
 use crate::cloudflare::{self, CloudflareClient};
 use crate::config::{Config, Manage};
 use crate::lapi::{self, LapiClient, Pull, StreamSink};
@@ -29,6 +28,9 @@ use crate::telemetry::{Snapshot, Telemetry};
 mod foreign;
 mod operate;
 mod writer;
+
+pub use writer::SetupReport;
+use writer::Writer;
 
 /// Longest wait between retries of a failing LAPI pull or Cloudflare call.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -77,16 +79,8 @@ struct Shared {
     wake: Notify,
     /// A full list read is wanted (set after each full LAPI pull).
     refresh_list: AtomicBool,
-    writes: Mutex<WriteBudget>,
     /// When each task last went round its loop, for the systemd watchdog.
     beats: Mutex<Instant>,
-    op_clock: Mutex<writer::OpClock>,
-    /// The account's lists as found at start, for the first list read to reuse.
-    known_lists: Mutex<Option<Vec<crate::cloudflare::ListInfo>>>,
-    /// How many held removals were last reported, so the log says it once.
-    hold_said: Mutex<usize>,
-    /// The writer's watch for another writer on the list.
-    foreign: Mutex<foreign::ForeignWatch>,
 }
 
 impl Shared {
@@ -96,10 +90,6 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn op_clock(&self) -> MutexGuard<'_, writer::OpClock> {
-        self.op_clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that a task loop is alive.
@@ -119,14 +109,25 @@ impl Shared {
     }
 }
 
-/// The engine with its clients; see the module docs.
+/// The engine: the two actors around their shared state; see the module docs.
 pub struct Engine {
     shared: Arc<Shared>,
-    lapi: LapiClient,
-    cloudflare: CloudflareClient,
+    poller: Poller,
+    writer: Writer,
     config: Config,
     telemetry: Arc<Telemetry>,
     admin: Option<TcpListener>,
+}
+
+/// The only code that reads the decision stream: it owns the LAPI client. See the
+/// module docs.
+struct Poller {
+    shared: Arc<Shared>,
+    lapi: LapiClient,
+    config: Config,
+    telemetry: Arc<Telemetry>,
+    /// How many held removals were last reported, so the log says it once.
+    hold_said: usize,
 }
 
 impl Engine {
@@ -147,20 +148,28 @@ impl Engine {
             mass_removal_min_items: config.safety.mass_removal_min_items,
         };
         let telemetry = Arc::new(Telemetry::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(SyncState::new(policy)),
+            wake: Notify::new(),
+            refresh_list: AtomicBool::new(false),
+            beats: Mutex::new(Instant::now()),
+        });
+        let cloudflare = CloudflareClient::new(&config.cloudflare, telemetry.clone())?;
         Ok(Engine {
-            shared: Arc::new(Shared {
-                state: Mutex::new(SyncState::new(policy)),
-                wake: Notify::new(),
-                refresh_list: AtomicBool::new(false),
-                writes: Mutex::new(WriteBudget::default()),
-                beats: Mutex::new(Instant::now()),
-                op_clock: Mutex::new(writer::OpClock::default()),
-                known_lists: Mutex::new(None),
-                hold_said: Mutex::new(0),
-                foreign: Mutex::new(foreign::ForeignWatch::new()),
-            }),
-            lapi: LapiClient::new(&config.crowdsec)?,
-            cloudflare: CloudflareClient::new(&config.cloudflare, telemetry.clone())?,
+            poller: Poller {
+                shared: shared.clone(),
+                lapi: LapiClient::new(&config.crowdsec)?,
+                config: config.clone(),
+                telemetry: telemetry.clone(),
+                hold_said: 0,
+            },
+            writer: Writer::new(
+                shared.clone(),
+                cloudflare,
+                config.clone(),
+                telemetry.clone(),
+            ),
+            shared,
             config,
             telemetry,
             admin: None,
@@ -187,12 +196,7 @@ impl Engine {
 
     /// A point-in-time view of the bouncer, for the admin listener.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.shared, &self.telemetry, self.lapi_stale())
-    }
-
-    /// How old the last successful LAPI pull may be while ready.
-    fn lapi_stale(&self) -> Duration {
-        (self.config.crowdsec.update_frequency * 3).max(Duration::from_secs(3))
+        snapshot(&self.shared, &self.telemetry, lapi_stale(&self.config))
     }
 
     /// Runs the daemon until `token` is cancelled, then lets an in-flight bulk operation
@@ -203,16 +207,24 @@ impl Engine {
     pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
         self.bind_admin().await?;
         let admin = self.admin.take();
-        let Some(list_id) = self.resolve_list(&token).await else {
+        let Some(list_id) = self.writer.resolve_list(&token).await else {
             return Ok(());
         };
-        let engine = Arc::new(self);
+        let Engine {
+            shared,
+            poller,
+            writer,
+            config,
+            telemetry,
+            ..
+        } = self;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(listener) = admin {
-            let snapshot_of = engine.clone();
+            let (shared, telemetry) = (shared.clone(), telemetry.clone());
+            let stale = lapi_stale(&config);
             let router = crate::admin::router(
-                engine.telemetry.clone(),
-                Arc::new(move || snapshot_of.snapshot()),
+                telemetry.clone(),
+                Arc::new(move || snapshot(&shared, &telemetry, stale)),
             );
             let token = token.clone();
             tasks.spawn(async move {
@@ -221,21 +233,20 @@ impl Engine {
                 }
             });
         }
-        tasks.spawn({
-            let (engine, token) = (engine.clone(), token.clone());
-            async move { engine.poll_lapi(token).await }
-        });
-        tasks.spawn({
-            let (engine, token) = (engine.clone(), token.clone());
-            async move { engine.write_cloudflare(&list_id, token).await }
-        });
-        if let Some(interval) = engine.config.crowdsec.usage_metrics_interval {
-            let (engine, token) = (engine.clone(), token.clone());
-            tasks.spawn(async move { engine.push_usage_metrics(interval, token).await });
+        if let Some(interval) = config.crowdsec.usage_metrics_interval {
+            let reporter = operate::UsageReporter::new(shared.clone(), telemetry.clone(), &config)?;
+            tasks.spawn(reporter.run(interval, token.clone()));
         }
+        tasks.spawn(poller.run(token.clone()));
+        tasks.spawn(writer.run(list_id, token.clone()));
         if let Some(period) = sd_notify::watchdog_enabled() {
-            let (engine, token) = (engine.clone(), token.clone());
-            tasks.spawn(async move { engine.feed_watchdog(period, token).await });
+            let watchdog = operate::Watchdog {
+                shared: shared.clone(),
+                telemetry: telemetry.clone(),
+                alive_within: period
+                    .max(config.crowdsec.request_timeout + Duration::from_secs(120)),
+            };
+            tasks.spawn(watchdog.run(period, token.clone()));
         }
         // Type=notify: started. Readiness to serve is /readyz's business.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -252,7 +263,7 @@ impl Engine {
                     Some(_) => {}
                 },
                 () = token.cancelled(), if deadline.is_none() => {
-                    deadline = Some(tokio::time::Instant::now() + engine.config.sync.shutdown_grace + SHUTDOWN_MARGIN);
+                    deadline = Some(tokio::time::Instant::now() + config.sync.shutdown_grace + SHUTDOWN_MARGIN);
                 }
                 () = tokio::time::sleep_until(until), if deadline.is_some() => {
                     warn!("stopping tasks that outlived the shutdown grace");
@@ -262,7 +273,7 @@ impl Engine {
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let state = engine.shared.state();
+        let state = shared.state();
         info!(
             queued = state.counts().queued,
             "stopped; the list is left as it is"
@@ -270,23 +281,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates the list when it is configured by name and missing, and with `zones`,
+    /// adds the custom rule `ip.src in $<list>` to each zone unless one is there.
+    ///
+    /// # Errors
+    /// The first request that fails, or a list configured by id that does not exist.
+    pub async fn setup(mut self, zones: &[String], action: &str) -> Result<SetupReport, Error> {
+        self.writer.setup(zones, action).await
+    }
+
+    /// Removes every item the bouncer manages from the list (all of them with
+    /// `manage = "all"`, the tagged ones with `"tagged"`), one bulk operation at a time.
+    /// Returns how many were removed.
+    ///
+    /// # Errors
+    /// The first error that stops it.
+    pub async fn cleanup(mut self, token: CancellationToken) -> Result<usize, Error> {
+        self.writer.cleanup(token).await
+    }
+
     /// One full reconcile: full pull, list read, apply the diff, then read the list
     /// again and check it matches.
     ///
     /// # Errors
     /// The first error that stops the sync, or [`Error::NotInStep`].
-    pub async fn once(self, token: CancellationToken) -> Result<OnceReport, Error> {
+    pub async fn once(mut self, token: CancellationToken) -> Result<OnceReport, Error> {
         let started = Instant::now();
-        let list = self.find_list().await?;
+        let list = self.writer.look_up_list().await?;
         // A snapshot, not a start-up pull: a daemon using the same key keeps its place
         // in the stream.
-        self.pull(Pull::Full, Source::Snapshot).await?;
-        self.read_list(&list.id).await?;
-        self.hold_notice();
-        self.confirm_removals().await?;
-        let writes = self.drain_once(&list.id, &token).await?;
+        self.poller.pull(Pull::Full, Source::Snapshot).await?;
+        self.writer.read_list(&list.id).await?;
+        self.poller.hold_notice();
+        self.poller.confirm_removals().await?;
+        let writes = self.writer.drain_once(&list.id, &token).await?;
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
-        self.read_list(&list.id).await?;
+        self.writer.read_list(&list.id).await?;
         let state = self.shared.state();
         let desired = state.desired_items();
         let managed = state.managed_listed_items();
@@ -313,48 +343,11 @@ impl Engine {
             elapsed: started.elapsed(),
         })
     }
+}
 
-    /// Finds the configured list among the account's lists, and keeps those lists for
-    /// the first list read (which needs the other lists' sizes).
-    async fn find_list(&self) -> Result<cloudflare::ListInfo, Error> {
-        let lists = self.cloudflare.lists().await?;
-        let found = cloudflare::choose_list(&lists, &self.config.cloudflare.list);
-        *self
-            .shared
-            .known_lists
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(lists);
-        Ok(found?)
-    }
-
-    /// Finds the list id, retrying until it works or the token is cancelled.
-    async fn resolve_list(&self, token: &CancellationToken) -> Option<String> {
-        let mut attempt = 0;
-        loop {
-            let found = tokio::select! {
-                biased;
-                () = token.cancelled() => return None,
-                found = self.find_list() => found,
-            };
-            match found {
-                Ok(list) => {
-                    info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");
-                    return Some(list.id);
-                }
-                Err(err) => {
-                    attempt += 1;
-                    error!(error = %err, "cannot use the Cloudflare list; retrying");
-                    let delay = retry_delay(&err, attempt);
-                    if !sleep_or_cancel(delay, token).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
+impl Poller {
     /// The poller task: see the module docs.
-    async fn poll_lapi(&self, token: CancellationToken) {
+    async fn run(mut self, token: CancellationToken) {
         let frequency = self.config.crowdsec.update_frequency;
         let mut next_full = Instant::now();
         let mut failures = 0;
@@ -365,10 +358,11 @@ impl Engine {
             } else {
                 Pull::Delta
             };
-            // The first full pull starts the stream (it sets this key's `last_pull`); later
-            // ones, reconciles and recoveries, read a snapshot of the active decisions,
-            // which costs LAPI about half as much and leaves the stream where it is.
-            let source = if started {
+            // The first full pull starts the stream (it sets this key's `last_pull`), and
+            // so does a recovery after a failed pull; scheduled reconciles read a snapshot
+            // of the active decisions, which costs LAPI a quarter of the CPU and half the
+            // bytes of a start-up pull (docs/lapi.md §9.3).
+            let source = if started && failures == 0 {
                 Source::Snapshot
             } else {
                 Source::Stream
@@ -376,7 +370,7 @@ impl Engine {
             let result = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
-                result = self.pull(pull, source) => result,
+                result = self.pull_cycle(pull, source) => result,
             };
             if result.is_ok() {
                 self.hold_notice();
@@ -486,21 +480,26 @@ impl Engine {
         Ok(())
     }
 
+    /// One turn of the poller. A snapshot is preceded by a delta: LAPI lets a snapshot
+    /// move a `last_pull` older than a minute (docs/lapi.md §5), and a fresh one it leaves
+    /// alone, so the stream goes on exactly where the delta left it.
+    async fn pull_cycle(&self, pull: Pull, source: Source) -> Result<(), Error> {
+        if pull == Pull::Full && source == Source::Snapshot {
+            self.pull(Pull::Delta, source).await?;
+        }
+        self.pull(pull, source).await
+    }
+
     /// Says once how many removals wait for LAPI's confirmation, when that changes.
-    fn hold_notice(&self) {
+    fn hold_notice(&mut self) {
         let awaiting = self.shared.state().counts().awaiting_confirmation;
-        let mut said = self
-            .shared
-            .hold_said
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if awaiting > 0 && *said != awaiting {
+        if awaiting > 0 && self.hold_said != awaiting {
             info!(
                 removals = awaiting,
                 "holding removals until LAPI confirms them (GET /v1/decisions)"
             );
         }
-        *said = awaiting;
+        self.hold_said = awaiting;
     }
 
     /// One pull, applied to the state. A failed pull changes nothing: a full pull is
@@ -594,8 +593,8 @@ enum Source {
     /// `GET /v1/decisions/stream?startup=true`: sets the key's `last_pull`, so deltas
     /// follow; also returns every expired decision still in the database.
     Stream,
-    /// `GET /v1/decisions`: active decisions only, queried before LAPI answers, and the
-    /// stream's `last_pull` is left alone.
+    /// `GET /v1/decisions`: active decisions only, queried before LAPI answers; the
+    /// stream's `last_pull` is left alone when a delta came less than a minute before.
     Snapshot,
 }
 
@@ -688,6 +687,11 @@ impl Packed {
             }
         })
     }
+}
+
+/// How old the last successful LAPI pull may be while ready.
+fn lapi_stale(config: &Config) -> Duration {
+    (config.crowdsec.update_frequency * 3).max(Duration::from_secs(3))
 }
 
 /// A snapshot of state and health; see [`Engine::snapshot`].

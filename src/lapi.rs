@@ -18,11 +18,7 @@ use crate::config::{CrowdsecConfig, Secret};
 use crate::item::Item;
 use crate::state::DecisionRef;
 
-/// `User-Agent` LAPI splits on its single `/` into bouncer type and version (docs/lapi.md §4.7).
-pub const USER_AGENT: &str = concat!(
-    "crowdsec-cloudflare-iplist-bouncer/v",
-    env!("CARGO_PKG_VERSION")
-);
+pub use crate::net::USER_AGENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -264,8 +260,9 @@ impl LapiClient {
 
     /// Reads LAPI's active decisions through `GET /v1/decisions`, handing each to
     /// `sink` as new. Unlike the stream, LAPI runs the whole query before it answers
-    /// (so a database error is a 500, never a short list), and the read does not move the
-    /// stream's `last_pull` (docs/lapi.md §5, §9.3). `item`: only decisions on it
+    /// (so a database error is a 500, never a short list). It selects nothing by the
+    /// stream's `last_pull`, but moves one older than a minute (docs/lapi.md §5, §9.3).
+    /// `item`: only decisions on it
     /// (`ip=` for an address, `range=…&contains=false` for a network); `None`: all.
     ///
     /// # Errors

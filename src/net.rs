@@ -10,7 +10,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::lapi::USER_AGENT;
+/// `User-Agent` LAPI splits on its single `/` into bouncer type and version (docs/lapi.md §4.7).
+pub const USER_AGENT: &str = concat!(
+    "crowdsec-cloudflare-iplist-bouncer/v",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// The longest `Retry-After` honoured; a longer one is logged and cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);

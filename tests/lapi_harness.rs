@@ -1,4 +1,4 @@
-//! Proves the real-LAPI harness (tests/common/lapi.rs) behaves as shared/docs/lapi.md says.
+//! Proves the real-LAPI harness (tests/common/lapi.rs) behaves as docs/lapi.md says.
 //! Needs `bash scripts/install-crowdsec.sh` first.
 
 mod common;

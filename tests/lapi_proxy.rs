@@ -10,7 +10,7 @@ use common::lapi::{Lapi, NewDecision};
 use common::proxy::{whole_seconds, Cut, Fault, FaultProxy};
 use serde_json::Value;
 
-/// One `/`, so the LAPI records it as type `fault-proxy-test`, version `1.2` (docs §4.7).
+/// One `/`, so the LAPI records it as type `fault-proxy-test`, version `1.2` (docs/lapi.md §4.7).
 const USER_AGENT: &str = "fault-proxy-test/1.2";
 const QUIET: &str = r#"{"deleted":null,"new":null}"#;
 const STARTUP: &str = "v1/decisions/stream?startup=true";
@@ -116,7 +116,7 @@ async fn no_fault_forwards_like_a_direct_request() {
         "small bodies keep their length"
     );
 
-    // The User-Agent reached the LAPI, which stores it per key (docs §4.7).
+    // The User-Agent reached the LAPI, which stores it per key (docs/lapi.md §4.7).
     let bouncers: Value =
         serde_json::from_str(&lapi.cscli_ok(&["bouncers", "list", "-o", "json"])).unwrap();
     let row = bouncers
@@ -599,7 +599,7 @@ async fn uuid_whole_seconds_gives_stable_uuids_and_whole_second_durations() {
         is_whole_seconds(d["duration"].as_str().expect("a duration")),
         "{d}"
     );
-    // `deleted` may repeat the soft delete for 2 s (docs §4.3); `new` is empty, so null.
+    // `deleted` may repeat the soft delete for 2 s (docs/lapi.md §4.3); `new` is empty, so null.
     let (_, quiet) = get_ok(&http, &proxy.url(), DELTA, &key).await;
     assert_eq!(parsed(&quiet)["new"], Value::Null, "empty lists stay null");
 }
@@ -685,7 +685,7 @@ async fn push(http: &reqwest::Client, base: &str, key: &str, payload: &Value) ->
     (status, resp.text().await.expect("a body"))
 }
 
-/// A payload as a bouncer sends it (shared/docs/lapi.md §9.2).
+/// A payload as a bouncer sends it (docs/lapi.md §9.2).
 fn usage_payload() -> Value {
     serde_json::json!({"remediation_components": [{
         "type": "fault-proxy-test", "version": "1.2",

@@ -214,6 +214,12 @@ async fn main_flow_with_every_full_pull_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_flow_with_every_delta_from_a_new_address() {
+    // Each delta answers like a new bouncer row's first one: everything, expired included.
+    main_flow("t-flow-addr", Fault::NewAddress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_flow_with_uuids_and_whole_seconds() {
     main_flow("t-flow-uuid", Fault::UuidWholeSeconds).await;
 }

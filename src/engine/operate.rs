@@ -1,5 +1,5 @@
-//! The engine's operator-facing extras: usage metrics pushed to LAPI, the systemd
-//! watchdog, and the `setup` and `cleanup` commands.
+//! The engine's operator-facing extras: usage metrics pushed to LAPI, and the systemd
+//! watchdog.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -7,18 +7,48 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{sleep_or_cancel, Engine, Error};
-use crate::cloudflare::{self, Rule};
-use crate::lapi::USER_AGENT;
+use std::sync::Arc;
 
-/// What `setup` found and did, one line each.
-pub type SetupReport = Vec<String>;
+use super::{sleep_or_cancel, Error, Shared};
+use crate::config::Config;
+use crate::lapi::{LapiClient, USER_AGENT};
+use crate::telemetry::Telemetry;
 
-impl Engine {
+/// Pushes usage metrics to LAPI. It has a LAPI client of its own: it never reads the
+/// decision stream, which stays the poller's.
+pub(super) struct UsageReporter {
+    shared: Arc<Shared>,
+    telemetry: Arc<Telemetry>,
+    lapi: LapiClient,
+}
+
+/// Feeds the systemd watchdog while the engine is alive.
+pub(super) struct Watchdog {
+    pub shared: Arc<Shared>,
+    pub telemetry: Arc<Telemetry>,
+    /// How recently a task loop must have gone round.
+    pub alive_within: Duration,
+}
+
+impl UsageReporter {
+    /// # Errors
+    /// TLS setup errors of the LAPI client.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        telemetry: Arc<Telemetry>,
+        config: &Config,
+    ) -> Result<UsageReporter, Error> {
+        Ok(UsageReporter {
+            shared,
+            telemetry,
+            lapi: LapiClient::new(&config.crowdsec)?,
+        })
+    }
+
     /// Pushes `active_decisions` to LAPI every `interval` (CrowdSec's remediation
     /// component metrics). A LAPI without the endpoint (404, before 1.6.3) is told once,
     /// at debug level, and not asked again.
-    pub(super) async fn push_usage_metrics(&self, interval: Duration, token: CancellationToken) {
+    pub(super) async fn run(self, interval: Duration, token: CancellationToken) {
         let started = unix_now().saturating_sub(
             self.telemetry
                 .health()
@@ -70,12 +100,13 @@ impl Engine {
             "metrics": [{"meta": {"window_size_seconds": window, "utc_now_timestamp": now}, "items": items}],
         }]})
     }
+}
 
-    /// Pings the systemd watchdog while the engine's state can be locked (no deadlock)
-    /// and its loops went round recently.
-    pub(super) async fn feed_watchdog(&self, period: Duration, token: CancellationToken) {
-        let alive_within =
-            period.max(self.config.crowdsec.request_timeout + Duration::from_secs(120));
+impl Watchdog {
+    /// Pings the systemd watchdog while the engine's state can be locked (no deadlock),
+    /// its loops went round recently, and the writer is not wedged.
+    pub(super) async fn run(self, period: Duration, token: CancellationToken) {
+        let alive_within = self.alive_within;
         loop {
             if !sleep_or_cancel(period / 2, &token).await {
                 return;
@@ -99,93 +130,6 @@ impl Engine {
             }
         }
     }
-
-    /// Creates the list when it is configured by name and missing, and with `zones`,
-    /// adds the custom rule `ip.src in $<list>` to each zone unless one is there.
-    ///
-    /// # Errors
-    /// The first request that fails, or a list configured by id that does not exist.
-    pub async fn setup(&self, zones: &[String], action: &str) -> Result<SetupReport, Error> {
-        let mut report = Vec::new();
-        let list = match self.find_list().await {
-            Ok(list) => {
-                report.push(format!(
-                    "list {} ({}) exists, {} items",
-                    list.name, list.id, list.num_items
-                ));
-                list
-            }
-            Err(Error::Cloudflare(cloudflare::Error::ListNotFound(name))) => {
-                let description =
-                    "CrowdSec bans, kept in step by crowdsec-cloudflare-iplist-bouncer";
-                let list = self.cloudflare.create_list(&name, description).await?;
-                report.push(format!("created list {} ({})", list.name, list.id));
-                list
-            }
-            Err(err) => return Err(err),
-        };
-        let expression = format!("ip.src in ${}", list.name);
-        for zone in zones {
-            let existing = self.cloudflare.custom_rules(zone).await?;
-            let present = existing.as_ref().and_then(|ruleset| {
-                ruleset
-                    .rules
-                    .iter()
-                    .find(|rule| references(&rule.expression, &list.name))
-            });
-            if let Some(rule) = present {
-                report.push(format!(
-                    "zone {zone}: a custom rule already uses ${} (action {}): left as it is",
-                    list.name, rule.action
-                ));
-                continue;
-            }
-            let rule = Rule {
-                id: String::new(),
-                expression: expression.clone(),
-                action: action.to_owned(),
-                description: "CrowdSec bans (crowdsec-cloudflare-iplist-bouncer)".into(),
-                enabled: true,
-            };
-            self.cloudflare
-                .add_custom_rule(zone, existing.as_ref(), &rule)
-                .await?;
-            report.push(format!(
-                "zone {zone}: added the custom rule `{expression}` → {action}"
-            ));
-        }
-        Ok(report)
-    }
-
-    /// Removes every item the bouncer manages from the list (all of them with
-    /// `manage = "all"`, the tagged ones with `"tagged"`), one bulk operation at a time.
-    /// Returns how many were removed.
-    ///
-    /// # Errors
-    /// The first error that stops it.
-    pub async fn cleanup(&self, token: CancellationToken) -> Result<usize, Error> {
-        let list = self.find_list().await?;
-        {
-            let mut state = self.shared.state();
-            state.disable_mass_removal_guard();
-            state.trust_full_pulls();
-            state.replace_desired([], std::time::Instant::now());
-        }
-        self.read_list(&list.id).await?;
-        let before = self.shared.state().managed_listed_items().len();
-        self.drain_once(&list.id, &token).await?;
-        let after = self.shared.state().managed_listed_items().len();
-        Ok(before - after)
-    }
-}
-
-/// Whether a rule expression references the list `$name` (not a longer name).
-fn references(expression: &str, name: &str) -> bool {
-    let needle = format!("${name}");
-    expression.match_indices(&needle).any(|(at, _)| {
-        let after = expression[at + needle.len()..].chars().next();
-        after.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
-    })
 }
 
 /// The running kernel's release, as `uname -r` prints it; empty if uname(2) fails.
@@ -226,7 +170,13 @@ mod tests {
         let text = "[crowdsec]\napi_key = \"k\"\n[cloudflare]\napi_token = \"t\"\n\
                     account_id = \"0123456789abcdef0123456789abcdef\"\nlist_name = \"l\"\n";
         let config = crate::config::Config::parse(text, &|_| None).expect("valid");
-        let engine = Engine::new(config).expect("engine");
+        let engine = super::super::Engine::new(config).expect("engine");
+        let reporter = UsageReporter::new(
+            engine.shared.clone(),
+            engine.telemetry.clone(),
+            &engine.config,
+        )
+        .expect("reporter");
         let decision = |value, origin| crate::state::DecisionRef {
             scope: "Ip",
             value,
@@ -244,7 +194,7 @@ mod tests {
             ],
             std::time::Instant::now(),
         );
-        let payload = engine.usage_payload(1_700_000_000, 1800, 1_700_001_800);
+        let payload = reporter.usage_payload(1_700_000_000, 1800, 1_700_001_800);
         let component = &payload["remediation_components"][0];
         assert_eq!(component["type"], "crowdsec-cloudflare-iplist-bouncer");
         assert!(component["version"]
@@ -278,16 +228,5 @@ mod tests {
             .expect("uname runs");
         assert!(uname.status.success());
         assert_eq!(release, String::from_utf8_lossy(&uname.stdout).trim_end());
-    }
-
-    #[test]
-    fn rule_references_match_whole_list_names() {
-        assert!(references("ip.src in $crowdsec_ban", "crowdsec_ban"));
-        assert!(references(
-            "(ip.src in $crowdsec_ban) and not http.host eq \"x\"",
-            "crowdsec_ban"
-        ));
-        assert!(!references("ip.src in $crowdsec_ban_v2", "crowdsec_ban"));
-        assert!(!references("ip.src in $other", "crowdsec_ban"));
     }
 }

@@ -7,15 +7,25 @@
 //! - a failed operation is split in halves until the bad item is found and set aside.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{retry_delay, sleep_or_cancel, Engine, Error};
+mod commands;
+
+pub use commands::SetupReport;
+
+use super::foreign::{ForeignWatch, Verdict};
+use super::{retry_delay, sleep_or_cancel, Error, Shared};
+use crate::budget::WriteBudget;
+use crate::cloudflare::{CloudflareClient, ListInfo};
 use crate::cloudflare::{OpStatus, MAX_PER_PAGE};
+use crate::config::Config;
 use crate::item::Item;
 use crate::state::{Batch, Confirmed};
+use crate::telemetry::Telemetry;
 
 /// After a first poll that found the operation pending, the next waits start here and
 /// grow by [`POLL_GROWTH`] up to [`MAX_POLL`]. (The first wait is learned: [`OpClock`].)
@@ -43,9 +53,79 @@ pub(super) struct Pace {
     failures: u32,
 }
 
-impl Engine {
+/// The only code that talks to Cloudflare: it owns the Cloudflare client, and with it
+/// everything only writes need (the poll clock, the write budgets, the watch for another
+/// writer). See the module docs.
+pub struct Writer {
+    shared: Arc<Shared>,
+    cloudflare: CloudflareClient,
+    config: Config,
+    telemetry: Arc<Telemetry>,
+    op_clock: OpClock,
+    writes: WriteBudget,
+    /// The account's lists as found by the start-up lookup, for the first list read.
+    known_lists: Option<Vec<ListInfo>>,
+    foreign: ForeignWatch,
+}
+
+impl Writer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        cloudflare: CloudflareClient,
+        config: Config,
+        telemetry: Arc<Telemetry>,
+    ) -> Writer {
+        Writer {
+            shared,
+            cloudflare,
+            config,
+            telemetry,
+            op_clock: OpClock::default(),
+            writes: WriteBudget::default(),
+            known_lists: None,
+            foreign: ForeignWatch::new(),
+        }
+    }
+
+    /// Looks the configured list up among the account's lists (a read, before any
+    /// write), and keeps those lists for the first list read, which needs the other
+    /// lists' sizes.
+    pub(super) async fn look_up_list(&mut self) -> Result<ListInfo, Error> {
+        let lists = self.cloudflare.lists().await?;
+        let found = crate::cloudflare::choose_list(&lists, &self.config.cloudflare.list);
+        self.known_lists = Some(lists);
+        Ok(found?)
+    }
+
+    /// Looks the list up, retrying until it works or the token is cancelled.
+    pub(super) async fn resolve_list(&mut self, token: &CancellationToken) -> Option<String> {
+        let mut attempt = 0;
+        loop {
+            let found = tokio::select! {
+                biased;
+                () = token.cancelled() => return None,
+                found = self.look_up_list() => found,
+            };
+            match found {
+                Ok(list) => {
+                    info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");
+                    return Some(list.id);
+                }
+                Err(err) => {
+                    attempt += 1;
+                    error!(error = %err, "cannot use the Cloudflare list; retrying");
+                    let delay = retry_delay(&err, attempt);
+                    if !sleep_or_cancel(delay, token).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// The writer task: see the module docs.
-    pub(super) async fn write_cloudflare(&self, list_id: &str, token: CancellationToken) {
+    pub(super) async fn run(mut self, list_id: String, token: CancellationToken) {
+        let list_id = list_id.as_str();
         let mut pace = Pace {
             cap: self.config.cloudflare.batch_size,
             longest_op: Duration::ZERO,
@@ -99,7 +179,7 @@ impl Engine {
 
     /// `once`'s drain: like the writer task, but gives up after repeated failures.
     pub(super) async fn drain_once(
-        &self,
+        &mut self,
         list_id: &str,
         token: &CancellationToken,
     ) -> Result<usize, Error> {
@@ -135,7 +215,7 @@ impl Engine {
     }
 
     /// Adjusts the pace after a write; returns how long to wait before the next one.
-    fn after_write(&self, result: Result<usize, Error>, pace: &mut Pace) -> Option<Duration> {
+    fn after_write(&mut self, result: Result<usize, Error>, pace: &mut Pace) -> Option<Duration> {
         let err = match result {
             Ok(_) => {
                 pace.failures = 0;
@@ -149,7 +229,7 @@ impl Engine {
         match &err {
             // Whether the write was applied is unknown: read the list before the next one.
             Error::Unconfirmed(_) | Error::OperationLost(_) => {
-                self.foreign().own_operation_uncertain();
+                self.foreign.own_operation_uncertain();
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
                 Some(self.unconfirmed_wait(&err, pace))
             }
@@ -161,7 +241,7 @@ impl Engine {
                 if matches!(cf, crate::cloudflare::Error::RateLimited { .. })
                     && !cf.is_global_limit() =>
             {
-                let verdict = self.foreign().write_refused_for_pending(Instant::now());
+                let verdict = self.foreign.write_refused_for_pending(Instant::now());
                 self.act_on(verdict);
                 self.shared.refresh_list.store(true, Ordering::SeqCst);
                 Some(
@@ -194,17 +274,9 @@ impl Engine {
         sleep_or_cancel(delay, token).await
     }
 
-    fn foreign(&self) -> std::sync::MutexGuard<'_, super::foreign::ForeignWatch> {
-        self.shared
-            .foreign
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Raises or clears the suspicion of another writer: the warning, the readiness
     /// reason and the metric, and removals paused while it stands.
-    fn act_on(&self, verdict: super::foreign::Verdict) {
-        use super::foreign::Verdict;
+    fn act_on(&self, verdict: Verdict) {
         match verdict {
             Verdict::Unchanged => {}
             Verdict::Suspected(why) => {
@@ -235,14 +307,9 @@ impl Engine {
 
     /// Reads the account's lists (for the capacity left by the others) and the whole
     /// list, and replaces the list view with it.
-    pub(super) async fn read_list(&self, list_id: &str) -> Result<(), Error> {
+    pub(super) async fn read_list(&mut self, list_id: &str) -> Result<(), Error> {
         let started = Instant::now();
-        let known = self
-            .shared
-            .known_lists
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let known = self.known_lists.take();
         let lists = match known {
             Some(lists) => lists,
             None => self.cloudflare.lists().await?,
@@ -292,7 +359,7 @@ impl Engine {
         let counts = state.counts();
         let primed = state.is_primed();
         drop(state);
-        let verdict = self.foreign().list_read(
+        let verdict = self.foreign.list_read(
             Instant::now(),
             drift.missing_fingerprint,
             drift.foreign_tagged,
@@ -330,7 +397,7 @@ impl Engine {
     /// items are back at the front of the queue; a failed operation halves the pace,
     /// and a failed one-item operation sets its item aside.
     async fn write(
-        &self,
+        &mut self,
         list_id: &str,
         batch: Batch,
         token: &CancellationToken,
@@ -356,15 +423,16 @@ impl Engine {
     }
 
     async fn submit_and_wait(
-        &self,
+        &mut self,
         list_id: &str,
         batch: Batch,
         token: &CancellationToken,
     ) -> Result<usize, Error> {
         let started = Instant::now();
+        let telemetry = self.telemetry.clone();
         let unconfirmed = |err: crate::cloudflare::Error| {
             if err.may_have_been_accepted() {
-                self.telemetry.metrics.bulk_operation("unconfirmed", None);
+                telemetry.metrics.bulk_operation("unconfirmed", None);
                 Error::Unconfirmed(err)
             } else {
                 Error::Cloudflare(err)
@@ -410,7 +478,7 @@ impl Engine {
         }
         match status? {
             OpStatus::Completed => {
-                self.foreign()
+                self.foreign
                     .own_operation_completed(outcome == Confirmed::Added);
                 self.shared.state().confirm(outcome, &items);
                 self.telemetry.health().write_ok = Some(Instant::now());
@@ -432,9 +500,8 @@ impl Engine {
         }
     }
 
-    fn record_write(&self, items: usize) {
-        let mut budget = self.shared.writes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(warning) = budget.record(items as u64, Instant::now()).warning {
+    fn record_write(&mut self, items: usize) {
+        if let Some(warning) = self.writes.record(items as u64, Instant::now()).warning {
             warn!("{warning}");
         }
     }
@@ -444,7 +511,7 @@ impl Engine {
     /// reading the whole list, else read the whole list (which requeues everything
     /// with fresh ids). Returns `None` when nothing is left to send now.
     async fn resolve_ids(
-        &self,
+        &mut self,
         list_id: &str,
         removes: Vec<(Item, Option<Box<str>>)>,
     ) -> Result<Option<(Vec<Box<str>>, Vec<Item>)>, Error> {
@@ -486,9 +553,13 @@ impl Engine {
     /// operation that may still be pending (a second write now would be refused and could
     /// pile up), except on shutdown after `shutdown_grace` ([`OpStatus::Pending`]) or when
     /// Cloudflare keeps saying it does not know it ([`Error::OperationLost`]).
-    async fn wait_for(&self, op_id: &str, token: &CancellationToken) -> Result<OpStatus, Error> {
+    async fn wait_for(
+        &mut self,
+        op_id: &str,
+        token: &CancellationToken,
+    ) -> Result<OpStatus, Error> {
         let started = Instant::now();
-        let mut interval = self.shared.op_clock().first_poll();
+        let mut interval = self.op_clock.first_poll();
         let mut polls = 0u32;
         let mut cancelled_at: Option<Instant> = None;
         let mut unknown_since: Option<Instant> = None;
@@ -530,7 +601,7 @@ impl Engine {
                 Ok(OpStatus::Pending) => unknown_since = None,
                 Ok(status) => {
                     if every_poll_answered {
-                        self.shared.op_clock().learn(polls == 1, started.elapsed());
+                        self.op_clock.learn(polls == 1, started.elapsed());
                     }
                     return Ok(status);
                 }

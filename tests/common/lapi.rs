@@ -3,11 +3,11 @@
 //! Each [`Lapi`] runs `crowdsec -no-cs -no-capi` alone in its own temp dir: config, SQLite DB
 //! and `lapi.log` all live there, on a loopback port of its own, so tests can run in parallel
 //! (threads of one test binary and several test binaries at once). The behaviour relied on
-//! here is measured in shared/docs/lapi.md; section numbers below refer to it.
+//! here is described in docs/lapi.md.
 //!
 //! The binaries come from `scripts/install-crowdsec.sh` (unpacked into `target/crowdsec/`).
 //! When a test panics, the temp dir is kept and its path printed: the log and the DB are the
-//! best evidence (§8.10).
+//! best evidence (docs/lapi.md §8).
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -30,7 +30,7 @@ const BIND_GRACE: Duration = Duration::from_millis(150);
 const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
 /// LAPI JWTs live 1 h; refresh well before.
 const JWT_MAX_AGE: Duration = Duration::from_secs(50 * 60);
-/// Exactly one `/`, so the LAPI records type and version cleanly (§4.7).
+/// Exactly one `/`, so the LAPI records type and version cleanly (docs/lapi.md §4.7).
 const USER_AGENT: &str = "cfbouncer-lapi-harness/0.1";
 const MACHINE_ID: &str = "test-machine";
 const LISTENING: &str = "Local API listening on";
@@ -137,14 +137,16 @@ impl Lapi {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Registers a bouncer and returns its API key. Fresh key per test: `last_pull` is per key (§4.7).
+    /// Registers a bouncer and returns its API key. Fresh key per test: `last_pull` is per key
+    /// (docs/lapi.md §4.7).
     pub fn add_bouncer(&self, name: &str) -> String {
         self.cscli_ok(&["bouncers", "add", name, "-o", "raw"])
             .trim()
             .to_string()
     }
 
-    /// Runs `cscli -c CONFIG --error ARGS...`. `decisions add/delete` need the LAPI up (§2).
+    /// Runs `cscli -c CONFIG --error ARGS...`. `decisions add/delete` need the LAPI up
+    /// (docs/lapi.md §2).
     pub fn cscli(&self, args: &[&str]) -> Output {
         Command::new(&self.cscli_bin)
             .arg("-c")
@@ -176,8 +178,9 @@ impl Lapi {
         String::from_utf8(out.stdout).expect("cscli stdout is UTF-8")
     }
 
-    /// Adds all `decisions` in one alert through `POST /v1/alerts` as the machine (§5.1).
-    /// Each decision's `until` is now (whole seconds) + its duration, which may be negative.
+    /// Adds all `decisions` in one alert through `POST /v1/alerts` as the machine
+    /// (docs/lapi.md §5.1). Each decision's `until` is now (whole seconds) + its duration, which
+    /// may be negative.
     pub async fn add_decisions(&self, decisions: &[NewDecision]) {
         if decisions.is_empty() {
             return;
@@ -550,7 +553,8 @@ impl NewDecision {
     }
 }
 
-/// The `POST /v1/alerts` body of §5.1: one alert holding all decisions; `now` is RFC 3339.
+/// The `POST /v1/alerts` body of docs/lapi.md §5.1: one alert holding all decisions; `now` is
+/// RFC 3339.
 pub fn alert_json(decisions: &[NewDecision], now: &str) -> serde_json::Value {
     let first = &decisions[0];
     let decisions: Vec<_> = decisions

@@ -7,7 +7,7 @@
 //! that rewrite stream answers.
 //!
 //! The same faults make the 1.4.6 LAPI behind (the only one Debian ships) behave as the 1.6 and
-//! 1.7 LAPIs operators run (shared/docs/lapi.md §9): [`Fault::CutStartup`],
+//! 1.7 LAPIs operators run (docs/lapi.md §9): [`Fault::CutStartup`],
 //! [`Fault::NewAddress`], [`Fault::UuidWholeSeconds`], [`Fault::Origins`] and
 //! [`Fault::UsageMetrics`], alone or together in [`Fault::All`]. Each acts only on the requests
 //! whose answer it changes and lets every other one through, so a test can run its whole
@@ -45,13 +45,13 @@ use tokio::task::JoinHandle;
 const STREAM_PATH: &str = "/v1/decisions/stream";
 /// The live endpoint; unfiltered, it answers every active decision.
 const SNAPSHOT_PATH: &str = "/v1/decisions";
-/// The path [`Fault::UsageMetrics`] answers (LAPI 1.6.3+, shared/docs/lapi.md §9.2).
+/// The path [`Fault::UsageMetrics`] answers (LAPI 1.6.3+, docs/lapi.md §9.2).
 const USAGE_METRICS_PATH: &str = "/v1/usage-metrics";
-/// How many decisions LAPI 1.7.8 reads per database query of a stream (shared/docs/lapi.md §9.1).
+/// How many decisions LAPI 1.7.8 reads per database query of a stream (docs/lapi.md §9.1).
 pub const LAPI_PAGE: usize = 30_000;
 /// Decisions per chunk of a [`Fault::CutStartup`] body.
 const CHUNK_DECISIONS: usize = 1_000;
-/// The LAPI's exact 403 body for a bad key (shared/docs/lapi.md §4.6).
+/// The LAPI's exact 403 body for a bad key (docs/lapi.md §4.6).
 const FORBIDDEN_BODY: &str = r#"{"message":"access forbidden"}"#;
 /// Labelled JSON, so a client must fail in its decoder, not on a content-type check.
 const GARBAGE_BODY: &str = "<html><body>fault proxy: this is not JSON</body></html>";
@@ -87,7 +87,7 @@ pub enum Fault {
     Down,
     /// Answer this status with a short text body (e.g. 500/502/503) without forwarding.
     Status(u16),
-    /// Answer 403 `{"message":"access forbidden"}` as LAPI does for a bad key (docs §4.6).
+    /// Answer 403 `{"message":"access forbidden"}` as LAPI does for a bad key (docs/lapi.md §4.6).
     Forbidden,
     /// Answer 200 with a body that is not JSON (labelled `application/json`).
     Garbage,
@@ -98,7 +98,7 @@ pub enum Fault {
     /// Forward the request to LAPI (so LAPI DOES advance this key's last_pull), read the whole
     /// answer, then drop the connection without answering: the "response lost" case.
     ForwardThenDrop,
-    /// Reproduces LAPI 1.7 behaviour (shared/docs/lapi.md §9.1): a `startup=true` pull whose
+    /// Reproduces LAPI 1.7 behaviour (docs/lapi.md §9.1): a `startup=true` pull whose
     /// database query fails part-way through `new`. LAPI 1.7 has already sent `200` and part of
     /// the body, so it closes the JSON with `], "deleted": []}`: the body is valid JSON, `new`
     /// holds only the first decisions by id, `deleted` is empty, and nothing tells the client.
@@ -113,16 +113,16 @@ pub enum Fault {
     ///
     /// `proxy.set(Fault::CutStartup(Cut::Pages { pages: 1, page_size: 3_000 }))`
     CutStartup(Cut),
-    /// Reproduces LAPI 1.6.5 behaviour (shared/docs/lapi.md §9.2, bouncers identified by key
-    /// and client address): the key is now used from another address, for which LAPI makes a
-    /// new `name@ip` bouncer row whose `last_pull` is null, so the first delta returns every
-    /// active decision in `new` and every expired one still in the database in `deleted`, as
-    /// a start-up pull does. The proxy forwards a delta as `startup=true` (its other query
-    /// parameters kept), which the LAPI behind answers in exactly that shape (§4.2, §9.3), and
-    /// passes the answer back as the delta's. It applies to deltas only:
-    /// `proxy.set_for(Fault::NewAddress, 1)` is "the next delta", whatever full pulls come first.
+    /// Reproduces LAPI 1.6.5 behaviour (docs/lapi.md §9.2, bouncers identified by key and client
+    /// address): the key is now used from another address, for which LAPI makes a new `name@ip`
+    /// bouncer row whose `last_pull` is null, so the first delta returns every active decision in
+    /// `new` and every expired one still in the database in `deleted`, as a start-up pull does. The
+    /// proxy forwards a delta as `startup=true` (its other query parameters kept), which the LAPI
+    /// behind answers in exactly that shape (docs/lapi.md §4.2, §9.3), and passes the answer back
+    /// as the delta's. It applies to deltas only: `proxy.set_for(Fault::NewAddress, 1)` is "the
+    /// next delta", whatever full pulls come first.
     NewAddress,
-    /// Reproduces LAPI 1.6 and 1.6.3 behaviour (shared/docs/lapi.md §9.2): in every stream
+    /// Reproduces LAPI 1.6 and 1.6.3 behaviour (docs/lapi.md §9.2): in every stream
     /// answer, each decision carries a `uuid` (a random version-4 UUID per decision id, the
     /// same on every pull through this proxy) and its `duration` is rounded to whole seconds
     /// as 1.6.3+ does with Go's `Duration.Round(time.Second)`, halves away from zero (see
@@ -131,7 +131,7 @@ pub enum Fault {
     ///
     /// `proxy.set(Fault::UuidWholeSeconds)`
     UuidWholeSeconds,
-    /// Reproduces LAPI 1.6–1.7 behaviour (shared/docs/lapi.md §9.2, new origins `console`,
+    /// Reproduces LAPI 1.6–1.7 behaviour (docs/lapi.md §9.2, new origins `console`,
     /// `cscli-import`, `remediation_sync`), which 1.4.6's cscli cannot produce: in every stream
     /// answer, a decision whose `value` is a key of the map gets the mapped `origin`. An
     /// `origins=` filter is applied by the proxy after the rewrite (the LAPI is asked without
@@ -139,7 +139,7 @@ pub enum Fault {
     ///
     /// `proxy.set(Fault::origins(&[("1.2.3.4", "console"), ("5.6.7.8", "remediation_sync")]))`
     Origins(BTreeMap<String, String>),
-    /// Reproduces LAPI 1.6.3 behaviour (shared/docs/lapi.md §9.2, `POST /v1/usage-metrics`),
+    /// Reproduces LAPI 1.6.3 behaviour (docs/lapi.md §9.2, `POST /v1/usage-metrics`),
     /// an endpoint 1.4.6 answers 404: the proxy answers it itself, as 1.6.3+ does, `201` with
     /// an empty body for a valid payload and `422 {"message": "validation failure list:\n..."}`
     /// naming each missing field otherwise (see [`check_usage_metrics`] for the schema and the
@@ -219,7 +219,7 @@ impl Fault {
 /// What a request asks for, as far as the faults care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
-    /// `GET /v1/decisions/stream?startup=true` (only the exact `true` counts, docs §4.2).
+    /// `GET /v1/decisions/stream?startup=true` (only the exact `true` counts, docs/lapi.md §4.2).
     Startup,
     /// Any other `GET /v1/decisions/stream`.
     Delta,
@@ -607,7 +607,7 @@ impl Shared {
         let (parts, body) = req.into_parts();
         let mut headers = HeaderMap::new();
         let skip = [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
-        // The client's User-Agent too: LAPI stores it on the bouncer row (docs §4.7).
+        // The client's User-Agent too: LAPI stores it on the bouncer row (docs/lapi.md §4.7).
         copy_end_to_end(&parts.headers, &mut headers, &skip);
         // A bouncer route that authenticates the key like any other; a HEAD answers before
         // `last_pull` is touched, and the value matches no decision.
@@ -688,8 +688,8 @@ struct Rewrite<'a> {
     keep: Option<usize>,
 }
 
-/// [`Fault::Origins`] on one stream answer: rewrites, then keeps only the `wanted` origins
-/// if the client asked for some. A list left empty becomes `null`, as LAPI writes it (§4.1).
+/// [`Fault::Origins`] on one stream answer: rewrites, then keeps only the `wanted` origins if the
+/// client asked for some. A list left empty becomes `null`, as LAPI writes it (docs/lapi.md §4.1).
 fn rewrite_origins(answer: &mut Value, map: &BTreeMap<String, String>, wanted: Option<&[String]>) {
     for list in ["new", "deleted"] {
         let Some(decisions) = answer.get_mut(list).and_then(Value::as_array_mut) else {
@@ -732,7 +732,7 @@ fn cut_new(answer: &mut Value, keep: usize) -> Option<Vec<Value>> {
     Some(new)
 }
 
-/// The answer LAPI 1.7 sends when the query for the next page of `new` fails (docs §9.1):
+/// The answer LAPI 1.7 sends when the query for the next page of `new` fails (docs/lapi.md §9.1):
 /// 200, `application/json`, chunked, `{"new": [` and the decisions written so far, then
 /// `], "deleted": []}`.
 fn cut_answer(decisions: &[Value]) -> Response {
@@ -865,7 +865,7 @@ type Refusal = (u16, String);
 
 /// Checks a `POST /v1/usage-metrics` body from a bouncer as LAPI 1.6.3+ does (its
 /// `models.AllMetrics` validation, then its controller), and returns it parsed. The fields,
-/// where they sit (shared/docs/lapi.md §9.2):
+/// where they sit (docs/lapi.md §9.2):
 ///
 /// ```text
 /// {"remediation_components": [{"version", "utc_startup_timestamp", "os": {"name", "version"},

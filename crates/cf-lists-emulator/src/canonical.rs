@@ -1,5 +1,6 @@
-//! The emulator's own parsing and canonicalisation of list item IPs (docs §6.1, §6.3), and
-//! the opaque pagination cursor codec (docs §2.3).
+//! The emulator's own parsing and canonicalisation of list item IPs
+//! (docs/cloudflare-lists.md §6.1, §6.3), and the opaque pagination cursor codec
+//! (docs/cloudflare-lists.md §2.3).
 //!
 //! This is written independently of the bouncer's canonicalisation on purpose: if both were
 //! the same code, a bug in it could never be caught by the integration tests.
@@ -10,29 +11,32 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::HostBits;
 
-/// Smallest IPv4 prefix length the API accepts (docs §6.1: "/8 to /32").
+/// Smallest IPv4 prefix length the API accepts (docs/cloudflare-lists.md §6.1: "/8 to /32").
 const IPV4_MIN_PREFIX: u8 = 8;
-/// Smallest IPv6 prefix length the API accepts (docs §6.1: "/12 to /128", 10035 text "/12 to /64").
+/// Smallest IPv6 prefix length the API accepts (docs/cloudflare-lists.md §6.1: "/12 to /128", 10035
+/// text "/12 to /64").
 const IPV6_MIN_PREFIX: u8 = 12;
 
 /// Which item IPs a write accepts; built from [`super::Settings`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IpRules {
-    /// 128 for the current API, 64 for the pre-2025-07 API (docs §6.1).
+    /// 128 for the current API, 64 for the pre-2025-07 API (docs/cloudflare-lists.md §6.1).
     pub ipv6_max_prefix: u8,
     pub host_bits: HostBits,
 }
 
-/// Why an item IP was refused. All of these become error 10035 (docs §7).
+/// Why an item IP was refused. All of these become error 10035 (docs/cloudflare-lists.md §7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum IpError {
     /// Not an address, not a CIDR.
     Unparsable,
     /// IPv4 prefix outside /8..=/32. The detail text is invented by analogy with the IPv6 one.
     Ipv4Prefix,
-    /// IPv6 prefix (or a host, which is a /128) outside /12..=max. Observed text (docs §6.1).
+    /// IPv6 prefix (or a host, which is a /128) outside /12..=max. Observed text
+    /// (docs/cloudflare-lists.md §6.1).
     Ipv6Prefix { max: u8 },
-    /// `1.1.1.1/24` while [`HostBits::Reject`] is selected. Text invented (docs §12).
+    /// `1.1.1.1/24` while [`HostBits::Reject`] is selected. Text invented
+    /// (docs/cloudflare-lists.md §12).
     HostBits,
 }
 
@@ -95,8 +99,8 @@ fn parse_prefix(text: &str) -> Result<u8, IpError> {
     text.parse().map_err(|_| IpError::Unparsable)
 }
 
-/// The stored text of a canonical network (docs §6.3): /32 and /128 are written as plain
-/// addresses, everything else as `network/len`. IPv6 uses std's RFC 5952 lowercase form.
+/// The stored text of a canonical network (docs/cloudflare-lists.md §6.3): /32 and /128 are written
+/// as plain addresses, everything else as `network/len`. IPv6 uses std's RFC 5952 lowercase form.
 pub(crate) fn ip_text(net: &IpNet) -> String {
     if net.prefix_len() == net.max_prefix_len() {
         net.addr().to_string()
@@ -115,7 +119,7 @@ pub(crate) enum Direction {
 /// Encodes a position as an opaque cursor: direction letter + hex of (family, address, prefix).
 ///
 /// Items are keyed by [`IpNet`], whose derived `Ord` is family (v4 first), then address, then
-/// prefix length: exactly the documented sort order (docs §2.3).
+/// prefix length: exactly the documented sort order (docs/cloudflare-lists.md §2.3).
 pub(crate) fn encode_cursor(direction: Direction, net: &IpNet) -> String {
     let (family, addr) = match net {
         IpNet::V4(v4) => (4u8, u128::from(u32::from(v4.addr()))),

@@ -228,7 +228,7 @@ impl Emulator {
         self.state().faults.clear_poison();
     }
 
-    /// What the API token may do from now on (docs §8).
+    /// What the API token may do from now on (docs/cloudflare-lists.md §8).
     pub fn set_token_permissions(&self, permissions: Permissions) {
         self.state().settings.permissions = permissions;
     }

@@ -1,5 +1,5 @@
-//! One handler per Lists API endpoint (docs §2, table of endpoints). Handlers run after the
-//! gate in `http.rs`, so the request is authenticated and the state already advanced.
+//! One handler per Lists API endpoint (docs/cloudflare-lists.md §2, table of endpoints). Handlers
+//! run after the gate in `http.rs`, so the request is authenticated and the state already advanced.
 //!
 //! Request input is never trusted: bodies arrive as bytes and are parsed here or in
 //! `items.rs`, and extractor rejections become 400 envelopes.
@@ -19,12 +19,14 @@ use super::items::parse_json;
 use super::state::{lock, Shared, WriteKind};
 use super::store::{item_json, PageQuery};
 
-/// Documented `per_page` bounds of GET items (docs §2.3, OpenAPI minimum 1, maximum 500).
+/// Documented `per_page` bounds of GET items (docs/cloudflare-lists.md §2.3, OpenAPI minimum 1,
+/// maximum 500).
 const MAX_PER_PAGE: usize = 500;
-/// Documented list name length and description length (docs §2.1).
+/// Documented list name length and description length (docs/cloudflare-lists.md §2.1).
 const MAX_NAME_LEN: usize = 50;
 const MAX_DESCRIPTION_LEN: usize = 500;
-/// The four list kinds of the schema (docs §2.1). Only `ip` lists take items here.
+/// The four list kinds of the schema (docs/cloudflare-lists.md §2.1). Only `ip` lists take items
+/// here.
 const KINDS: [&str; 4] = ["ip", "redirect", "hostname", "asn"];
 
 type ApiResult = Result<Response, ApiError>;
@@ -35,7 +37,7 @@ fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::invalid(format!("invalid path: {rejection}"))
 }
 
-/// GET lists: every list, no pagination (docs §2.1).
+/// GET lists: every list, no pagination (docs/cloudflare-lists.md §2.1).
 pub(crate) async fn list_lists(State(shared): State<Shared>) -> ApiResult {
     let mut state = lock(&shared);
     state.counters.other += 1;
@@ -44,7 +46,7 @@ pub(crate) async fn list_lists(State(shared): State<Shared>) -> ApiResult {
     Ok(success(Value::Array(lists)))
 }
 
-/// POST lists: `{"name", "kind", "description"?}` (docs §2.1).
+/// POST lists: `{"name", "kind", "description"?}` (docs/cloudflare-lists.md §2.1).
 pub(crate) async fn create_list(State(shared): State<Shared>, body: Bytes) -> ApiResult {
     let body = parse_json(&body)?;
     let mut state = lock(&shared);
@@ -76,7 +78,8 @@ pub(crate) async fn create_list(State(shared): State<Shared>, body: Bytes) -> Ap
     Ok(success(list.json(0)))
 }
 
-/// DOCS-LISTS-INDEX: lowercase letters, digits, underscore; max 50 (docs §2.1).
+/// Cloudflare's Lists overview: lowercase letters, digits, underscore; max 50
+/// (docs/cloudflare-lists.md §2.1).
 pub(crate) fn valid_list_name(name: &str) -> bool {
     let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
     !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(allowed)
@@ -94,7 +97,7 @@ fn parse_description(body: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// GET one list, with `num_items` (docs §2.1).
+/// GET one list, with `num_items` (docs/cloudflare-lists.md §2.1).
 pub(crate) async fn get_list(State(shared): State<Shared>, path: ListPath) -> ApiResult {
     let Path((_, list_id)) = path.map_err(path_error)?;
     let mut state = lock(&shared);
@@ -106,7 +109,7 @@ pub(crate) async fn get_list(State(shared): State<Shared>, path: ListPath) -> Ap
     Ok(success(state.list_json(list)))
 }
 
-/// PUT one list: only `description` can change (docs §2.1).
+/// PUT one list: only `description` can change (docs/cloudflare-lists.md §2.1).
 pub(crate) async fn update_list(
     State(shared): State<Shared>,
     path: ListPath,
@@ -130,7 +133,8 @@ pub(crate) async fn update_list(
     Ok(success(list.json(state.zones.referencing(&list.name))))
 }
 
-/// DELETE one list → `{"id"}` (docs §2.1), refused while a zone rule references it.
+/// DELETE one list → `{"id"}` (docs/cloudflare-lists.md §2.1), refused while a zone rule references
+/// it.
 pub(crate) async fn delete_list(State(shared): State<Shared>, path: ListPath) -> ApiResult {
     let Path((_, list_id)) = path.map_err(path_error)?;
     let mut state = lock(&shared);
@@ -140,7 +144,8 @@ pub(crate) async fn delete_list(State(shared): State<Shared>, path: ListPath) ->
         .list(&list_id)
         .ok_or_else(|| ApiError::not_found("list"))?;
     if state.zones.referencing(&list.name) > 0 {
-        // Observed code and message (docs §2.1, §7); the HTTP status is not documented.
+        // Observed code and message (docs/cloudflare-lists.md §2.1, §7); the HTTP status is not
+        // documented.
         let message = "filters.api.ip_list_in_use";
         return Err(ApiError::bad_request(code::LIST_IN_USE, message));
     }
@@ -148,7 +153,8 @@ pub(crate) async fn delete_list(State(shared): State<Shared>, path: ListPath) ->
     Ok(success(json!({ "id": list_id })))
 }
 
-/// GET items: `per_page`, `cursor`, `search` (docs §2.3). Only completed changes are visible.
+/// GET items: `per_page`, `cursor`, `search` (docs/cloudflare-lists.md §2.3). Only completed
+/// changes are visible.
 pub(crate) async fn get_items(
     State(shared): State<Shared>,
     path: ListPath,
@@ -188,7 +194,7 @@ pub(crate) async fn get_items(
     Ok(success_with_info(items, result_info))
 }
 
-/// POST items: async upsert (docs §2.4).
+/// POST items: async upsert (docs/cloudflare-lists.md §2.4).
 pub(crate) async fn post_items(
     State(shared): State<Shared>,
     path: ListPath,
@@ -197,7 +203,7 @@ pub(crate) async fn post_items(
     write(shared, path, WriteKind::Upsert, body)
 }
 
-/// PUT items: async replace-all, `[]` accepted (docs §2.5).
+/// PUT items: async replace-all, `[]` accepted (docs/cloudflare-lists.md §2.5).
 pub(crate) async fn put_items(
     State(shared): State<Shared>,
     path: ListPath,
@@ -206,7 +212,7 @@ pub(crate) async fn put_items(
     write(shared, path, WriteKind::Replace, body)
 }
 
-/// DELETE items: async delete by id (docs §2.6).
+/// DELETE items: async delete by id (docs/cloudflare-lists.md §2.6).
 pub(crate) async fn delete_items(
     State(shared): State<Shared>,
     path: ListPath,
@@ -220,11 +226,12 @@ fn write(shared: Shared, path: ListPath, kind: WriteKind, body: Bytes) -> ApiRes
     let mut state = lock(&shared);
     let operation_id = state.submit_write(&list_id, kind, &body, Instant::now())?;
     tracing::debug!(%operation_id, ?kind, %list_id, "bulk operation created");
-    // HTTP 200 as in the OpenAPI; the endpoints page says 201 (docs §3, unverified).
+    // HTTP 200 as in the OpenAPI; the endpoints page says 201 (docs/cloudflare-lists.md §3,
+    // unverified).
     Ok(success(json!({ "operation_id": operation_id })))
 }
 
-/// GET one item; 404 if it is not (yet) in the completed state (docs §2.2).
+/// GET one item; 404 if it is not (yet) in the completed state (docs/cloudflare-lists.md §2.2).
 pub(crate) async fn get_item(State(shared): State<Shared>, path: ItemPath) -> ApiResult {
     let Path((_, list_id, item_id)) = path.map_err(path_error)?;
     let mut state = lock(&shared);
@@ -239,7 +246,8 @@ pub(crate) async fn get_item(State(shared): State<Shared>, path: ItemPath) -> Ap
     Ok(success(item_json(net, item)))
 }
 
-/// GET bulk operation status (docs §2.7); the path is per account, not per list.
+/// GET bulk operation status (docs/cloudflare-lists.md §2.7); the path is per account, not per
+/// list.
 pub(crate) async fn get_operation(State(shared): State<Shared>, path: ListPath) -> ApiResult {
     let Path((_, operation_id)) = path.map_err(path_error)?;
     let now = Instant::now();

@@ -221,11 +221,11 @@ fn rate_limited(limit: u32, window_secs: u64, retry_after: u64) -> ApiError {
     .with_retry_after(retry_after)
 }
 
-/// `Authorization: Bearer <token>` must match (docs §1), the account in the path must be
-/// the emulated one, and the token's permissions must allow the method (docs §8). Each
-/// refusal is 403/10000: a real token is simply not authorised for an account it does not
-/// belong to, or for an action it lacks the permission for, which is what Cloudflare
-/// reports.
+/// `Authorization: Bearer <token>` must match (docs/cloudflare-lists.md §1), the account in the
+/// path must be the emulated one, and the token's permissions must allow the method
+/// (docs/cloudflare-lists.md §8). Each refusal is 403/10000: a real token is simply not authorised
+/// for an account it does not belong to, or for an action it lacks the permission for, which is
+/// what Cloudflare reports.
 fn authorize(request: &Request, settings: &Settings) -> Admission {
     let presented = request
         .headers()

@@ -1,5 +1,5 @@
-//! Synchronous validation of item write bodies (docs §2.4–§2.6, §6): everything that is
-//! refused with HTTP 400 before an operation is created.
+//! Synchronous validation of item write bodies (docs/cloudflare-lists.md §2.4–§2.6, §6): everything
+//! that is refused with HTTP 400 before an operation is created.
 //!
 //! Pure functions from raw bytes to canonical items; no state, no time.
 
@@ -11,11 +11,13 @@ use super::canonical::{parse_item_ip, IpRules};
 use super::envelope::{code, ApiError};
 use super::store::NewItem;
 
-/// Documented comment limit (docs §6.5). Whether the API refuses longer ones is unverified.
+/// Documented comment limit (docs/cloudflare-lists.md §6.5). Whether the API refuses longer ones is
+/// unverified.
 const MAX_COMMENT_CHARS: usize = 500;
-/// Item kinds of the request schema (docs §2.4); only `ip` is accepted by an IP list.
+/// Item kinds of the request schema (docs/cloudflare-lists.md §2.4); only `ip` is accepted by an IP
+/// list.
 const OTHER_KINDS: [&str; 3] = ["redirect", "hostname", "asn"];
-/// Documented id length of list items (docs §2.6, §5).
+/// Documented id length of list items (docs/cloudflare-lists.md §2.6, §5).
 const ITEM_ID_LEN: usize = 32;
 
 /// Parses `body` as JSON, mapping syntax errors to a 400 envelope.
@@ -24,7 +26,8 @@ pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|err| ApiError::invalid(format!("could not parse request body as JSON: {err}")))
 }
 
-/// Parses a POST/PUT body: a bare JSON array of `{"ip", "comment"?}` (docs §2.4).
+/// Parses a POST/PUT body: a bare JSON array of `{"ip", "comment"?}`
+/// (docs/cloudflare-lists.md §2.4).
 pub(crate) fn parse_ip_items(body: &[u8], rules: IpRules) -> Result<Vec<NewItem>, ApiError> {
     let Value::Array(raw_items) = parse_json(body)? else {
         return Err(ApiError::invalid(
@@ -48,7 +51,7 @@ pub(crate) fn parse_ip_items(body: &[u8], rules: IpRules) -> Result<Vec<NewItem>
         let item = parse_ip_item(position, object, rules)?;
         if !seen.insert(item.net) {
             // Duplicates are compared in canonical form: `1.2.3.4` and `1.2.3.4/32` are the
-            // same item (docs §6.4 says "likely"; unverified).
+            // same item (docs/cloudflare-lists.md §6.4 says "likely"; unverified).
             return Err(ApiError::bad_request(
                 code::DUPLICATE_ITEMS,
                 "The add list items operation contains duplicate items",
@@ -59,7 +62,8 @@ pub(crate) fn parse_ip_items(body: &[u8], rules: IpRules) -> Result<Vec<NewItem>
     Ok(items)
 }
 
-/// Items of other kinds: 10056 if kinds are mixed, 10058 if all are foreign (docs §6.4).
+/// Items of other kinds: 10056 if kinds are mixed, 10058 if all are foreign
+/// (docs/cloudflare-lists.md §6.4).
 fn check_kinds(objects: &[&Map<String, Value>]) -> Result<(), ApiError> {
     let kind_of = |object: &Map<String, Value>| {
         OTHER_KINDS
@@ -117,7 +121,8 @@ fn parse_ip_item(
     Ok(NewItem { net, comment })
 }
 
-/// Parses a DELETE body `{"items": [{"id": "<32 chars>"}]}`, `minItems: 1` (docs §2.6).
+/// Parses a DELETE body `{"items": [{"id": "<32 chars>"}]}`, `minItems: 1`
+/// (docs/cloudflare-lists.md §2.6).
 pub(crate) fn parse_delete_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
     let value = parse_json(body)?;
     let Some(Value::Array(raw_items)) = value.get("items") else {

@@ -1,18 +1,18 @@
 //! A stateful emulator of the Cloudflare Lists API (account-level IP lists), used by the
 //! integration tests in-process and by the demo as the `cf-lists-emulator` binary.
 //!
-//! It follows `docs/cloudflare-lists.md` (cited below as "docs §N"), not a permissive mock:
-//! writes are asynchronous bulk operations that complete after a latency, one operation may
-//! be in flight per account, IPs are validated and stored in canonical form, pages are capped
-//! at 500 items. Where the docs found no source (docs §12) the behaviour is a switch in
-//! [`Settings`] or is marked "unverified"/"invented" at the place it is implemented.
-//! Only `kind: "ip"` lists are implemented fully; lists of other kinds can be created but
-//! refuse item writes with 10058.
+//! It follows `docs/cloudflare-lists.md` (cited below by section), not a permissive mock: writes
+//! are asynchronous bulk operations that complete after a latency, one operation may be in flight
+//! per account, IPs are validated and stored in canonical form, pages are capped at 500 items.
+//! Where the docs found no source (docs/cloudflare-lists.md §12) the behaviour is a switch in
+//! [`Settings`] or is marked "unverified"/"invented" at the place it is implemented. Only `kind:
+//! "ip"` lists are implemented fully; lists of other kinds can be created but refuse item writes
+//! with 10058.
 //!
-//! Besides the Lists API it serves the zone rulesets endpoints a `setup` command needs (docs
-//! §9: the `http_request_firewall_custom` entry point and its rules), and it can misbehave on
-//! demand: failed, slow, malformed, lost or reset requests, stuck or failing operations,
-//! reduced token permissions, a tighter rate limit (see `faults.rs`).
+//! Besides the Lists API it serves the zone rulesets endpoints a `setup` command needs
+//! (docs/cloudflare-lists.md §9: the `http_request_firewall_custom` entry point and its rules), and
+//! it can misbehave on demand: failed, slow, malformed, lost or reset requests, stuck or failing
+//! operations, reduced token permissions, a tighter rate limit (see `faults.rs`).
 //!
 //! # Layout
 //! - `lib.rs`: the public types and the core of the [`Emulator`] handle.
@@ -55,7 +55,7 @@ use conn::{FaultyListener, KillSwitch};
 use state::{lock, Shared, State};
 use store::Item;
 
-/// What a write does while a bulk operation is pending or running (docs §3).
+/// What a write does while a bulk operation is pending or running (docs/cloudflare-lists.md §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PendingWrite {
     /// Current docs: refused with 429, `Retry-After: 1`, code 10040 (code unverified).
@@ -65,7 +65,8 @@ pub enum PendingWrite {
     Queue,
 }
 
-/// What happens to a CIDR with host bits set, e.g. `1.1.1.1/24` (docs §6.3, unverified).
+/// What happens to a CIDR with host bits set, e.g. `1.1.1.1/24` (docs/cloudflare-lists.md §6.3,
+/// unverified).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HostBits {
     /// Stored masked: `1.1.1.0/24`.
@@ -75,7 +76,7 @@ pub enum HostBits {
     Reject,
 }
 
-/// How exceeding the account item quota is reported (docs §4.1, unverified).
+/// How exceeding the account item quota is reported (docs/cloudflare-lists.md §4.1, unverified).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CapacityError {
     /// The operation ends `failed` with `list item limit exceeded`; nothing is applied.
@@ -85,8 +86,8 @@ pub enum CapacityError {
     Sync,
 }
 
-/// What the API token is allowed to do (docs §8). Refusals are 403 with code 10000
-/// `Authentication error`, as for a bad token.
+/// What the API token is allowed to do (docs/cloudflare-lists.md §8). Refusals are 403 with code
+/// 10000 `Authentication error`, as for a bad token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Permissions {
@@ -103,27 +104,28 @@ pub enum Permissions {
 /// Configuration of one emulated account.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// 32 chars like a real account id (docs §1).
+    /// 32 chars like a real account id (docs/cloudflare-lists.md §1).
     pub account_id: String,
     /// The only accepted `Authorization: Bearer` token.
     pub api_token: String,
     /// Bulk operation latency, drawn uniformly from `min..=max` per operation.
     pub op_latency: (Duration, Duration),
     pub pending_write: PendingWrite,
-    /// Largest accepted IPv6 prefix: 128 now, 64 before 2025-07 (docs §6.1).
+    /// Largest accepted IPv6 prefix: 128 now, 64 before 2025-07 (docs/cloudflare-lists.md §6.1).
     pub ipv6_max_prefix: u8,
     pub host_bits: HostBits,
     pub capacity_error: CapacityError,
-    /// Items across all lists of the account (docs §4.1: 10,000 below Enterprise).
+    /// Items across all lists of the account (docs/cloudflare-lists.md §4.1: 10,000 below
+    /// Enterprise).
     pub account_item_limit: usize,
     /// Requests per [`Settings::rate_limit_window`]; `None` turns the global limit off
-    /// (docs §4.4: 1200 per 300 s).
+    /// (docs/cloudflare-lists.md §4.4: 1200 per 300 s).
     pub global_rate_limit: Option<u32>,
     /// The fixed window of the global rate limit: 300 s documented, shorter in tests.
     pub rate_limit_window: Duration,
     /// What the API token may do.
     pub permissions: Permissions,
-    /// `per_page` when absent; 25 is inferred (docs §2.3).
+    /// `per_page` when absent; 25 is inferred (docs/cloudflare-lists.md §2.3).
     pub default_per_page: usize,
 }
 
@@ -173,7 +175,8 @@ pub struct Counters {
     pub writes_while_pending: u64,
     /// GET items with `per_page` > 500.
     pub per_page_over_max: u64,
-    /// Item creations, edits and deletions applied by completed operations (docs §4.3).
+    /// Item creations, edits and deletions applied by completed operations
+    /// (docs/cloudflare-lists.md §4.3).
     pub item_changes: u64,
     /// Requests refused by the global rate limit.
     pub rate_limited: u64,
@@ -184,8 +187,8 @@ pub struct Counters {
     pub faults_injected: u64,
     /// Requests to the zone rulesets endpoints that reached a handler.
     pub ruleset_requests: u64,
-    /// PUT of a phase entry point, which replaces every rule of the zone (docs §9: a setup
-    /// command must not use it).
+    /// PUT of a phase entry point, which replaces every rule of the zone
+    /// (docs/cloudflare-lists.md §9: a setup command must not use it).
     pub ruleset_replacements: u64,
 }
 
@@ -193,12 +196,12 @@ pub struct Counters {
 #[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
 pub struct StoredItem {
     pub id: String,
-    /// Canonical text as the API returns it (docs §6.3).
+    /// Canonical text as the API returns it (docs/cloudflare-lists.md §6.3).
     pub ip: String,
     pub comment: Option<String>,
 }
 
-/// A rule of a zone's `http_request_firewall_custom` entry point (docs §9).
+/// A rule of a zone's `http_request_firewall_custom` entry point (docs/cloudflare-lists.md §9).
 #[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
 pub struct Rule {
     /// 32 lowercase hex chars.
@@ -211,7 +214,8 @@ pub struct Rule {
     pub enabled: bool,
 }
 
-/// True for a valid list name: `^[a-z0-9_]{1,50}$` (docs §2.1, lowercase per DOCS-LISTS-INDEX).
+/// True for a valid list name: `^[a-z0-9_]{1,50}$` (docs/cloudflare-lists.md §2.1,
+/// lowercase as Cloudflare's Lists overview says).
 pub fn is_valid_list_name(name: &str) -> bool {
     handlers::valid_list_name(name)
 }

@@ -1,4 +1,4 @@
-//! The global API rate limit (docs §4.4): a fixed window, 300 s by default
+//! The global API rate limit (docs/cloudflare-lists.md §4.4): a fixed window, 300 s by default
 //! ([`super::Settings::rate_limit_window`]), per account. Once the window's budget is spent,
 //! every request is refused until the window ends ("all API calls for the next five minutes
 //! will be blocked").
@@ -75,14 +75,15 @@ fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
-/// The message of the global 429 (observed, docs §4.4), for `limit` requests per `window`.
+/// The message of the global 429 (observed, docs/cloudflare-lists.md §4.4), for `limit` requests
+/// per `window`.
 pub(crate) fn limited_message(limit: u32, window_secs: u64) -> String {
     format!(
         "More than {limit} requests per {window_secs} seconds reached. Please wait and consider throttling your request speed"
     )
 }
 
-/// Adds `Ratelimit` and `Ratelimit-Policy` (docs §4.4: "always returned").
+/// Adds `Ratelimit` and `Ratelimit-Policy` (docs/cloudflare-lists.md §4.4: "always returned").
 pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, window_secs: u64, verdict: Verdict) {
     let (remaining, reset) = match verdict {
         Verdict::Allowed { remaining, reset } => (remaining, reset),

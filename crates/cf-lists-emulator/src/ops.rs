@@ -1,4 +1,5 @@
-//! Asynchronous bulk operations (docs §2.7, §3): their FIFO queue and their timeline.
+//! Asynchronous bulk operations (docs/cloudflare-lists.md §2.7, §3): their FIFO queue and their
+//! timeline.
 //!
 //! Time is evaluated lazily: nothing runs in the background. Before serving anything the
 //! state asks [`Operations::pop_due`] for every operation whose deadline has passed and
@@ -49,7 +50,7 @@ impl Operation {
         }
     }
 
-    /// The bulk-operation result object (docs §2.7).
+    /// The bulk-operation result object (docs/cloudflare-lists.md §2.7).
     fn json(&self, now: Instant) -> Value {
         match &self.outcome {
             Some(Outcome {

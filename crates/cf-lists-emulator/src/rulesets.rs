@@ -1,5 +1,5 @@
-//! Zone rulesets (docs §9): per zone, at most one ruleset, the entry point of phase
-//! `http_request_firewall_custom`, holding the WAF custom rules. That is all a `setup`
+//! Zone rulesets (docs/cloudflare-lists.md §9): per zone, at most one ruleset, the entry point of
+//! phase `http_request_firewall_custom`, holding the WAF custom rules. That is all a `setup`
 //! command touches; other phases and account-level rulesets are not emulated.
 //!
 //! Rules reference lists by name (`ip.src in $crowdsec_ban`), which ties this module to the
@@ -17,7 +17,8 @@ use super::{Emulator, Rule};
 
 /// The only phase emulated.
 pub(crate) const PHASE: &str = "http_request_firewall_custom";
-/// Actions of WAF custom rules (docs §9; `log` is Enterprise-only, accepted anyway).
+/// Actions of WAF custom rules (docs/cloudflare-lists.md §9; `log` is Enterprise-only, accepted
+/// anyway).
 const ACTIONS: [&str; 6] = [
     "block",
     "managed_challenge",
@@ -26,7 +27,7 @@ const ACTIONS: [&str; 6] = [
     "skip",
     "log",
 ];
-/// Rule expression limit (docs §4.5, observed).
+/// Rule expression limit (docs/cloudflare-lists.md §4.5, observed).
 const MAX_EXPRESSION_CHARS: usize = 4096;
 
 /// A zone's entry point ruleset for [`PHASE`].
@@ -35,7 +36,8 @@ pub(crate) struct Ruleset {
     pub id: String,
     pub name: String,
     pub description: String,
-    /// Bumped by every change ("creates a new version of the ruleset", docs §9).
+    /// Bumped by every change ("creates a new version of the ruleset",
+    /// docs/cloudflare-lists.md §9).
     pub version: u64,
     pub rules: Vec<StoredRule>,
     pub last_updated: String,
@@ -192,7 +194,7 @@ impl Ruleset {
         self.last_updated = now.to_owned();
     }
 
-    /// The ruleset object (docs §9 example): versions are strings there.
+    /// The ruleset object (docs/cloudflare-lists.md §9 example): versions are strings there.
     pub(crate) fn json(&self) -> Value {
         let rules: Vec<Value> = self.rules.iter().map(StoredRule::json).collect();
         let mut value = self.summary_json();

@@ -1,6 +1,6 @@
-//! The whole mutable state of the emulated account behind one `std::sync::Mutex`, and the
-//! rules that tie its parts together: lazy advancing of operations, the
-//! one-pending-operation rule (docs §3), the account capacity (docs §4.1), operation
+//! The whole mutable state of the emulated account behind one `std::sync::Mutex`, and the rules
+//! that tie its parts together: lazy advancing of operations, the one-pending-operation rule
+//! (docs/cloudflare-lists.md §3), the account capacity (docs/cloudflare-lists.md §4.1), operation
 //! faults, counters.
 //!
 //! The mutex is only ever held for a few map operations and never across an `.await`.
@@ -25,7 +25,7 @@ use super::store::{new_id, Change, List, Store};
 use super::{CapacityError, Counters, PendingWrite, Settings};
 
 /// Error of an operation that would push the account over its item quota. The real text is
-/// unverified (docs §12).
+/// unverified (docs/cloudflare-lists.md §12).
 const CAPACITY_MESSAGE: &str = "list item limit exceeded";
 
 /// The state shared by the HTTP handlers and the [`super::Emulator`] handle.
@@ -208,7 +208,8 @@ impl State {
             WriteKind::Delete => Change::Delete(parse_delete_ids(body)?),
         };
         if busy && self.settings.pending_write == PendingWrite::Reject {
-            // docs §3: "you will receive a 429"; the code 10040 is a guess (docs §12).
+            // docs/cloudflare-lists.md §3: "you will receive a 429"; the code 10040 is a guess
+            // (docs/cloudflare-lists.md §12).
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 code::LIST_RATE_LIMITED,
@@ -220,7 +221,8 @@ impl State {
         if self.settings.capacity_error == CapacityError::Sync
             && total > self.settings.account_item_limit
         {
-            // Invented synchronous form of the unverified quota error (docs §4.1).
+            // Invented synchronous form of the unverified quota error
+            // (docs/cloudflare-lists.md §4.1).
             return Err(ApiError::bad_request(
                 code::CAPACITY_EXCEEDED,
                 CAPACITY_MESSAGE,

@@ -1,5 +1,6 @@
-//! The completed state of the account: lists and their items (docs §2.1, §2.2), how a
-//! completed bulk operation changes them (docs §2.4–§2.6), and paging (docs §2.3).
+//! The completed state of the account: lists and their items (docs/cloudflare-lists.md §2.1, §2.2),
+//! how a completed bulk operation changes them (docs/cloudflare-lists.md §2.4–§2.6), and paging
+//! (docs/cloudflare-lists.md §2.3).
 //!
 //! Nothing here knows about time, operations in flight or HTTP: callers pass timestamps in.
 
@@ -12,7 +13,8 @@ use serde_json::{json, Map, Value};
 use super::canonical::{encode_cursor, ip_text, Direction};
 use super::StoredItem;
 
-/// A new 32-char lowercase hex id, the shape of every id in the docs' examples (docs §2.1).
+/// A new 32-char lowercase hex id, the shape of every id in the docs' examples
+/// (docs/cloudflare-lists.md §2.1).
 pub(crate) fn new_id(rng: &mut fastrand::Rng) -> String {
     format!("{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
@@ -27,11 +29,11 @@ pub(crate) struct NewItem {
 /// What a bulk operation does to one list once it completes.
 #[derive(Clone, Debug)]
 pub(crate) enum Change {
-    /// POST: upsert by canonical IP, comment overwritten, id kept (docs §2.4).
+    /// POST: upsert by canonical IP, comment overwritten, id kept (docs/cloudflare-lists.md §2.4).
     Upsert(Vec<NewItem>),
-    /// PUT: replace everything (docs §2.5).
+    /// PUT: replace everything (docs/cloudflare-lists.md §2.5).
     Replace(Vec<NewItem>),
-    /// DELETE by item id (docs §2.6). Unknown ids are ignored (unverified).
+    /// DELETE by item id (docs/cloudflare-lists.md §2.6). Unknown ids are ignored (unverified).
     Delete(Vec<String>),
 }
 
@@ -53,7 +55,7 @@ pub(crate) struct List {
     pub created_on: String,
     pub modified_on: String,
     /// Keyed by canonical network: `IpNet`'s derived order is family (v4 first), address,
-    /// prefix length, which is the documented item order (docs §2.3).
+    /// prefix length, which is the documented item order (docs/cloudflare-lists.md §2.3).
     pub items: BTreeMap<IpNet, Item>,
 }
 
@@ -61,7 +63,7 @@ pub(crate) struct List {
 pub(crate) struct PageQuery<'a> {
     pub per_page: usize,
     pub cursor: Option<(Direction, IpNet)>,
-    /// Prefix match on the canonical IP text (docs §2.3, §6.2).
+    /// Prefix match on the canonical IP text (docs/cloudflare-lists.md §2.3, §6.2).
     pub search: Option<&'a str>,
 }
 
@@ -93,7 +95,8 @@ impl List {
     }
 
     /// Returns `(items, result_info)` for one page. `before` is set on every non-empty page,
-    /// `after` only when more matching items follow (docs §2.3: absent on the last page).
+    /// `after` only when more matching items follow (docs/cloudflare-lists.md §2.3: absent on the
+    /// last page).
     pub(crate) fn page(&self, query: &PageQuery<'_>) -> (Value, Value) {
         let matches = |entry: &(&IpNet, &Item)| {
             query
@@ -150,13 +153,13 @@ impl List {
     }
 
     /// Applies a completed operation; returns the number of item modifications it made
-    /// (each create, edit or delete counts, docs §4.3).
+    /// (each create, edit or delete counts, docs/cloudflare-lists.md §4.3).
     pub(crate) fn apply(&mut self, change: Change, now: &str, rng: &mut fastrand::Rng) -> u64 {
         match change {
             Change::Upsert(items) => self.upsert(items, now, rng),
             Change::Replace(items) => {
-                // Whether ids survive a replace is unverified (docs §12): fresh ids are the
-                // stricter choice, a client must not rely on old ids after a PUT.
+                // Whether ids survive a replace is unverified (docs/cloudflare-lists.md §12): fresh
+                // ids are the stricter choice, a client must not rely on old ids after a PUT.
                 let removed = self.items.len() as u64;
                 self.items.clear();
                 removed + self.upsert(items, now, rng)
@@ -205,7 +208,7 @@ impl List {
     }
 }
 
-/// The JSON of one item (docs §2.2).
+/// The JSON of one item (docs/cloudflare-lists.md §2.2).
 pub(crate) fn item_json(net: &IpNet, item: &Item) -> Value {
     let mut value = json!({
         "id": item.id, "ip": ip_text(net),
@@ -232,12 +235,13 @@ impl Store {
         self.lists.iter_mut().find(|list| list.id == list_id)
     }
 
-    /// Whether a list is named `name`: rule expressions reference lists by name (docs §9).
+    /// Whether a list is named `name`: rule expressions reference lists by name
+    /// (docs/cloudflare-lists.md §9).
     pub(crate) fn has_list_named(&self, name: &str) -> bool {
         self.lists.iter().any(|list| list.name == name)
     }
 
-    /// Items across all lists: the account quota counts them all (docs §4.1).
+    /// Items across all lists: the account quota counts them all (docs/cloudflare-lists.md §4.1).
     pub(crate) fn total_items(&self) -> usize {
         self.lists.iter().map(|list| list.items.len()).sum()
     }

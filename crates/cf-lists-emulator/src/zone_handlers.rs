@@ -1,6 +1,7 @@
-//! Handlers of the zone rulesets endpoints a `setup`/`cleanup` command needs (docs §9).
-//! Like `handlers.rs`, they run after the gate, take bodies as bytes, and turn every
-//! rejection into a 400 envelope. Each counts in `Counters::ruleset_requests`.
+//! Handlers of the zone rulesets endpoints a `setup`/`cleanup` command needs
+//! (docs/cloudflare-lists.md §9). Like `handlers.rs`, they run after the gate, take bodies as
+//! bytes, and turn every rejection into a 400 envelope. Each counts in
+//! `Counters::ruleset_requests`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -71,8 +72,9 @@ pub(crate) async fn get_entrypoint(State(shared): State<Shared>, path: PairPath)
     ))
 }
 
-/// PUT the entry point: replaces every rule, creating the entry point if missing (docs §9).
-/// Counted in `ruleset_replacements` whatever the outcome: a setup command must not use it.
+/// PUT the entry point: replaces every rule, creating the entry point if missing
+/// (docs/cloudflare-lists.md §9). Counted in `ruleset_replacements` whatever the outcome: a setup
+/// command must not use it.
 pub(crate) async fn put_entrypoint(
     State(shared): State<Shared>,
     path: PairPath,

@@ -120,7 +120,7 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Fast operations for tests (docs §3 latency is only emulated).
+/// Fast operations for tests (the latency of docs/cloudflare-lists.md §3 is only emulated).
 fn fast() -> Settings {
     Settings {
         op_latency: (Duration::from_millis(20), Duration::from_millis(40)),
@@ -146,7 +146,7 @@ fn ip_items(ips: &[&str]) -> Value {
     Value::Array(ips.iter().map(|ip| json!({ "ip": ip })).collect())
 }
 
-// docs §2.1: create, get, list and delete lists; name and duplicate validation.
+// docs/cloudflare-lists.md §2.1: create, get, list and delete lists; name and duplicate validation.
 #[tokio::test]
 async fn lists_can_be_created_listed_and_deleted() {
     let (emulator, api, _) = start(fast()).await;
@@ -201,7 +201,7 @@ async fn lists_can_be_created_listed_and_deleted() {
     emulator.shutdown().await;
 }
 
-// docs §1: bad token or unknown account → 403 with code 10000.
+// docs/cloudflare-lists.md §1: bad token or unknown account → 403 with code 10000.
 #[tokio::test]
 async fn bad_token_and_unknown_account_are_refused() {
     let (emulator, api, _) = start(fast()).await;
@@ -220,7 +220,8 @@ async fn bad_token_and_unknown_account_are_refused() {
     emulator.shutdown().await;
 }
 
-// docs §3: the write is async; pending → running → completed; visible only at completion.
+// docs/cloudflare-lists.md §3: the write is async; pending → running → completed; visible only at
+// completion.
 #[tokio::test]
 async fn writes_become_visible_only_when_the_operation_completes() {
     let settings = Settings {
@@ -261,7 +262,8 @@ async fn writes_become_visible_only_when_the_operation_completes() {
     emulator.shutdown().await;
 }
 
-// docs §3: one pending bulk operation per account; a second write gets 429 + Retry-After.
+// docs/cloudflare-lists.md §3: one pending bulk operation per account; a second write gets 429 +
+// Retry-After.
 #[tokio::test]
 async fn write_while_pending_is_rejected_with_429() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -302,7 +304,7 @@ async fn write_while_pending_is_rejected_with_429() {
     emulator.shutdown().await;
 }
 
-// docs §3 (older text): in Queue mode writes are accepted and executed FIFO.
+// docs/cloudflare-lists.md §3 (older text): in Queue mode writes are accepted and executed FIFO.
 #[tokio::test]
 async fn queue_mode_executes_writes_in_order() {
     let settings = Settings {
@@ -341,7 +343,8 @@ async fn queue_mode_executes_writes_in_order() {
     emulator.shutdown().await;
 }
 
-// docs §2.3: per_page 1..=500, cursors, `after` absent on the last page, sort order.
+// docs/cloudflare-lists.md §2.3: per_page 1..=500, cursors, `after` absent on the last page, sort
+// order.
 #[tokio::test]
 async fn pagination_walks_all_items_and_caps_per_page() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -399,7 +402,7 @@ async fn pagination_walks_all_items_and_caps_per_page() {
     emulator.shutdown().await;
 }
 
-// docs §2.3: the `before` cursor pages backwards.
+// docs/cloudflare-lists.md §2.3: the `before` cursor pages backwards.
 #[tokio::test]
 async fn before_cursor_returns_the_previous_page() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -427,7 +430,7 @@ async fn before_cursor_returns_the_previous_page() {
     emulator.shutdown().await;
 }
 
-// docs §6.3: canonical stored forms; IPv4 before IPv6.
+// docs/cloudflare-lists.md §6.3: canonical stored forms; IPv4 before IPv6.
 #[tokio::test]
 async fn items_are_stored_in_canonical_form() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -446,7 +449,7 @@ async fn items_are_stored_in_canonical_form() {
     emulator.shutdown().await;
 }
 
-// docs §6.3 (unverified): HostBits::Reject refuses a CIDR with host bits set.
+// docs/cloudflare-lists.md §6.3 (unverified): HostBits::Reject refuses a CIDR with host bits set.
 #[tokio::test]
 async fn host_bits_can_be_rejected() {
     let settings = Settings {
@@ -470,7 +473,7 @@ async fn host_bits_can_be_rejected() {
     emulator.shutdown().await;
 }
 
-// docs §6.4: the same canonical item twice in one request → 10028.
+// docs/cloudflare-lists.md §6.4: the same canonical item twice in one request → 10028.
 #[tokio::test]
 async fn duplicates_in_one_request_are_refused() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -489,7 +492,8 @@ async fn duplicates_in_one_request_are_refused() {
     emulator.shutdown().await;
 }
 
-// docs §6.1: the pre-2025-07 API refuses IPv6 hosts and prefixes longer than /64.
+// docs/cloudflare-lists.md §6.1: the pre-2025-07 API refuses IPv6 hosts and prefixes longer than
+// /64.
 #[tokio::test]
 async fn legacy_api_refuses_ipv6_hosts() {
     let settings = Settings {
@@ -524,7 +528,8 @@ async fn legacy_api_refuses_ipv6_hosts() {
     emulator.shutdown().await;
 }
 
-// docs §2.4, §2.6: upsert keeps the id and overwrites the comment; DELETE by id.
+// docs/cloudflare-lists.md §2.4, §2.6: upsert keeps the id and overwrites the comment; DELETE by
+// id.
 #[tokio::test]
 async fn upsert_keeps_ids_and_delete_removes_by_id() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -579,7 +584,7 @@ async fn upsert_keeps_ids_and_delete_removes_by_id() {
     emulator.shutdown().await;
 }
 
-// docs §2.3: `search` is a string prefix match on the stored form.
+// docs/cloudflare-lists.md §2.3: `search` is a string prefix match on the stored form.
 #[tokio::test]
 async fn search_is_a_prefix_match() {
     let (emulator, api, list_id) = start(fast()).await;
@@ -597,7 +602,8 @@ async fn search_is_a_prefix_match() {
     emulator.shutdown().await;
 }
 
-// docs §4.1 (unverified): over the account quota the operation fails and nothing applies.
+// docs/cloudflare-lists.md §4.1 (unverified): over the account quota the operation fails and
+// nothing applies.
 #[tokio::test]
 async fn capacity_overflow_fails_the_operation() {
     let settings = Settings {
@@ -712,7 +718,8 @@ async fn injected_operation_faults_fail_without_applying() {
     emulator.shutdown().await;
 }
 
-// docs §4.4: beyond the global limit every request gets 429 with the observed message.
+// docs/cloudflare-lists.md §4.4: beyond the global limit every request gets 429 with the observed
+// message.
 #[tokio::test]
 async fn global_rate_limit_blocks_the_rest_of_the_window() {
     let settings = Settings {

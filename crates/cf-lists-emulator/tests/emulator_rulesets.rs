@@ -69,7 +69,8 @@ fn rule(description: &str, expression: &str, action: &str) -> Value {
     json!({"description": description, "expression": expression, "action": action})
 }
 
-// docs §9: GET entry point → 404, create it with the rule, later append another rule.
+// docs/cloudflare-lists.md §9: GET entry point → 404, create it with the rule, later append another
+// rule.
 #[tokio::test]
 async fn setup_flow_creates_the_entrypoint_then_appends() {
     let (emulator, api, _) = start().await;
@@ -146,7 +147,7 @@ async fn setup_flow_creates_the_entrypoint_then_appends() {
     emulator.shutdown().await;
 }
 
-// docs §9, §4.5: actions, expression length, referenced lists, zone ids.
+// docs/cloudflare-lists.md §9, §4.5: actions, expression length, referenced lists, zone ids.
 #[tokio::test]
 async fn rules_are_validated() {
     let (emulator, api, _) = start().await;
@@ -197,7 +198,8 @@ async fn rules_are_validated() {
     emulator.shutdown().await;
 }
 
-// docs §9: PUT entry point replaces the user's rules; counted so tests can forbid it.
+// docs/cloudflare-lists.md §9: PUT entry point replaces the user's rules; counted so tests can
+// forbid it.
 #[tokio::test]
 async fn put_entrypoint_replaces_every_rule_and_is_counted() {
     let (emulator, api, _) = start().await;
@@ -218,7 +220,8 @@ async fn put_entrypoint_replaces_every_rule_and_is_counted() {
     emulator.shutdown().await;
 }
 
-// docs §2.1, §7: a referenced list cannot be deleted (10031) until the rule is removed.
+// docs/cloudflare-lists.md §2.1, §7: a referenced list cannot be deleted (10031) until the rule is
+// removed.
 #[tokio::test]
 async fn referenced_list_cannot_be_deleted() {
     let (emulator, api, list_id) = start().await;
@@ -250,7 +253,7 @@ async fn referenced_list_cannot_be_deleted() {
     emulator.shutdown().await;
 }
 
-// docs §8: a read-only token can look up the entry point but not change it.
+// docs/cloudflare-lists.md §8: a read-only token can look up the entry point but not change it.
 #[tokio::test]
 async fn read_only_token_cannot_write_rulesets() {
     let (emulator, api, _) = start().await;
