@@ -702,17 +702,7 @@ fn read_cloudflare(
     );
     let capacity = s.uint("capacity", 10_000, 1, 10_000_000) as usize;
     // A person's decisions first (cscli, the console), then the engine's, then lists.
-    let origin_priority = s.strings(
-        "origin_priority",
-        &[
-            "cscli",
-            "console",
-            "crowdsec",
-            "lists",
-            "remediation_sync",
-            "CAPI",
-        ],
-    );
+    let origin_priority = s.strings("origin_priority", &crate::state::DEFAULT_ORIGIN_PRIORITY);
     let manage = match s.string("manage", "all").as_str() {
         "all" => Manage::All,
         "tagged" => Manage::Tagged,

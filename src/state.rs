@@ -35,6 +35,17 @@ pub struct DecisionRef<'a> {
     pub duration: &'a str,
 }
 
+/// `cloudflare.origin_priority`'s default, highest first: a person's decisions (cscli,
+/// CrowdSec's console), then the engine's, then blocklists, then the community's.
+pub const DEFAULT_ORIGIN_PRIORITY: [&str; 6] = [
+    "cscli",
+    "console",
+    "crowdsec",
+    "lists",
+    "remediation_sync",
+    "CAPI",
+];
+
 /// Which decisions become items, and which items the bouncer may write.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -68,16 +79,7 @@ impl Policy {
             min_ipv4_prefix: 16,
             min_ipv6_prefix: 32,
             allowlist: Vec::new(),
-            origin_priority: [
-                "cscli",
-                "console",
-                "crowdsec",
-                "lists",
-                "remediation_sync",
-                "CAPI",
-            ]
-            .map(String::from)
-            .to_vec(),
+            origin_priority: DEFAULT_ORIGIN_PRIORITY.map(String::from).to_vec(),
             manage_all: true,
             tag: "crowdsec".into(),
             mass_removal_share: 0.5,
@@ -654,30 +656,23 @@ impl SyncState {
     /// Active decisions by origin (cscli, console, crowdsec, lists, remediation_sync,
     /// CAPI, other) and IP type.
     pub fn active_by_origin(&self) -> Vec<(&'static str, &'static str, usize)> {
-        const ORIGINS: [&str; 7] = [
-            "cscli",
-            "console",
-            "crowdsec",
-            "lists",
-            "remediation_sync",
-            "CAPI",
-            "other",
-        ];
-        const OTHER: usize = ORIGINS.len() - 1;
+        // The origins of the default priority have a label each; the rest are "other".
+        const OTHER: usize = DEFAULT_ORIGIN_PRIORITY.len();
         let class = |origin: &str| {
-            ORIGINS[..OTHER]
+            DEFAULT_ORIGIN_PRIORITY
                 .iter()
                 .position(|o| origin_matches(origin, o))
                 .unwrap_or(OTHER)
         };
         let classes: Vec<usize> = self.desired.labels.all().map(class).collect();
-        let mut counts = [[0usize; 2]; ORIGINS.len()];
+        let mut counts = [[0usize; 2]; OTHER + 1];
         for (origin, ipv6) in self.desired.decisions() {
             let origin = classes.get(origin as usize).copied().unwrap_or(OTHER);
             counts[origin][usize::from(ipv6)] += 1;
         }
         let mut out = Vec::new();
-        for (origin, by_type) in ORIGINS.iter().zip(counts) {
+        let labels = DEFAULT_ORIGIN_PRIORITY.iter().chain(&["other"]);
+        for (origin, by_type) in labels.zip(counts) {
             for (ip_type, n) in ["ipv4", "ipv6"].iter().zip(by_type) {
                 out.push((*origin, *ip_type, n));
             }
