@@ -427,7 +427,7 @@ impl SyncState {
         } else {
             0
         };
-        self.listed = view.items;
+        let old = std::mem::replace(&mut self.listed, view.items);
         self.quarantined.clear();
         let listed = &self.listed;
         self.gone.retain(|item| listed.contains(item));
@@ -447,7 +447,12 @@ impl SyncState {
             match self.intent(item) {
                 Some(Intent::Add) => {
                     drift.missing += 1;
-                    drift.missing_fingerprint ^= fingerprint(item);
+                    // Undone: the bouncer believed it listed (a read showed it, or its own
+                    // add completed), and now it is gone. An item Cloudflare keeps refusing
+                    // was never listed, so it never counts.
+                    if old.contains(item) {
+                        drift.undone_fingerprint ^= fingerprint(item);
+                    }
                 }
                 Some(Intent::Remove) => drift.extra += 1,
                 None => {}
@@ -905,8 +910,9 @@ fn fingerprint(item: &Item) -> u64 {
 pub struct Drift {
     /// Desired items missing from the list.
     pub missing: usize,
-    /// The missing items as a set, to tell the same drift coming back (0: none).
-    pub missing_fingerprint: u64,
+    /// The missing items the previous view held (removed since by someone else), as a
+    /// set, to tell the same undoing coming back (0: none).
+    pub undone_fingerprint: u64,
     /// Listed items with the bouncer's tag that were not on the list at the last read
     /// and that this process did not write.
     pub foreign_tagged: usize,

@@ -42,9 +42,9 @@ impl Sign {
 #[derive(Debug, Default)]
 pub(super) struct ForeignWatch {
     signs: Vec<(Instant, Sign)>,
-    /// The missing-items fingerprint of the last list read, and whether this bouncer
-    /// completed adds since.
-    last_missing: u64,
+    /// The undone-items fingerprint of the last list read (desired items it held that
+    /// are gone since), and whether this bouncer completed adds since.
+    last_undone: u64,
     added_since_read: bool,
     /// An operation of ours may be pending (at start, a predecessor's may be too).
     own_op_uncertain: bool,
@@ -88,17 +88,17 @@ impl ForeignWatch {
         self.sign(now, Sign::ForeignOperation)
     }
 
-    /// A full list read: the fingerprint of the desired items it found missing, and how
-    /// many tagged items appeared unwritten.
+    /// A full list read: the fingerprint of the desired items the previous view held and
+    /// this one lacks, and how many tagged items appeared unwritten.
     pub(super) fn list_read(
         &mut self,
         now: Instant,
-        missing: u64,
+        undone: u64,
         foreign_tagged: usize,
     ) -> Verdict {
-        let repeated = missing != 0 && missing == self.last_missing && self.added_since_read;
+        let repeated = undone != 0 && undone == self.last_undone && self.added_since_read;
         let uncertain = self.own_op_uncertain;
-        self.last_missing = missing;
+        self.last_undone = undone;
         self.added_since_read = false;
         if repeated {
             self.sign(now, Sign::RepeatedDrift)

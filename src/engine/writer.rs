@@ -361,7 +361,7 @@ impl Writer {
         drop(state);
         let verdict = self.foreign.list_read(
             Instant::now(),
-            drift.missing_fingerprint,
+            drift.undone_fingerprint,
             drift.foreign_tagged,
         );
         self.act_on(verdict);

@@ -715,3 +715,23 @@ fn the_longest_decision_on_a_key_counts() {
         [item("1.1.1.1"), item("2001:db8::/64")]
     );
 }
+
+#[test]
+fn only_items_the_list_held_count_as_undone() {
+    let read = |state: &mut SyncState, listed: &[&str]| {
+        state.replace_list(
+            listed
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (item(v), format!("{i:032x}").into(), None)),
+        )
+    };
+    let mut state = primed(&["1.1.1.1", "2.2.2.2"], &["1.1.1.1"]);
+    // 2.2.2.2 was never on the list (say Cloudflare refuses it): missing, not undone.
+    let drift = read(&mut state, &["1.1.1.1"]);
+    assert_eq!((drift.missing, drift.undone_fingerprint), (1, 0));
+    // 1.1.1.1 was on the list and someone removed it: undone.
+    let drift = read(&mut state, &[]);
+    assert_eq!(drift.missing, 2);
+    assert_ne!(drift.undone_fingerprint, 0);
+}
