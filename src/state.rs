@@ -693,6 +693,11 @@ impl SyncState {
         items
     }
 
+    /// How many removals wait for a confirming read (cheap: no scan).
+    pub fn awaiting_count(&self) -> usize {
+        self.awaiting.len()
+    }
+
     /// Applies a confirming read for `asked` (the items of
     /// [`SyncState::awaiting_confirmation`] it covered): `active` holds the decisions LAPI
     /// still has on them, which are wanted again; every other item asked about is gone,
