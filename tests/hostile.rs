@@ -221,6 +221,25 @@ async fn a_retry_after_of_thirty_years_is_capped_and_sigterm_still_stops_in_the_
 /// Peak memory the bouncer may take against a hostile LAPI.
 const MEMORY_BUDGET_KIB: u64 = 64 * 1024;
 
+/// Runs the bouncer against `lapi` until three pulls were answered, and asserts its peak
+/// RSS stayed within the budget.
+async fn within_budget_after_three_pulls(lapi: &FakeServer, what: &str) -> (Rig, Daemon) {
+    let rig = Rig::start(&lapi.url()).await;
+    let daemon = Daemon::start(&rig.config_file());
+    let pulls = eventually(Duration::from_secs(40), || {
+        std::future::ready(lapi.finished() >= 3)
+    })
+    .await;
+    assert!(pulls, "three pulls were answered: {}", daemon.log());
+    let peak = daemon.peak_rss_kib();
+    eprintln!("peak RSS after 3 pulls of {what}: {peak} KiB");
+    assert!(
+        peak < MEMORY_BUDGET_KIB,
+        "peak RSS {peak} KiB against {what}"
+    );
+    (rig, daemon)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_150_mb_error_answer_costs_no_memory() {
     let lapi = fake_lapi(|| {
@@ -236,19 +255,7 @@ async fn a_150_mb_error_answer_costs_no_memory() {
         .header("Content-Type", "text/plain")
     })
     .await;
-    let rig = Rig::start(&lapi.url()).await;
-    let daemon = Daemon::start(&rig.config_file());
-    let pulls = eventually(Duration::from_secs(40), || {
-        std::future::ready(lapi.finished() >= 3)
-    })
-    .await;
-    assert!(pulls, "three pulls were answered: {}", daemon.log());
-    let peak = daemon.peak_rss_kib();
-    eprintln!("peak RSS after 3 pulls of a 150 MB error answer: {peak} KiB");
-    assert!(
-        peak < MEMORY_BUDGET_KIB,
-        "peak RSS {peak} KiB against a 150 MB error answer"
-    );
+    let (_rig, daemon) = within_budget_after_three_pulls(&lapi, "a 150 MB error answer").await;
     let log = daemon.log();
     // The start of the answer is kept for the message, and no more.
     assert!(
@@ -271,19 +278,7 @@ async fn a_50_mb_scenario_costs_no_memory_and_its_ban_is_applied_with_a_cut_labe
         )
     })
     .await;
-    let rig = Rig::start(&lapi.url()).await;
-    let daemon = Daemon::start(&rig.config_file());
-    let pulls = eventually(Duration::from_secs(40), || {
-        std::future::ready(lapi.finished() >= 3)
-    })
-    .await;
-    assert!(pulls, "three pulls were answered: {}", daemon.log());
-    let peak = daemon.peak_rss_kib();
-    eprintln!("peak RSS after 3 pulls with a 50 MB scenario: {peak} KiB");
-    assert!(
-        peak < MEMORY_BUDGET_KIB,
-        "peak RSS {peak} KiB against a 50 MB scenario"
-    );
+    let (rig, _daemon) = within_budget_after_three_pulls(&lapi, "a 50 MB scenario").await;
     let listed = eventually(Duration::from_secs(20), || {
         std::future::ready(rig.listed() == ["203.0.113.50"])
     })
