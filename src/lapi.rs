@@ -826,6 +826,52 @@ mod tests {
         }
     }
 
+    /// Passes `json` through a [`StringCap`] of `cap` bytes, reading a few bytes at a time.
+    fn capped(json: &str, cap: usize) -> String {
+        struct Trickle<'a>(&'a [u8]);
+        impl io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut StringCap::new(Trickle(json.as_bytes()), cap), &mut out)
+            .expect("in-memory reads do not fail");
+        String::from_utf8(out).expect("whole characters are kept")
+    }
+
+    #[test]
+    fn string_cap_keeps_short_strings_and_cuts_long_ones() {
+        let json = r#"{"a":"short","b":"0123456789abcdefghij","c":[1,"x\"y"]}"#;
+        assert_eq!(capped(json, 64), json);
+        let cut: serde_json::Value = serde_json::from_str(&capped(json, 8)).expect("valid JSON");
+        // A character starts only while 4 bytes (the longest UTF-8 character) still fit.
+        assert_eq!(cut["a"], "short");
+        assert_eq!(cut["b"], "01234");
+        assert_eq!(cut["c"][0], 1, "numbers and structure are untouched");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn string_cap_keeps_json_valid_and_strings_short(text in "\\PC{0,40}", cap in 10usize..30) {
+            // Escapes, surrogate pairs (\u escapes of astral characters) and multi-byte
+            // characters, cut anywhere: still valid JSON, each string a prefix within the cap.
+            let value = serde_json::json!({"k": text, "astral": "😀é\u{1}"});
+            let json = serde_json::to_string(&value).expect("serialises")
+                .replace('😀', "\\ud83d\\ude00");
+            let out: serde_json::Value = serde_json::from_str(&capped(&json, cap))
+                .expect("still valid JSON");
+            for (key, original) in [("k", text.as_str()), ("astral", "😀é\u{1}")] {
+                let kept = out[key].as_str().expect("a string");
+                proptest::prop_assert!(original.starts_with(kept), "{kept:?} of {original:?}");
+                proptest::prop_assert!(kept.len() <= cap + 4 || kept == original && original.len() <= cap + 4);
+            }
+        }
+    }
+
     #[derive(Default)]
     struct Collect(Vec<(bool, String, String)>);
 
