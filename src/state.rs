@@ -427,7 +427,13 @@ impl SyncState {
         } else {
             0
         };
-        let old = std::mem::replace(&mut self.listed, view.items);
+        // Undone: wanted items the bouncer believed listed (a read showed them, or its own
+        // add completed) that this read lacks. An item Cloudflare keeps refusing was never
+        // listed, so it never counts.
+        let undone_fingerprint = (self.listed.items())
+            .filter(|item| !view.items.contains(item) && self.wants(item))
+            .fold(0, |print, item| print ^ fingerprint(item));
+        self.listed = view.items;
         self.quarantined.clear();
         let listed = &self.listed;
         self.gone.retain(|item| listed.contains(item));
@@ -441,19 +447,12 @@ impl SyncState {
             .collect();
         let mut drift = Drift {
             foreign_tagged,
+            undone_fingerprint,
             ..Drift::default()
         };
         for item in &changed {
             match self.intent(item) {
-                Some(Intent::Add) => {
-                    drift.missing += 1;
-                    // Undone: the bouncer believed it listed (a read showed it, or its own
-                    // add completed), and now it is gone. An item Cloudflare keeps refusing
-                    // was never listed, so it never counts.
-                    if old.contains(item) {
-                        drift.undone_fingerprint ^= fingerprint(item);
-                    }
-                }
+                Some(Intent::Add) => drift.missing += 1,
                 Some(Intent::Remove) => drift.extra += 1,
                 None => {}
             }
@@ -763,10 +762,13 @@ impl SyncState {
         std::mem::take(&mut self.notices)
     }
 
+    /// Whether `item` should be on the list: desired, and admitted when over capacity.
+    fn wants(&self, item: &Item) -> bool {
+        (self.desired.get(item)).is_some_and(|wanted| !self.over_capacity || wanted.admitted())
+    }
+
     fn intent(&self, item: &Item) -> Option<Intent> {
-        let desired =
-            (self.desired.get(item)).is_some_and(|wanted| !self.over_capacity || wanted.admitted());
-        match (desired, self.listed.get(item)) {
+        match (self.wants(item), self.listed.get(item)) {
             (true, None) => Some(Intent::Add),
             (false, Some(listed)) if self.policy.manage_all || listed.ours() => {
                 Some(Intent::Remove)
