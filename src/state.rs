@@ -684,79 +684,6 @@ impl SyncState {
         out
     }
 
-    /// Removals waiting for a confirming read of LAPI's active decisions: listed items
-    /// that a full pull no longer wants, that no delta deleted and that did not expire.
-    pub fn awaiting_confirmation(&self) -> Vec<Item> {
-        let mut items: Vec<Item> = self.awaiting.iter().copied().collect();
-        items.sort();
-        items
-    }
-
-    /// How many removals wait for a confirming read (cheap: no scan).
-    pub fn awaiting_count(&self) -> usize {
-        self.awaiting.len()
-    }
-
-    /// Applies a confirming read for `asked` (the items of
-    /// [`SyncState::awaiting_confirmation`] it covered): `active` holds the decisions LAPI
-    /// still has on them, which are wanted again; every other item asked about is gone,
-    /// and its removal goes ahead. Returns how many asked items stay.
-    pub fn confirm_removals<'a>(
-        &mut self,
-        asked: &[Item],
-        active: impl IntoIterator<Item = DecisionRef<'a>>,
-        now: Instant,
-    ) -> usize {
-        let asked_set: HashSet<Item> = asked.iter().copied().collect();
-        for decision in active {
-            let item = Item::from_decision(decision.value, self.policy.ipv6_prefix).ok();
-            if item.is_some_and(|item| asked_set.contains(&item)) {
-                self.desired.insert(&self.policy, &decision, now);
-                self.admission_stale = true;
-            }
-        }
-        self.collect_refusals();
-        let mut kept = 0;
-        for &item in asked {
-            self.doubtful.remove(&item);
-            if self.desired.contains(&item) {
-                kept += 1;
-            } else {
-                self.gone.insert(item);
-            }
-            self.awaiting.remove(&item);
-            self.enqueue(item);
-        }
-        kept
-    }
-
-    /// Trusts full pulls: removals need no confirming read (`cleanup` empties the
-    /// list on purpose).
-    pub fn trust_full_pulls(&mut self) {
-        self.trust_full_pulls = true;
-    }
-
-    /// Stops (or resumes) sending removals, e.g. while another writer is suspected.
-    /// Adds go on.
-    pub fn pause_removals(&mut self, paused: bool) {
-        if self.removals_paused == paused {
-            return;
-        }
-        self.removals_paused = paused;
-        if !paused {
-            let extra: Vec<Item> = (self.listed.items())
-                .filter(|item| self.intent(item) == Some(Intent::Remove))
-                .copied()
-                .collect();
-            self.enqueue_all(extra);
-        }
-        self.refresh_queue();
-    }
-
-    pub fn removals_paused(&self) -> bool {
-        self.removals_paused
-    }
-
     /// Refusals and guard decisions worth one log line each, since the last call.
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -801,24 +728,6 @@ impl SyncState {
             Intent::Remove if self.needs_confirmation(item) => None,
             intent => Some(intent),
         }
-    }
-
-    /// Records that no decision wants `item` any more, by a delta or an expiry: its
-    /// removal needs no confirmation, unless a full pull earlier left some of its
-    /// decisions out (those may still be active).
-    fn mark_gone(&mut self, item: Item) {
-        if self.doubtful.contains(&item) {
-            self.awaiting.insert(item);
-        } else {
-            self.gone.insert(item);
-        }
-    }
-
-    /// Whether removing `item` waits for LAPI to confirm: no decision wants it, and
-    /// nothing but a full pull said so. (An item still desired but left out for
-    /// capacity goes at once: that is the bouncer's own choice.)
-    fn needs_confirmation(&self, item: &Item) -> bool {
-        !self.trust_full_pulls && !self.desired.contains(item) && !self.gone.contains(item)
     }
 
     /// Queues `item` if it needs a write; if already queued, records what it needs now.
@@ -946,6 +855,7 @@ pub struct Counts {
     pub awaiting_confirmation: usize,
 }
 
+mod confirm;
 mod desired;
 mod listed;
 #[cfg(test)]
