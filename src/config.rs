@@ -12,6 +12,10 @@ use toml::{Table, Value};
 use crate::godur;
 use crate::item::MIN_IPV6_PREFIX;
 
+mod ha;
+
+pub use ha::HaConfig;
+
 /// Where the bouncer looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplist-bouncer.toml";
 /// Environment variable that overrides `crowdsec.api_key`.
@@ -111,6 +115,8 @@ pub struct Config {
     pub safety: SafetyConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// `None`: high availability is off (one instance, always the writer).
+    pub ha: Option<HaConfig>,
     /// Things worth telling the operator that do not stop the bouncer.
     pub warnings: Vec<String>,
 }
@@ -325,10 +331,13 @@ fn parse(
         ),
     };
     sync.finish();
+    let mut ha = Section::take(&mut root, "ha", &mut problems);
+    let ha_config = ha::read_ha(&mut ha, env);
+    ha.finish();
     for key in root.keys() {
         problems.push(format!(
             "unknown section or key `{key}` (expected [crowdsec], [cloudflare], [safety], \
-             [sync], [admin] and [log])"
+             [sync], [admin], [log] and [ha])"
         ));
     }
     match (crowdsec_config, cloudflare_config) {
@@ -340,6 +349,7 @@ fn parse(
                 safety: safety_config,
                 admin: admin_config,
                 log: log_config,
+                ha: ha_config,
                 warnings,
             },
             holds_secret,

@@ -18,6 +18,7 @@ pub mod cloudflare;
 pub mod config;
 pub mod engine;
 pub mod godur;
+pub mod ha;
 pub mod item;
 pub mod lapi;
 pub mod net;

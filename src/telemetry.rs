@@ -86,6 +86,7 @@ pub struct Metrics {
     decisions_refused: Family<ReasonLabels, Counter>,
     reconcile_drift: Family<DirectionLabels, Counter>,
     ready: Gauge,
+    leader: Gauge,
     /// Refusals already counted, to turn the state's totals into counter increments.
     refused_seen: Mutex<Skipped>,
 }
@@ -119,6 +120,7 @@ impl Metrics {
             decisions_refused: Family::default(),
             reconcile_drift: Family::default(),
             ready: Gauge::default(),
+            leader: Gauge::default(),
             refused_seen: Mutex::new(Skipped::default()),
         };
         let r = &mut registry;
@@ -208,6 +210,12 @@ impl Metrics {
             "1 when ready (see /readyz), else 0",
             metrics.ready.clone(),
         );
+        r.register(
+            "leader",
+            "1 when this instance writes to Cloudflare (it holds the Lease, or high availability is off), 0 on a standby",
+            metrics.leader.clone(),
+        );
+        metrics.leader.set(1);
         // Shown at 0 before the first confirming read, so a query finds them.
         for outcome in ["removed", "kept"] {
             let _ = metrics
@@ -218,6 +226,11 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Whether this instance is the one that writes (see `ha.rs`).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn cloudflare_request(&self, endpoint: &'static str, status: &'static str) {
