@@ -61,6 +61,10 @@ pub enum Error {
     ListNotFound(String),
     #[error("list {name:?} is a {kind} list; the bouncer needs an IP list (kind ip)")]
     WrongKind { name: String, kind: String },
+    /// Not sent: this instance does not hold the Lease, or its last renewal is too old
+    /// for the write to end inside the window (`ha.rs`).
+    #[error("{what} not sent: this instance is not the elected writer (or its lease renewal is overdue)")]
+    Fenced { what: &'static str },
 }
 
 impl Error {
@@ -111,7 +115,7 @@ impl Error {
             Error::RateLimited { .. } | Error::Transport { .. } | Error::Decode { .. } => true,
             Error::Api { status, .. } => *status >= 500,
             Error::Redirect { .. } => true,
-            Error::ListNotFound(_) | Error::WrongKind { .. } => false,
+            Error::ListNotFound(_) | Error::WrongKind { .. } | Error::Fenced { .. } => false,
         }
     }
 }
@@ -306,6 +310,9 @@ pub struct CloudflareClient {
     token: Secret,
     budget: Arc<RequestBudget>,
     telemetry: Arc<Telemetry>,
+    /// With high availability: writes only inside the leader's window.
+    fence: Option<Arc<crate::ha::Ha>>,
+    request_timeout: Duration,
 }
 
 impl CloudflareClient {
@@ -329,7 +336,15 @@ impl CloudflareClient {
             token: config.api_token.clone(),
             budget: Arc::new(RequestBudget::new(config.max_requests_per_minute)),
             telemetry,
+            fence: None,
+            request_timeout: config.request_timeout,
         })
+    }
+
+    /// From now on, a write is sent only while `ha` says this instance leads, with a
+    /// timeout that ends inside its window (`ha.rs`).
+    pub fn fence_with(&mut self, ha: Arc<crate::ha::Ha>) {
+        self.fence = Some(ha);
     }
 
     /// Every list of the account (one request; the API does not paginate it).
@@ -503,6 +518,10 @@ impl CloudflareClient {
         body: Option<&B>,
     ) -> Result<(T, Option<ResultInfo>), Error> {
         let result = self.call_once(what, method, url, body).await;
+        // Not sent: says nothing about Cloudflare.
+        if matches!(result, Err(Error::Fenced { .. })) {
+            return result;
+        }
         let class = match &result {
             Ok(_) => "2xx",
             Err(Error::RateLimited { .. }) => "429",
@@ -531,9 +550,20 @@ impl CloudflareClient {
         body: Option<&B>,
     ) -> Result<(T, Option<ResultInfo>), Error> {
         self.budget.acquire().await;
+        // The fence is checked after the budget's wait, just before sending.
+        let timeout = match &self.fence {
+            Some(ha) if method != reqwest::Method::GET => {
+                let window = ha
+                    .write_window(tokio::time::Instant::now())
+                    .ok_or(Error::Fenced { what })?;
+                window.min(self.request_timeout)
+            }
+            _ => self.request_timeout,
+        };
         let mut request = self
             .http
             .request(method, &url)
+            .timeout(timeout)
             .bearer_auth(self.token.expose());
         if let Some(body) = body {
             request = request.json(body);

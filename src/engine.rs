@@ -22,6 +22,8 @@ use tracing::{error, info, warn};
 
 use crate::cloudflare::{self, CloudflareClient};
 use crate::config::{Config, Manage};
+use crate::ha::lease::HttpLeaseApi;
+use crate::ha::{Elector, Ha, HaStatus, Role, Timings};
 use crate::lapi::{self, LapiClient, Pull};
 use crate::state::{Policy, SyncState};
 use crate::telemetry::{Snapshot, Telemetry};
@@ -66,6 +68,8 @@ pub enum Error {
     },
     #[error("stopped before the sync finished")]
     Cancelled,
+    #[error("high availability: {0}")]
+    Lease(String),
     #[error(
         "cannot listen on {addr} for [admin] listen: {source} (choose another address, or \"off\")"
     )]
@@ -84,6 +88,8 @@ struct Shared {
     refresh_list: AtomicBool,
     /// When each task last went round its loop, for the systemd watchdog.
     beats: Mutex<Instant>,
+    /// With high availability (`[ha]`): the election's state.
+    ha: Option<Arc<Ha>>,
 }
 
 impl Shared {
@@ -145,6 +151,10 @@ impl Engine {
             wake: Notify::new(),
             refresh_list: AtomicBool::new(false),
             beats: Mutex::new(Instant::now()),
+            ha: config
+                .ha
+                .as_ref()
+                .map(|ha| Arc::new(Ha::new(ha.identity.clone(), Timings::from(ha)))),
         });
         let cloudflare = CloudflareClient::new(&config.cloudflare, telemetry.clone())?;
         Ok(Engine {
@@ -198,13 +208,33 @@ impl Engine {
     pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
         self.bind_admin().await?;
         let admin = self.admin.take();
-        let Some(list_id) = self.writer.resolve_list(&token).await else {
-            return Ok(());
+        // With high availability the list is looked up by the first term, not before:
+        // a standby never talks to Cloudflare.
+        let elected = match (&self.shared.ha, &self.config.ha) {
+            (Some(ha), Some(ha_config)) => {
+                let api = HttpLeaseApi::new(ha_config).map_err(Error::Lease)?;
+                info!(
+                    identity = %ha.identity(),
+                    lease = %format!("{}/{}", ha_config.namespace, ha_config.lease_name),
+                    "high availability: electing the writer by the Lease"
+                );
+                self.telemetry.metrics.set_leader(false);
+                self.writer.serve(ha.clone());
+                Some((ha.clone(), api))
+            }
+            _ => None,
+        };
+        let list_id = match elected {
+            Some(_) => None,
+            None => match self.writer.resolve_list(&token).await {
+                Some(list_id) => Some(list_id),
+                None => return Ok(()),
+            },
         };
         let Engine {
             shared,
             poller,
-            writer,
+            mut writer,
             config,
             telemetry,
             ..
@@ -229,7 +259,26 @@ impl Engine {
             tasks.spawn(reporter.run(interval, token.clone()));
         }
         tasks.spawn(poller.run(token.clone()));
-        tasks.spawn(writer.run(list_id, token.clone()));
+        match (elected, list_id) {
+            (Some((ha, api)), _) => {
+                // The Lease is released only once the writer has stopped (the guard
+                // fires when the writer's task ends, or is aborted).
+                let writer_stopped = CancellationToken::new();
+                let guard = writer_stopped.clone().drop_guard();
+                let writer_token = token.clone();
+                let writer_ha = ha.clone();
+                tasks.spawn(async move {
+                    let _guard = guard;
+                    writer.run_terms(writer_ha, writer_token).await;
+                });
+                tasks.spawn(Elector::new(api, ha, telemetry.clone()).run(writer_stopped));
+            }
+            (None, Some(list_id)) => {
+                let token = token.clone();
+                tasks.spawn(async move { writer.run(&list_id, token).await });
+            }
+            (None, None) => {}
+        }
         if let Some(period) = sd_notify::watchdog_enabled() {
             let watchdog = operate::Watchdog {
                 shared: shared.clone(),
@@ -352,8 +401,15 @@ fn snapshot(shared: &Shared, telemetry: &Telemetry, lapi_stale: Duration) -> Sna
     drop(state);
     let health = telemetry.health();
     let ago = |at: Option<Instant>| at.map(|at| now.duration_since(at));
+    let ha = shared.ha.as_ref().map(|ha| (ha.status(), ha.timings()));
+    let ready = match &ha {
+        Some((status, timings)) if !matches!(status.role, Role::Leader { .. }) => {
+            standby_readiness(&health, status, now, lapi_stale, timings.lease_duration)
+        }
+        _ => health.readiness(now, lapi_stale),
+    };
     Snapshot {
-        ready: health.readiness(now, lapi_stale),
+        ready,
         uptime: health.uptime(now),
         counts,
         skipped,
@@ -366,7 +422,31 @@ fn snapshot(shared: &Shared, telemetry: &Telemetry, lapi_stale: Duration) -> Sna
         lapi_error: health.lapi_error.clone(),
         cloudflare_error: health.cloudflare_error.as_ref().map(|(_, e)| e.clone()),
         foreign_writer: health.foreign_writer.clone(),
+        ha: ha.map(|(status, _)| status),
     }
+}
+
+/// A standby is ready while it could take over at once: it follows LAPI (so its
+/// desired state is current) and reaches the Lease API (so it would see the leader go).
+/// It never talks to Cloudflare, so Cloudflare's health is not its business.
+fn standby_readiness(
+    health: &crate::telemetry::Health,
+    ha: &HaStatus,
+    now: Instant,
+    lapi_stale: Duration,
+    lease_stale: Duration,
+) -> Result<(), String> {
+    let lapi_age = health.lapi_ok.map(|at| now.duration_since(at));
+    if lapi_age.is_none_or(|age| age > lapi_stale) {
+        let why = health.lapi_error.as_deref().unwrap_or("no answer yet");
+        return Err(format!("standby, not following LAPI: {why}"));
+    }
+    let lease_age = ha.lease_ok.map(|at| now.duration_since(at));
+    if lease_age.is_none_or(|age| age > lease_stale) {
+        let why = ha.lease_error.as_deref().unwrap_or("no answer yet");
+        return Err(format!("standby, cannot reach the Lease API: {why}"));
+    }
+    Ok(())
 }
 
 /// What `once` did.

@@ -575,6 +575,14 @@ impl SyncState {
         self.enqueue(item);
     }
 
+    /// Forgets the list: nothing is written until the next full read. For a writer that
+    /// starts a new term after another instance wrote (`ha.rs`): what it knew of the
+    /// list is stale, and the other's items are not a foreign writer's.
+    pub fn forget_list(&mut self) {
+        self.listed = ListedItems::default();
+        self.list_known = false;
+    }
+
     /// True when the first full pull and the first list read have both happened.
     pub fn is_primed(&self) -> bool {
         self.desired_known && self.list_known

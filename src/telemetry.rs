@@ -485,6 +485,8 @@ pub struct Snapshot {
     pub lapi_error: Option<String>,
     pub cloudflare_error: Option<String>,
     pub foreign_writer: Option<String>,
+    /// With high availability: the election as this instance sees it.
+    pub ha: Option<crate::ha::HaStatus>,
 }
 
 /// What `/status` serves and `status` prints.
@@ -512,6 +514,21 @@ pub struct StatusReport {
     pub cloudflare_error: Option<String>,
     #[serde(default)]
     pub foreign_writer: Option<String>,
+    /// With high availability: who holds the Lease, and this instance's part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaReport>,
+}
+
+/// The election in `/status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HaReport {
+    /// This instance's identity in the Lease.
+    pub identity: String,
+    /// `leader`, `standby` or `electing`.
+    pub role: String,
+    /// Who holds the Lease as last read (`None`: nobody).
+    pub holder: Option<String>,
+    pub lease_error: Option<String>,
 }
 
 impl From<&Snapshot> for StatusReport {
@@ -538,6 +555,12 @@ impl From<&Snapshot> for StatusReport {
             lapi_error: s.lapi_error.clone(),
             cloudflare_error: s.cloudflare_error.clone(),
             foreign_writer: s.foreign_writer.clone(),
+            ha: s.ha.as_ref().map(|ha| HaReport {
+                identity: ha.identity.clone(),
+                role: ha.role.as_str().to_owned(),
+                holder: ha.holder.clone(),
+                lease_error: ha.lease_error.clone(),
+            }),
         }
     }
 }
@@ -615,6 +638,7 @@ mod tests {
             lapi_error: None,
             cloudflare_error: None,
             foreign_writer: None,
+            ha: None,
         };
         let text = metrics.render(&snapshot);
         for line in [

@@ -79,10 +79,14 @@ impl UsageReporter {
     }
 
     fn usage_payload(&self, started: u64, window: u64, now: u64) -> serde_json::Value {
-        let items: Vec<serde_json::Value> = self
-            .shared
-            .state()
-            .active_by_origin()
+        // A standby blocks nothing: it reports no active decisions.
+        let standby = self.shared.ha.as_ref().is_some_and(|ha| !ha.is_leader());
+        let active = if standby {
+            Vec::new()
+        } else {
+            self.shared.state().active_by_origin()
+        };
+        let items: Vec<serde_json::Value> = active
             .into_iter()
             .filter(|(_, _, n)| *n > 0)
             .map(|(origin, ip_type, n)| {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 mod commands;
+mod terms;
 
 pub use commands::SetupReport;
 
@@ -66,6 +67,8 @@ pub struct Writer {
     /// The account's lists as found by the start-up lookup, for the first list read.
     known_lists: Option<Vec<ListInfo>>,
     foreign: ForeignWatch,
+    /// With high availability: the election this writer serves (see `terms.rs`).
+    ha: Option<Arc<crate::ha::Ha>>,
 }
 
 impl Writer {
@@ -84,6 +87,7 @@ impl Writer {
             writes: WriteBudget::default(),
             known_lists: None,
             foreign: ForeignWatch::new(),
+            ha: None,
         }
     }
 
@@ -124,8 +128,7 @@ impl Writer {
     }
 
     /// The writer task: see the module docs.
-    pub(super) async fn run(mut self, list_id: String, token: CancellationToken) {
-        let list_id = list_id.as_str();
+    pub(super) async fn run(&mut self, list_id: &str, token: CancellationToken) {
         let mut pace = Pace {
             cap: self.config.cloudflare.batch_size,
             longest_op: Duration::ZERO,
@@ -467,8 +470,15 @@ impl Writer {
         let items: Vec<Item> = items;
         self.record_write(items.len());
         self.telemetry.health().pending_since = Some(Instant::now());
+        if let Some(ha) = &self.ha {
+            ha.record_operation(Some(&op_id));
+        }
         let status = self.wait_for(&op_id, token).await;
         self.telemetry.health().pending_since = None;
+        // Still pending at shutdown: stays recorded, for a successor to wait out.
+        if let (Some(ha), Ok(OpStatus::Completed | OpStatus::Failed(_)) | Err(_)) = (&self.ha, &status) {
+            ha.record_operation(None);
+        }
         let metrics = &self.telemetry.metrics;
         match &status {
             Ok(OpStatus::Completed) => metrics.bulk_operation("completed", Some(started.elapsed())),

@@ -163,6 +163,7 @@ impl HttpLeaseApi {
     /// # Errors
     /// The CA file cannot be read or holds no certificate, or the client cannot be built.
     pub fn new(config: &HaConfig) -> Result<HttpLeaseApi, String> {
+        crate::install_tls_provider();
         // A call must leave time for another try before the renew deadline.
         let timeout = (config.renew_deadline / 2)
             .min(config.retry_period * 2)

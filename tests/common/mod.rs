@@ -5,5 +5,7 @@
 pub mod bin;
 pub mod hostile;
 pub mod lapi;
+pub mod lease;
 pub mod proxy;
+pub mod recorder;
 pub mod world;
