@@ -218,6 +218,14 @@ impl Engine {
                     lease = %format!("{}/{}", ha_config.namespace, ha_config.lease_name),
                     "high availability: electing the writer by the Lease"
                 );
+                if lapi_on_loopback(&self.config.crowdsec.api_url) {
+                    warn!(
+                        "high availability with LAPI reached on a loopback address: instances that share \
+                         a key then share one LAPI row and stream position, and a standby's pulls take the \
+                         leader's deltas; give each instance its own key, or reach LAPI by the pod's IP \
+                         (see docs/high-availability.md)"
+                    );
+                }
                 self.telemetry.metrics.set_leader(false);
                 self.writer.serve(ha.clone());
                 Some((ha.clone(), api))
@@ -382,6 +390,19 @@ impl Engine {
             writes,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// Whether LAPI's URL names a loopback address (or `localhost`).
+fn lapi_on_loopback(api_url: &str) -> bool {
+    match url::Url::parse(api_url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
     }
 }
 

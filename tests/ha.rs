@@ -62,22 +62,39 @@ async fn the_lease_client_speaks_the_api_servers_protocol() {
 
     assert_eq!(api.get().await, Ok(None), "absent");
     let created = api.create(&record("a")).await.unwrap();
-    assert_eq!(api.create(&record("a")).await, Err(ApiError::Conflict), "AlreadyExists");
+    assert_eq!(
+        api.create(&record("a")).await,
+        Err(ApiError::Conflict),
+        "AlreadyExists"
+    );
     let read = api.get().await.unwrap().unwrap();
     assert_eq!(read.resource_version(), created.resource_version());
     assert_eq!(read.record().holder, "a");
 
     let renewed = api
-        .replace(&read, &Record { operation: Some("op-1".into()), ..record("a") })
+        .replace(
+            &read,
+            &Record {
+                operation: Some("op-1".into()),
+                ..record("a")
+            },
+        )
         .await
         .unwrap();
-    assert_ne!(renewed.resource_version(), read.resource_version(), "bumped");
+    assert_ne!(
+        renewed.resource_version(),
+        read.resource_version(),
+        "bumped"
+    );
     assert_eq!(
         fake.object(NS, LEASE).unwrap()["metadata"]["annotations"][OPERATION_ANNOTATION],
         "op-1"
     );
     // A PUT with the stale resourceVersion is refused.
-    assert_eq!(api.replace(&read, &record("a")).await, Err(ApiError::Conflict));
+    assert_eq!(
+        api.replace(&read, &record("a")).await,
+        Err(ApiError::Conflict)
+    );
 
     // A rotated token: the old one is refused (401), the file is read again, once.
     std::fs::write(&token_file, "token-two").unwrap();
@@ -92,7 +109,10 @@ async fn the_lease_client_speaks_the_api_servers_protocol() {
     fake.allow("a", "token-two");
     fake.fail_next(1);
     let failed = api.get().await.unwrap_err().to_string();
-    assert!(failed.contains("HTTP 503") && failed.contains("etcdserver"), "{failed}");
+    assert!(
+        failed.contains("HTTP 503") && failed.contains("etcdserver"),
+        "{failed}"
+    );
 }
 
 /// An in-process candidate over HTTP.
@@ -109,7 +129,9 @@ fn candidate(fake: &FakeLeases, dir: &Path, name: &str) -> Candidate {
     let api = HttpLeaseApi::new(&ha_config(fake, name, &token_file, FAST)).unwrap();
     let ha = Arc::new(Ha::new(name.into(), FAST));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(Elector::new(api, ha.clone(), Arc::new(Telemetry::default())).run(stop.clone()));
+    let task = tokio::spawn(
+        Elector::new(api, ha.clone(), Arc::new(Telemetry::default())).run(stop.clone()),
+    );
     Candidate { ha, stop, task }
 }
 
@@ -131,12 +153,23 @@ async fn watch_one_writer(candidates: &[&Candidate], period: Duration) {
 async fn faults_of_the_lease_api_never_make_two_writers() {
     let fake = FakeLeases::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (candidate(&fake, dir.path(), "a"), candidate(&fake, dir.path(), "b"));
-    assert!(eventually(Duration::from_secs(5), || async { a.ha.is_leader() || b.ha.is_leader() }).await);
+    let (a, b) = (
+        candidate(&fake, dir.path(), "a"),
+        candidate(&fake, dir.path(), "b"),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.ha.is_leader() || b.ha.is_leader()
+        })
+        .await
+    );
     let (leader, standby) = if a.ha.is_leader() { (&a, &b) } else { (&b, &a) };
     watch_one_writer(&[&a, &b], Duration::from_secs(2)).await;
     assert_eq!(standby.ha.role(), Role::Standby);
-    assert_eq!(standby.ha.status().holder.as_deref(), Some(leader.ha.identity()));
+    assert_eq!(
+        standby.ha.status().holder.as_deref(),
+        Some(leader.ha.identity())
+    );
 
     // Latency, 5xx answers and writes whose answer is lost: still one writer.
     fake.set_latency(Duration::from_millis(300));
@@ -154,11 +187,18 @@ async fn faults_of_the_lease_api_never_make_two_writers() {
     let cut = Instant::now();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            leader.ha.write_window(tokio::time::Instant::now()).is_none()
+            leader
+                .ha
+                .write_window(tokio::time::Instant::now())
+                .is_none()
         })
         .await
     );
-    assert!(cut.elapsed() <= FAST.renew_deadline + Duration::from_millis(200), "{:?}", cut.elapsed());
+    assert!(
+        cut.elapsed() <= FAST.renew_deadline + Duration::from_millis(200),
+        "{:?}",
+        cut.elapsed()
+    );
     assert!(eventually(Duration::from_secs(10), || async { standby.ha.is_leader() }).await);
     watch_one_writer(&[&a, &b], Duration::from_secs(1)).await;
     fake.partition(leader_name, false);
@@ -267,9 +307,15 @@ impl Chaos {
         self.next_ip += 1;
         let ip = format!("192.0.2.{}", self.next_ip);
         let started = Instant::now();
-        self.world.lapi.add_decisions(&[NewDecision::ban_ip(&ip)]).await;
+        self.world
+            .lapi
+            .add_decisions(&[NewDecision::ban_ip(&ip)])
+            .await;
         self.expected.push(ip.clone());
-        let reached = eventually(within, || std::future::ready(self.world.listed().contains(&ip))).await;
+        let reached = eventually(within, || {
+            std::future::ready(self.world.listed().contains(&ip))
+        })
+        .await;
         assert!(reached, "{ip} never reached the list\n{}", self.dump());
         started.elapsed()
     }
@@ -295,7 +341,11 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
     let mut instances = Vec::new();
     for (i, name) in ["bouncer-a", "bouncer-b", "bouncer-c"].iter().enumerate() {
         // Each instance has its own LAPI key (its own row and stream position).
-        let key = if i == 0 { world.key.clone() } else { world.lapi.add_bouncer(&format!("t-ha-{name}")) };
+        let key = if i == 0 {
+            world.key.clone()
+        } else {
+            world.lapi.add_bouncer(&format!("t-ha-{name}"))
+        };
         let recorder = Recorder::start(&emulator_root).await;
         let token_file = dir.path().join(format!("{name}.token"));
         std::fs::write(&token_file, format!("sa-{name}")).unwrap();
@@ -311,7 +361,10 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
                 fake.url(),
                 token_file.display()
             );
-        assert!(!text.contains(&emulator_base), "every Cloudflare request goes through the recorder");
+        assert!(
+            !text.contains(&emulator_base),
+            "every Cloudflare request goes through the recorder"
+        );
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -325,7 +378,13 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
             child: None,
         });
     }
-    let mut chaos = Chaos { world, fake, instances, next_ip: 0, expected: Vec::new() };
+    let mut chaos = Chaos {
+        world,
+        fake,
+        instances,
+        next_ip: 0,
+        expected: Vec::new(),
+    };
     for instance in &mut chaos.instances {
         instance.spawn();
     }
@@ -337,46 +396,97 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
         let reached = eventually(Duration::from_secs(10), || async {
             let (_, metrics) = instance.get("/metrics").await;
             let (ready, _) = instance.get("/readyz").await;
-            let gauge = if instance.name == first { "cf_iplist_bouncer_leader 1" } else { "cf_iplist_bouncer_leader 0" };
+            let gauge = if instance.name == first {
+                "cf_iplist_bouncer_leader 1"
+            } else {
+                "cf_iplist_bouncer_leader 0"
+            };
             metrics.lines().any(|l| l == gauge) && ready == 200
         })
         .await;
         let (_, status) = instance.get("/status").await;
         assert!(reached, "{}: {status}\n{}", instance.name, chaos.dump());
-        assert!(status.contains(&format!("\"holder\":\"{first}\"")), "{status}");
+        assert!(
+            status.contains(&format!("\"holder\":\"{first}\"")),
+            "{status}"
+        );
     }
     assert!(chaos.leader().logs().contains("acquired the lease"));
 
-    // 1. SIGKILL while a bulk operation is pending: the successor waits it out.
-    chaos.world.cf.stick_next_operations(1, Duration::from_secs(20));
+    // 1. SIGKILL while a bulk operation is pending: the successor waits it out. First
+    // the previous operation's record must be gone from the Lease.
+    let annotation = |chaos: &Chaos| {
+        chaos.fake.object(NS, LEASE).and_then(|o| {
+            o["metadata"]["annotations"][OPERATION_ANNOTATION]
+                .as_str()
+                .map(str::to_owned)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || std::future::ready(
+            annotation(&chaos).is_none()
+        ))
+        .await,
+        "a completed operation's record is cleared\n{}",
+        chaos.dump()
+    );
+    chaos
+        .world
+        .cf
+        .stick_next_operations(1, Duration::from_secs(20));
     chaos.next_ip += 1;
     let stuck_ip = format!("192.0.2.{}", chaos.next_ip);
-    chaos.world.lapi.add_decisions(&[NewDecision::ban_ip(&stuck_ip)]).await;
+    chaos
+        .world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip(&stuck_ip)])
+        .await;
     chaos.expected.push(stuck_ip);
     let recorded = eventually(Duration::from_secs(10), || {
-        let op = chaos.fake.object(NS, LEASE).map(|o| o["metadata"]["annotations"][OPERATION_ANNOTATION].clone());
-        std::future::ready(op.is_some_and(|op| op.is_string()))
+        std::future::ready(annotation(&chaos).is_some() && chaos.world.cf.operation_pending())
     })
     .await;
-    assert!(recorded, "the pending operation is recorded in the Lease\n{}", chaos.dump());
+    assert!(
+        recorded,
+        "the pending operation is recorded in the Lease\n{}",
+        chaos.dump()
+    );
     let killed = chaos.holder();
     chaos.leader().kill();
     let after_pending = chaos.ban_and_time(Duration::from_secs(60)).await;
     let second = chaos.wait_for_leader(&killed).await;
     assert!(
-        chaos.leader().logs().contains("waiting out the bulk operation the previous writer left pending"),
+        chaos
+            .leader()
+            .logs()
+            .contains("waiting out the bulk operation the previous writer left pending"),
         "{}",
         chaos.dump()
     );
-    chaos.instances.iter_mut().find(|i| i.name == killed).unwrap().spawn();
+    chaos
+        .instances
+        .iter_mut()
+        .find(|i| i.name == killed)
+        .unwrap()
+        .spawn();
 
     // 2. SIGKILL of an idle leader: the takeover that is measured.
-    assert!(eventually(Duration::from_secs(30), || std::future::ready(!chaos.world.cf.operation_pending())).await);
+    assert!(
+        eventually(Duration::from_secs(30), || std::future::ready(
+            !chaos.world.cf.operation_pending()
+        ))
+        .await
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     chaos.leader().kill();
     let takeover_kill = chaos.ban_and_time(Duration::from_secs(40)).await;
     let third = chaos.wait_for_leader(&second).await;
-    chaos.instances.iter_mut().find(|i| i.name == second).unwrap().spawn();
+    chaos
+        .instances
+        .iter_mut()
+        .find(|i| i.name == second)
+        .unwrap()
+        .spawn();
 
     // 3. SIGSTOP past the deadline, then SIGCONT: the old leader must not write.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -386,27 +496,56 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
     let fourth = chaos.wait_for_leader(&third).await;
     let past_deadline = Duration::from_secs(20).saturating_sub(stopped_at.elapsed());
     tokio::time::sleep(past_deadline).await;
-    chaos.instances.iter().find(|i| i.name == third).unwrap().signal(libc::SIGCONT);
+    chaos
+        .instances
+        .iter()
+        .find(|i| i.name == third)
+        .unwrap()
+        .signal(libc::SIGCONT);
     let resumed = chaos.instances.iter().find(|i| i.name == third).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async { resumed.role().await == "standby" }).await,
+        eventually(Duration::from_secs(10), || async {
+            resumed.role().await == "standby"
+        })
+        .await,
         "the resumed instance stands by\n{}",
         chaos.dump()
     );
 
-    // 4. The leader cut off from the Lease API (it still reaches LAPI and Cloudflare).
+    // 4. The leader cut off from the Lease API (it still reaches LAPI and Cloudflare):
+    // it stops writing at its deadline, and another instance takes over while it is
+    // still cut off. (Healed before anyone took over, it could lead again: its own
+    // record is still the Lease's, and a PUT with its resourceVersion is a fair win.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     chaos.fake.partition(&fourth, true);
-    let takeover_partition = chaos.ban_and_time(Duration::from_secs(40)).await;
+    let cut_at = Instant::now();
+    let ban_while_cut = chaos.ban_and_time(Duration::from_secs(40)).await;
     let cut_off = chaos.instances.iter().find(|i| i.name == fourth).unwrap();
     assert!(
-        eventually(Duration::from_secs(15), || async { cut_off.role().await == "standby" }).await,
+        eventually(Duration::from_secs(15), || async {
+            cut_off.role().await == "standby"
+        })
+        .await,
         "{}",
         chaos.dump()
     );
-    assert!(cut_off.logs().contains("could not renew the lease within renew_deadline"));
-    chaos.fake.partition(&fourth, false);
+    assert!(cut_off
+        .logs()
+        .contains("could not renew the lease within renew_deadline"));
     let fifth = chaos.wait_for_leader(&fourth).await;
+    let takeover_partition = cut_at.elapsed();
+    chaos.fake.partition(&fourth, false);
+    let healed = chaos.instances.iter().find(|i| i.name == fourth).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (_, status) = healed.get("/status").await;
+            status.contains(&format!("\"holder\":\"{fifth}\""))
+        })
+        .await,
+        "the healed instance follows the new leader\n{}",
+        chaos.dump()
+    );
+    assert_eq!(healed.role().await, "standby");
 
     // Converged: every ban on the list, nothing else, no write while one was pending.
     chaos.ban_and_time(Duration::from_secs(20)).await;
@@ -422,11 +561,20 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
     let renew_deadline = Duration::from_secs(10);
     let mut writes = 0;
     for instance in &chaos.instances {
-        for write in instance.recorder.exchanges().iter().filter(|e| e.is_item_write()) {
+        for write in instance
+            .recorder
+            .exchanges()
+            .iter()
+            .filter(|e| e.is_item_write())
+        {
             writes += 1;
             let before: Vec<_> = accepted.iter().filter(|a| a.at <= write.at).collect();
             let holder = before.last().map(|a| a.holder.as_str()).unwrap_or_default();
-            assert_eq!(holder, instance.name, "{} wrote while {holder} held the Lease", instance.name);
+            assert_eq!(
+                holder, instance.name,
+                "{} wrote while {holder} held the Lease",
+                instance.name
+            );
             let renewed = before
                 .iter()
                 .rev()
@@ -442,12 +590,14 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
     }
     assert!(writes >= 6, "the writes were recorded: {writes}");
     eprintln!(
-        "takeover (ban to list): after SIGKILL {:.1}s, after SIGKILL with a pending operation {:.1}s, \
-         after SIGSTOP {:.1}s, a ban during a partition {:.1}s; leaders {first} {second} {third} {fourth} {fifth}; \
-         {} Lease API requests",
+        "a new ban reached the list {:.1}s after the leader's SIGKILL, {:.1}s after a SIGKILL with an \
+         operation pending, {:.1}s after a SIGSTOP, {:.1}s after a partition began (written by the \
+         cut-off leader inside its window); a new leader {:.1}s after the partition began; leaders \
+         {first} {second} {third} {fourth} {fifth}; {} Lease API requests",
         takeover_kill.as_secs_f64(),
         after_pending.as_secs_f64(),
         takeover_stop.as_secs_f64(),
+        ban_while_cut.as_secs_f64(),
         takeover_partition.as_secs_f64(),
         chaos.fake.requests()
     );
@@ -455,7 +605,10 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
         eprintln!("{}", chaos.dump());
     }
     // The target: lease_duration + 5 s.
-    assert!(takeover_kill <= Duration::from_secs(20), "{takeover_kill:?}");
+    assert!(
+        takeover_kill <= Duration::from_secs(20),
+        "{takeover_kill:?}"
+    );
     for instance in &mut chaos.instances {
         if instance.child.is_some() {
             instance.kill();

@@ -476,7 +476,9 @@ impl Writer {
         let status = self.wait_for(&op_id, token).await;
         self.telemetry.health().pending_since = None;
         // Still pending at shutdown: stays recorded, for a successor to wait out.
-        if let (Some(ha), Ok(OpStatus::Completed | OpStatus::Failed(_)) | Err(_)) = (&self.ha, &status) {
+        if let (Some(ha), Ok(OpStatus::Completed | OpStatus::Failed(_)) | Err(_)) =
+            (&self.ha, &status)
+        {
             ha.record_operation(None);
         }
         let metrics = &self.telemetry.metrics;

@@ -165,7 +165,11 @@ async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<String, Response>
         (client, inner.latency, partitioned, fail)
     };
     let Some(client) = client else {
-        return Err(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+        return Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+        ));
     };
     if partitioned {
         // Nothing comes back: the client's own timeout ends the request.
@@ -173,7 +177,11 @@ async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<String, Response>
     }
     tokio::time::sleep(latency).await;
     if fail {
-        return Err(status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "etcdserver: request timed out"));
+        return Err(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "etcdserver: request timed out",
+        ));
     }
     Ok(client)
 }
@@ -198,11 +206,20 @@ async fn read(
 }
 
 /// Stores `object` as the new version; returns the answer (or the lost one).
-fn store(inner: &mut Inner, client: String, key: (String, String), mut object: Value, code: StatusCode) -> Response {
+fn store(
+    inner: &mut Inner,
+    client: String,
+    key: (String, String),
+    mut object: Value,
+    code: StatusCode,
+) -> Response {
     inner.version += 1;
     object["metadata"]["resourceVersion"] = json!(inner.version.to_string());
     object["metadata"]["namespace"] = json!(key.0);
-    let holder = object["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
+    let holder = object["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     inner.objects.insert(key, object.clone());
     inner.accepted.push(Accepted {
         at: Instant::now(),
@@ -211,7 +228,11 @@ fn store(inner: &mut Inner, client: String, key: (String, String), mut object: V
     });
     if inner.lose_next_answers > 0 {
         inner.lose_next_answers -= 1;
-        return status(StatusCode::GATEWAY_TIMEOUT, "Timeout", "the answer was lost");
+        return status(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            "the answer was lost",
+        );
     }
     (code, Json(object)).into_response()
 }
@@ -227,10 +248,18 @@ async fn create(
         Err(refused) => return refused,
     };
     if body["kind"] != "Lease" || body["apiVersion"] != "coordination.k8s.io/v1" {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "not a coordination.k8s.io/v1 Lease");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "not a coordination.k8s.io/v1 Lease",
+        );
     }
     let Some(name) = body["metadata"]["name"].as_str().map(str::to_owned) else {
-        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value");
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: Required value",
+        );
     };
     let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
     let key = (ns, name.clone());

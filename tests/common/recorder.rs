@@ -24,7 +24,9 @@ pub struct Exchange {
 impl Exchange {
     /// A write to a list's items (add, replace or delete).
     pub fn is_item_write(&self) -> bool {
-        self.method != Method::GET && self.path.contains("/rules/lists/") && self.path.ends_with("/items")
+        self.method != Method::GET
+            && self.path.contains("/rules/lists/")
+            && self.path.ends_with("/items")
     }
 }
 
@@ -77,7 +79,9 @@ async fn forward(
 ) -> Response {
     let at = Instant::now();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let mut request = up.http.request(method.clone(), format!("{}{path}", up.base));
+    let mut request = up
+        .http
+        .request(method.clone(), format!("{}{path}", up.base));
     for name in ["authorization", "content-type"] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
@@ -95,14 +99,21 @@ async fn forward(
             let bytes = response.bytes().await.unwrap_or_default();
             (code, content_type, bytes)
         }
-        Err(_) => (502, "text/plain".to_owned(), Bytes::from_static(b"upstream failed")),
+        Err(_) => (
+            502,
+            "text/plain".to_owned(),
+            Bytes::from_static(b"upstream failed"),
+        ),
     };
-    up.log.lock().unwrap_or_else(|p| p.into_inner()).push(Exchange {
-        method,
-        path: uri.path().to_owned(),
-        at,
-        status: code,
-    });
+    up.log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Exchange {
+            method,
+            path: uri.path().to_owned(),
+            at,
+            status: code,
+        });
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
     (status, [("content-type", content_type)], Body::from(bytes)).into_response()
 }
