@@ -615,3 +615,69 @@ async fn three_instances_one_writer_through_kill_stop_and_partition() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_released_only_after_the_writer_stopped() {
+    let mut world = World::start("t-ha-release").await;
+    world.sync_extra = "reconcile_interval = \"1h\"\nshutdown_grace = \"10s\"\n".into();
+    let fake = FakeLeases::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sa-only").unwrap();
+    fake.allow("only", "sa-only");
+    let text = world.config_text()
+        + &format!(
+            "\n[ha]\nlease = \"{NS}/{LEASE}\"\nidentity = \"only\"\napi_server = \"{}\"\ntoken_file = \"{}\"\n\
+             lease_duration = \"3s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n",
+            fake.url(),
+            token_file.display()
+        );
+    let config = cfbouncer::config::Config::parse(&text, &|_| None).expect("valid");
+    let engine = cfbouncer::engine::Engine::new(config).expect("engine");
+    let token = CancellationToken::new();
+    let run = tokio::spawn(engine.run(token.clone()));
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("192.0.2.1")])
+        .await;
+    world.expect_list(&["192.0.2.1"]).await;
+    assert_eq!(fake.holder(NS, LEASE), "only");
+
+    // An operation pending at shutdown: the writer may finish it within the grace, and
+    // only then is the Lease released.
+    world.cf.stick_next_operations(1, Duration::from_secs(3));
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("192.0.2.2")])
+        .await;
+    assert!(
+        eventually(Duration::from_secs(10), || std::future::ready(
+            world.cf.operation_pending()
+        ))
+        .await
+    );
+    token.cancel();
+    let mut released_while_pending = None;
+    let released = eventually(Duration::from_secs(15), || {
+        let released = fake.holder(NS, LEASE).is_empty();
+        if released && released_while_pending.is_none() {
+            released_while_pending = Some(world.cf.operation_pending());
+        }
+        std::future::ready(released)
+    })
+    .await;
+    assert!(released, "the Lease is released on shutdown");
+    assert_eq!(
+        released_while_pending,
+        Some(false),
+        "released only once the operation ended"
+    );
+    run.await.expect("no panic").expect("clean stop");
+    world.expect_list(&["192.0.2.1", "192.0.2.2"]).await;
+    let object = fake.object(NS, LEASE).unwrap();
+    assert_eq!(object["spec"]["leaseDurationSeconds"], 1);
+    assert!(object["metadata"]["annotations"]
+        .get(OPERATION_ANNOTATION)
+        .is_none());
+    world.assert_well_behaved();
+}
