@@ -681,3 +681,35 @@ async fn the_lease_is_released_only_after_the_writer_stopped() {
         .is_none());
     world.assert_well_behaved();
 }
+
+#[tokio::test]
+async fn a_write_outside_the_leaders_window_is_never_sent() {
+    let world = World::start("t-ha-fence").await;
+    let config = world.config();
+    let telemetry = Arc::new(Telemetry::default());
+    let mut client =
+        cfbouncer::cloudflare::CloudflareClient::new(&config.cloudflare, telemetry).unwrap();
+    // A standby (the election has not made it leader): writes are refused unsent,
+    // reads go on.
+    client.fence_with(Arc::new(Ha::new("standby".into(), FAST)));
+    let item = cfbouncer::item::Item::from_decision("192.0.2.1", 64).unwrap();
+    let refused = client
+        .add_items(&world.list_id, &[(item, "crowdsec test".into())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, cfbouncer::cloudflare::Error::Fenced { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("not the elected writer"),
+        "{refused}"
+    );
+    assert!(client.lists().await.is_ok(), "reads are not fenced");
+    let counters = world.cf.counters();
+    assert_eq!(
+        counters.writes + counters.rejected_writes,
+        0,
+        "nothing was sent: {counters:?}"
+    );
+}
