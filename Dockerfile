@@ -8,7 +8,7 @@
 #
 # No configuration or secret is baked in: mount the config (readable by uid 65532) and pass
 # the secrets as environment variables or files the config names. For the probes and
-# /metrics to be reachable from outside the container, set [admin] listen = "0.0.0.0:60602".
+# /metrics to be reachable from outside the container, set [admin] listen = "0.0.0.0:60620".
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -26,6 +26,6 @@ LABEL org.opencontainers.image.title="crowdsec-cloudflare-iplist-bouncer" \
 COPY --from=build /src/target/release/crowdsec-cloudflare-iplist-bouncer /usr/local/bin/crowdsec-cloudflare-iplist-bouncer
 # Numeric, so Kubernetes' runAsNonRoot can verify it (65532 is distroless' "nonroot").
 USER 65532:65532
-EXPOSE 60602
+EXPOSE 60620
 ENTRYPOINT ["/usr/local/bin/crowdsec-cloudflare-iplist-bouncer"]
 CMD ["-c", "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplist-bouncer.toml"]

@@ -14,6 +14,70 @@ use cfbouncer::config::{self, Config};
 const BIN: &str = env!("CARGO_BIN_EXE_crowdsec-cloudflare-iplist-bouncer");
 const NAME: &str = "crowdsec-cloudflare-iplist-bouncer";
 const UNIT: &str = "systemd/crowdsec-cloudflare-iplist-bouncer.service";
+/// Every unit shipped, with the oldest systemd it is for (install.sh and the package's
+/// postinst pick by `systemctl --version`).
+const UNITS: [(&str, u32); 3] = [
+    (UNIT, 250),
+    (
+        "systemd/fallback/systemd-247/crowdsec-cloudflare-iplist-bouncer.service",
+        247,
+    ),
+    (
+        "systemd/fallback/systemd-245/crowdsec-cloudflare-iplist-bouncer.service",
+        245,
+    ),
+];
+/// The systemd release that introduced each directive the units use (systemd's NEWS and
+/// man pages); a directive missing here fails the test, so a new one gets checked.
+const DIRECTIVE_SINCE: &[(&str, u32)] = &[
+    ("Description", 1),
+    ("After", 1),
+    ("Wants", 1),
+    ("WantedBy", 1),
+    ("Type", 1),
+    ("NotifyAccess", 1),
+    ("ExecStartPre", 1),
+    ("ExecStart", 1),
+    ("Restart", 1),
+    ("RestartSec", 1),
+    ("TimeoutStopSec", 188),
+    ("WatchdogSec", 186),
+    ("UMask", 1),
+    ("CapabilityBoundingSet", 1),
+    ("NoNewPrivileges", 187),
+    ("PrivateTmp", 1),
+    ("PrivateDevices", 209),
+    ("DevicePolicy", 1),
+    ("ProtectHome", 214),
+    ("SystemCallArchitectures", 209),
+    ("SystemCallErrorNumber", 209),
+    ("RestrictAddressFamilies", 211),
+    ("AmbientCapabilities", 229),
+    ("MemoryDenyWriteExecute", 231),
+    ("RestrictRealtime", 231),
+    // With the @system-service group.
+    ("SystemCallFilter", 231),
+    ("DynamicUser", 232),
+    // =strict
+    ("ProtectSystem", 232),
+    ("PrivateUsers", 232),
+    ("ProtectKernelTunables", 232),
+    ("ProtectKernelModules", 232),
+    ("ProtectControlGroups", 232),
+    ("RemoveIPC", 232),
+    ("RestrictNamespaces", 233),
+    ("LockPersonality", 235),
+    ("KeyringMode", 235),
+    ("PrivateMounts", 239),
+    ("ProtectHostname", 242),
+    ("RestrictSUIDSGID", 242),
+    ("ProtectKernelLogs", 244),
+    ("ProtectClock", 245),
+    ("LoadCredential", 247),
+    ("ProtectProc", 247),
+    ("ProcSubset", 247),
+    ("PrivateIPC", 248),
+];
 /// Where scripts/install.sh puts the binary, and so where the unit runs it from.
 const INSTALLED_BIN: &str = "/usr/local/bin/crowdsec-cloudflare-iplist-bouncer";
 const MAX_EXPOSURE: f64 = 2.0;
@@ -60,53 +124,114 @@ fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn unit_passes_systemd_analyze_verify() {
-    let unit = read(UNIT);
-    assert!(
-        unit.contains(&format!("ExecStart={INSTALLED_BIN} ")),
-        "ExecStart must run {INSTALLED_BIN}"
-    );
-    // `verify` insists that the executable exists: point the unit at the one cargo built.
+fn every_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(format!("{NAME}.service"));
-    fs::write(&path, unit.replace(INSTALLED_BIN, BIN)).expect("write the unit");
-    let path = path.to_str().expect("utf-8 path");
-    let out = systemd_analyze(&["verify", "--man=no", path]);
-    let report = text(&out);
-    // verify exits 0 on unknown keys and bad values too; those lines name the unit.
-    let complaints: Vec<&str> = report
-        .lines()
-        .filter(|line| line.contains(&format!("{NAME}.service")))
-        .collect();
-    assert!(
-        out.status.success() && complaints.is_empty(),
-        "systemd-analyze verify {path} ({}):\n{report}",
-        out.status
-    );
+    for (relative, _) in UNITS {
+        let unit = read(relative);
+        assert!(
+            unit.contains(&format!("ExecStart={INSTALLED_BIN} ")),
+            "{relative}: ExecStart must run {INSTALLED_BIN}"
+        );
+        // `verify` insists that the executable exists: point the unit at the one cargo built.
+        let path = dir.path().join(format!("{NAME}.service"));
+        fs::write(&path, unit.replace(INSTALLED_BIN, BIN)).expect("write the unit");
+        let path = path.to_str().expect("utf-8 path");
+        let out = systemd_analyze(&["verify", "--man=no", path]);
+        let report = text(&out);
+        // verify exits 0 on unknown keys and bad values too; those lines name the unit.
+        let complaints: Vec<&str> = report
+            .lines()
+            .filter(|line| line.contains(&format!("{NAME}.service")))
+            .collect();
+        assert!(
+            out.status.success() && complaints.is_empty(),
+            "systemd-analyze verify {relative} ({}):\n{report}",
+            out.status
+        );
+    }
+}
+
+/// A unit's non-comment, non-blank lines.
+fn unit_lines(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .collect()
+}
+
+/// The keys of a unit's `Key=value` lines.
+fn directives(unit: &str) -> Vec<&str> {
+    unit_lines(unit)
+        .into_iter()
+        .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
+        .collect()
 }
 
 #[test]
-fn unit_exposure_is_at_most_two() {
-    let path = repo_file(UNIT);
-    let path = path.to_str().expect("utf-8 path");
-    let out = systemd_analyze(&["security", "--offline=true", "--no-pager", path]);
-    let report = text(&out);
-    let exposure = report
-        .lines()
-        .find(|line| line.contains("Overall exposure level"))
-        .and_then(|line| line.rsplit(':').next())
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|number| number.parse::<f64>().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no exposure level in the output ({}):\n{report}",
-                out.status
-            )
-        });
-    assert!(
-        exposure <= MAX_EXPOSURE,
-        "exposure {exposure} > {MAX_EXPOSURE}:\n{report}"
+fn each_unit_uses_only_what_its_oldest_systemd_knows() {
+    for (relative, floor) in UNITS {
+        let unit = read(relative);
+        let keys = directives(&unit);
+        for key in &keys {
+            let since = DIRECTIVE_SINCE
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, since)| *since)
+                .unwrap_or_else(|| panic!("{relative}: add {key}= to DIRECTIVE_SINCE"));
+            assert!(
+                since <= floor,
+                "{relative} is for systemd {floor} but {key}= needs {since}"
+            );
+        }
+        // ProcSubset=pid with ProtectKernelTunables= fails the start before systemd 250.
+        if keys.contains(&"ProcSubset") && keys.contains(&"ProtectKernelTunables") {
+            assert!(
+                floor >= 250,
+                "{relative}: ProcSubset= with ProtectKernelTunables="
+            );
+        }
+    }
+    // The 247 fallback gives up only what its systemd lacks: it is the main unit without
+    // PrivateIPC= and ProcSubset=.
+    let main = read(UNIT);
+    let wanted: Vec<&str> = unit_lines(&main)
+        .into_iter()
+        .filter(|l| !l.starts_with("PrivateIPC=") && !l.starts_with("ProcSubset="))
+        .collect();
+    assert_eq!(unit_lines(&read(UNITS[1].0)), wanted);
+    // The 245 one reads the configuration itself, as root without capabilities.
+    let old = read(UNITS[2].0);
+    assert_eq!(
+        unit_values(&old, "ExecStart"),
+        [format!("{INSTALLED_BIN} -c {} run", config::DEFAULT_PATH)]
     );
+    assert_eq!(unit_values(&old, "CapabilityBoundingSet"), [""]);
+    assert!(unit_values(&old, "DynamicUser").is_empty());
+}
+
+#[test]
+fn every_unit_has_an_exposure_of_at_most_two() {
+    for (relative, _) in UNITS {
+        let path = repo_file(relative);
+        let path = path.to_str().expect("utf-8 path");
+        let out = systemd_analyze(&["security", "--offline=true", "--no-pager", path]);
+        let report = text(&out);
+        let exposure = report
+            .lines()
+            .find(|line| line.contains("Overall exposure level"))
+            .and_then(|line| line.rsplit(':').next())
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse::<f64>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{relative}: no exposure level in the output ({}):\n{report}",
+                    out.status
+                )
+            });
+        assert!(
+            exposure <= MAX_EXPOSURE,
+            "{relative}: exposure {exposure} > {MAX_EXPOSURE}:\n{report}"
+        );
+    }
 }
 
 #[test]
@@ -142,7 +267,7 @@ fn unit_runs_the_daemon_as_the_binary_expects() {
     let config_arg = "-c ${CREDENTIALS_DIRECTORY}/config";
     assert_eq!(
         unit_values(&unit, "ExecStartPre"),
-        [format!("{INSTALLED_BIN} {config_arg} check")]
+        [format!("{INSTALLED_BIN} {config_arg} -t")]
     );
     assert_eq!(
         unit_values(&unit, "ExecStart"),
@@ -156,14 +281,24 @@ fn unit_runs_the_daemon_as_the_binary_expects() {
     }
 }
 
-/// The binary accepts the unit's command lines: with `$CREDENTIALS_DIRECTORY` empty, both
-/// fail on the missing config (exit 2), not on the arguments.
+/// The binary accepts the unit's command lines: with `$CREDENTIALS_DIRECTORY` empty, `run`
+/// fails on the missing config (exit 2) and `-t` reports it as a problem (exit 1), not on
+/// the arguments.
 #[test]
 fn unit_command_lines_are_accepted_by_the_binary() {
     let unit = read(UNIT);
     let dir = tempfile::tempdir().expect("temp dir");
     let credentials = dir.path().to_str().expect("utf-8 path");
-    for key in ["ExecStartPre", "ExecStart"] {
+    let help = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("the binary runs");
+    let has_test_config = text(&help).contains("--test-config");
+    for (key, code) in [("ExecStartPre", 1), ("ExecStart", 2)] {
+        if key == "ExecStartPre" && !has_test_config {
+            eprintln!("this binary has no -t/--test-config: ExecStartPre not run");
+            continue;
+        }
         let line = unit_values(&unit, key)[0].replace("${CREDENTIALS_DIRECTORY}", credentials);
         let args: Vec<&str> = line.split_whitespace().skip(1).collect();
         let out = Command::new(BIN)
@@ -172,7 +307,7 @@ fn unit_command_lines_are_accepted_by_the_binary() {
             .env_remove(config::ENV_CF_TOKEN)
             .output()
             .expect("the binary runs");
-        assert_eq!(out.status.code(), Some(2), "{key}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(code), "{key}: {}", text(&out));
         assert!(
             text(&out).contains("cannot read the configuration file"),
             "{key}: {}",
@@ -248,7 +383,7 @@ fn dockerfile_builds_locked_and_runs_unprivileged_without_secrets() {
     let expected = [
         format!("ENTRYPOINT [\"{INSTALLED_BIN}\"]"),
         format!("CMD [\"-c\", \"{}\"]", config::DEFAULT_PATH),
-        "EXPOSE 60602".to_owned(),
+        "EXPOSE 60620".to_owned(),
     ];
     for wanted in &expected {
         assert!(final_stage.contains(wanted), "missing {wanted}");
@@ -325,9 +460,14 @@ impl Host {
 
     /// Runs scripts/<script> with ROOT set.
     fn run(&self, script: &str, args: &[&str], cscli: Cscli) -> String {
+        self.run_script(&repo_file(&format!("scripts/{script}")), args, cscli, &[])
+    }
+
+    /// Runs the script at `path` with ROOT and `env` set.
+    fn run_script(&self, path: &Path, args: &[&str], cscli: Cscli, env: &[(&str, &str)]) -> String {
         let fake = self.dir.path().join("cscli");
         let out = Command::new("bash")
-            .arg(repo_file(&format!("scripts/{script}")))
+            .arg(path)
             .args(args)
             .env("ROOT", self.root())
             .env(
@@ -337,11 +477,13 @@ impl Host {
                     Cscli::Absent => OsStr::new(""),
                 },
             )
+            .envs(env.iter().copied())
             .output()
             .expect("bash runs");
         assert!(
             out.status.success(),
-            "{script} {args:?} failed:\n{}",
+            "{} {args:?} failed:\n{}",
+            path.display(),
             text(&out)
         );
         text(&out)
@@ -437,6 +579,115 @@ fn install_without_cscli_leaves_the_key_to_the_operator() {
     assert_eq!(written, read("config.toml.example"));
     assert!(!host.id_file().exists());
     assert!(host.cscli_calls().is_empty());
+}
+
+#[test]
+fn install_picks_the_unit_for_the_hosts_systemd() {
+    let unit_path = format!("/etc/systemd/system/{NAME}.service");
+    for (version, wanted) in [
+        ("252", UNITS[0].0),
+        ("250", UNITS[0].0),
+        ("249", UNITS[1].0),
+        ("247", UNITS[1].0),
+        ("246", UNITS[2].0),
+        ("245", UNITS[2].0),
+    ] {
+        let host = Host::new();
+        let install = repo_file("scripts/install.sh");
+        host.run_script(
+            &install,
+            &[BIN],
+            Cscli::Absent,
+            &[("SYSTEMD_VERSION", version)],
+        );
+        let installed = fs::read_to_string(host.path(&unit_path)).expect("unit");
+        assert_eq!(installed, read(wanted), "systemd {version}");
+    }
+    // Older than 245: refused, nothing installed.
+    let host = Host::new();
+    let out = Command::new("bash")
+        .arg(repo_file("scripts/install.sh"))
+        .arg(BIN)
+        .env("ROOT", host.root())
+        .env("CSCLI", "")
+        .env("SYSTEMD_VERSION", "241")
+        .output()
+        .expect("bash runs");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("245 or later"), "{}", text(&out));
+    assert!(!host.path(&unit_path).exists() && !host.path(INSTALLED_BIN).exists());
+}
+
+#[test]
+fn the_release_tarball_installs_from_its_own_tree() {
+    let host = Host::new();
+    // A small stand-in binary: the tarball's layout is under test, not the build.
+    let bin = host.dir.path().join("bouncer-binary");
+    fs::write(&bin, "#!/bin/sh\necho stand-in\n").expect("write");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = Command::new("bash")
+        .arg(repo_file("scripts/release-tarball.sh"))
+        .arg(&bin)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tarball = stdout.lines().last().expect("the tarball's path");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        tarball.ends_with(&format!(
+            "{NAME}-{version}-{}.tar.gz",
+            std::env::consts::ARCH
+        )),
+        "{tarball}"
+    );
+    let unpacked = host.dir.path().join("unpacked");
+    fs::create_dir(&unpacked).expect("mkdir");
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .expect("tar runs");
+    assert!(untar.status.success(), "{}", text(&untar));
+    let top = unpacked.join(format!("{NAME}-{version}"));
+    for file in [
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "config.toml.example",
+    ] {
+        assert_eq!(
+            fs::read(top.join(file)).expect(file),
+            fs::read(repo_file(file)).expect(file)
+        );
+    }
+    // Its install.sh takes the binary and the units from the tarball's tree.
+    host.run_script(
+        &top.join("scripts/install.sh"),
+        &[],
+        Cscli::Fake,
+        &[("SYSTEMD_VERSION", "247")],
+    );
+    assert_eq!(
+        fs::read(host.path(INSTALLED_BIN)).expect("installed binary"),
+        fs::read(&bin).expect("stand-in")
+    );
+    assert_eq!(mode(&host.path(INSTALLED_BIN)), 0o755);
+    let unit = fs::read_to_string(host.path(&format!("/etc/systemd/system/{NAME}.service")));
+    assert_eq!(unit.expect("unit"), read(UNITS[1].0));
+    assert_eq!(mode(&host.config()), 0o600);
+    assert!(fs::read_to_string(host.config())
+        .expect("config")
+        .contains(&format!("api_key = \"{FAKE_KEY}\"")));
+    host.run_script(
+        &top.join("scripts/uninstall.sh"),
+        &["--purge"],
+        Cscli::Fake,
+        &[],
+    );
+    assert!(!host.path(INSTALLED_BIN).exists() && !host.config().exists());
 }
 
 const MANIFESTS: [&str; 2] = [
