@@ -343,18 +343,35 @@ fn dockerfile_builds_locked_and_runs_unprivileged_without_secrets() {
         .filter(|&n| word(&instructions[n]) == "FROM")
         .collect();
     assert!(stages.len() >= 2, "a multi-stage build: {instructions:#?}");
+    // Each stage's base, its `${ARG}` replaced by the ARG's default.
+    let base = |n: usize| -> String {
+        let image = instructions[n].split_whitespace().nth(1).unwrap_or("");
+        match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
+            None => image.to_owned(),
+            Some(arg) => instructions
+                .iter()
+                .find_map(|i| i.strip_prefix(&format!("ARG {arg}=")))
+                .unwrap_or_else(|| panic!("ARG {arg} has no default"))
+                .to_owned(),
+        }
+    };
+    for &n in &stages {
+        let image = base(n);
+        let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "base image pinned by digest: {image}"
+        );
+    }
     // glibc of the builder must match the final image's.
-    assert!(
-        instructions[stages[0]].contains("bookworm"),
-        "builder on Debian 12"
-    );
+    assert!(base(stages[0]).contains("bookworm"), "builder on Debian 12");
     let last = *stages.last().expect("a FROM");
     assert!(
         ["debian12", "bookworm"]
             .iter()
-            .any(|d| instructions[last].contains(d)),
+            .any(|d| base(last).contains(d)),
         "final image on Debian 12: {}",
-        instructions[last]
+        base(last)
     );
     let build = &instructions[..last];
     assert!(
