@@ -31,6 +31,9 @@ const CONFIG_IN_IMAGE: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplist
 const BUILDER_IMAGE: &str = "localhost/cfbouncer-test-builder";
 const IMAGE: &str = "localhost/cfbouncer-test-image";
 const CONTAINER: &str = "cfbouncer-test";
+/// On the stand-in builder, so the build stage it leaves behind can be found and removed.
+const TEST_LABEL: &str = "cfbouncer-test=1";
+const TEST_LABEL_FILTER: &str = "label=cfbouncer-test=1";
 /// How podman runs here (docs of the test machine): runc, as crun refuses this cgroup
 /// setup, and explicit ulimits, as raising them is denied.
 const RUNTIME: [&str; 2] = ["--runtime", "runc"];
@@ -72,9 +75,12 @@ struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // The Dockerfile's build stage is left as an unnamed image carrying the stand-in
+        // builder's label.
         for args in [
             &["rm", "-f", CONTAINER][..],
             &["rmi", "-f", IMAGE, BUILDER_IMAGE][..],
+            &["image", "prune", "-f", "--filter", TEST_LABEL_FILTER][..],
         ] {
             let _ = Command::new("podman").args(RUNTIME).args(args).output();
         }
@@ -108,7 +114,7 @@ async fn the_image_runs_unprivileged_on_a_read_only_root_and_syncs() {
     fs::write(
         context.path().join("Containerfile"),
         format!(
-            "FROM {base}\nCOPY bouncer /src/target/release/{NAME}\nCOPY cargo /usr/local/bin/cargo\n"
+            "FROM {base}\nLABEL {TEST_LABEL}\nCOPY bouncer /src/target/release/{NAME}\nCOPY cargo /usr/local/bin/cargo\n"
         ),
     )
     .expect("write Containerfile");
