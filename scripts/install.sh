@@ -5,7 +5,8 @@
 #
 #   scripts/install.sh [BINARY]
 #
-# BINARY defaults to target/release/crowdsec-cloudflare-iplist-bouncer (build it with
+# BINARY defaults to the binary next to this script's directory (as in the release tarball),
+# else target/release/crowdsec-cloudflare-iplist-bouncer (build it with
 # `cargo build --release --locked`). Run as root. Re-running it upgrades the binary and the
 # unit and never touches an existing configuration, except to fill in a missing LAPI key.
 #
@@ -14,6 +15,9 @@
 #                 is never called and cscli is used only if CSCLI is set
 #   CSCLI=PATH    the cscli to register with (default: `cscli` on PATH); empty: don't register
 #   CONFIG_EXAMPLE=FILE  the template for a new configuration (default: config.toml.example)
+#   SYSTEMD_VERSION=N  pick the unit for this systemd version (default: `systemctl --version`;
+#                 under ROOT without it, the unit for the newest): 250 and later get
+#                 systemd/NAME.service, 247-249 and 245-246 the ones in systemd/fallback/
 #
 # Files: /usr/local/bin/crowdsec-cloudflare-iplist-bouncer,
 # /etc/systemd/system/crowdsec-cloudflare-iplist-bouncer.service,
@@ -26,9 +30,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${ROOT:-}"
 ROOT="${ROOT%/}"
 
-bin_src="${1:-$repo/target/release/$NAME}"
+if [ -n "${1:-}" ]; then
+    bin_src="$1"
+elif [ -f "$repo/$NAME" ]; then
+    bin_src="$repo/$NAME"
+else
+    bin_src="$repo/target/release/$NAME"
+fi
 example="${CONFIG_EXAMPLE:-$repo/config.toml.example}"
-unit_src="$repo/systemd/$NAME.service"
 
 bin_dst="$ROOT/usr/local/bin/$NAME"
 unit_dst="$ROOT/etc/systemd/system/$NAME.service"
@@ -44,6 +53,30 @@ die() {
 }
 
 systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+
+# The systemd version the unit is for: SYSTEMD_VERSION, else systemctl's, else (staging, or
+# no systemd here) the newest.
+systemd_version() {
+    local v="${SYSTEMD_VERSION:-}"
+    if [ -z "$v" ] && [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
+        v="$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 }')"
+    fi
+    v="${v%%[!0-9]*}"
+    printf '%s' "${v:-999}"
+}
+
+# The unit file for systemd version $1 (see systemd/fallback/).
+unit_for() {
+    if [ "$1" -ge 250 ]; then
+        printf '%s' "$repo/systemd/$NAME.service"
+    elif [ "$1" -ge 247 ]; then
+        printf '%s' "$repo/systemd/fallback/systemd-247/$NAME.service"
+    elif [ "$1" -ge 245 ]; then
+        printf '%s' "$repo/systemd/fallback/systemd-245/$NAME.service"
+    else
+        die "systemd $1 is too old: the unit needs systemd 245 or later"
+    fi
+}
 
 # The cscli to use, or nothing.
 find_cscli() {
@@ -101,6 +134,8 @@ register() {
     fi
 }
 
+version="$(systemd_version)"
+unit_src="$(unit_for "$version")"
 [ -f "$bin_src" ] || die "no binary at $bin_src: build it with 'cargo build --release --locked' or pass its path"
 [ -x "$bin_src" ] || die "$bin_src is not executable"
 [ -f "$unit_src" ] || die "no unit file at $unit_src"
@@ -117,7 +152,7 @@ install -m 0755 "$bin_src" "$bin_dst.new"
 mv -f "$bin_dst.new" "$bin_dst"
 install -m 0644 "$unit_src" "$unit_dst.new"
 mv -f "$unit_dst.new" "$unit_dst"
-say "installed $bin_dst and $unit_dst"
+say "installed $bin_dst and $unit_dst (from ${unit_src#"$repo"/})"
 
 # Configuration: created once, never overwritten.
 created=0

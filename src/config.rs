@@ -22,6 +22,9 @@ pub const DEFAULT_PATH: &str = "/etc/crowdsec/bouncers/crowdsec-cloudflare-iplis
 pub const ENV_LAPI_KEY: &str = "CROWDSEC_API_KEY";
 /// Environment variable that overrides `cloudflare.api_token`.
 pub const ENV_CF_TOKEN: &str = "CLOUDFLARE_API_TOKEN";
+/// Environment variable that overrides `crowdsec.api_url` (same rules). In Kubernetes it
+/// lets each replica reach LAPI by its own pod IP, so LAPI keeps a row per replica.
+pub const ENV_LAPI_URL: &str = "CROWDSEC_API_URL";
 /// systemd credential names read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_LAPI_KEY: &str = "crowdsec_api_key";
 pub const CREDENTIAL_CF_TOKEN: &str = "cloudflare_api_token";
@@ -460,7 +463,7 @@ fn readable_by_others(path: &Path) -> Option<String> {
 }
 
 fn read_admin(s: &mut Section<'_>) -> AdminConfig {
-    let listen = s.string("listen", "127.0.0.1:60602");
+    let listen = s.string("listen", "127.0.0.1:60620");
     if listen.is_empty() || listen == "off" {
         return AdminConfig { listen: None };
     }
@@ -470,7 +473,7 @@ fn read_admin(s: &mut Section<'_>) -> AdminConfig {
             s.problem(
                 "listen",
                 &format!(
-                    "expected ADDRESS:PORT like \"127.0.0.1:60602\", or \"off\"; found {listen:?}"
+                    "expected ADDRESS:PORT like \"127.0.0.1:60620\", or \"off\"; found {listen:?}"
                 ),
             );
             AdminConfig { listen: None }
@@ -572,7 +575,11 @@ fn read_crowdsec(
     s: &mut Section<'_>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<CrowdsecConfig> {
-    let api_url = s.url("api_url", "http://127.0.0.1:8080/").map(|mut url| {
+    let api_url = match env(ENV_LAPI_URL) {
+        Some(url) => s.url_from_env("api_url", ENV_LAPI_URL, url, "http://127.0.0.1:8080/"),
+        None => s.url("api_url", "http://127.0.0.1:8080/"),
+    };
+    let api_url = api_url.map(|mut url| {
         if !url.ends_with('/') {
             url.push('/');
         }
@@ -892,6 +899,26 @@ impl<'p> Section<'p> {
             Ok(()) => Some(text),
             Err(why) => {
                 self.problem(key, &why);
+                None
+            }
+        }
+    }
+
+    /// `key` overridden by the environment variable `var` holding `value`: the file's value
+    /// is read (so it is not reported as unknown) and ignored; `value` obeys [`Self::url`]'s
+    /// rules, and a problem names both.
+    fn url_from_env(
+        &mut self,
+        key: &str,
+        var: &str,
+        value: String,
+        example: &str,
+    ) -> Option<String> {
+        let _ignored = self.string(key, example);
+        match check_base_url(&value, example) {
+            Ok(()) => Some(value),
+            Err(why) => {
+                self.problem(key, &format!("env {var}: {why}"));
                 None
             }
         }

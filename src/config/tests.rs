@@ -623,3 +623,36 @@ fn origin_priority_defaults_rank_console_and_remediation_sync() {
     let policy = crate::state::Policy::new(vec!["ban".into()], 64);
     assert_eq!(policy.origin_priority, want, "the state's default agrees");
 }
+
+#[test]
+fn env_crowdsec_api_url_overrides_the_file_with_the_same_rules() {
+    let text = with_urls(
+        "http://127.0.0.1:8080/",
+        "https://api.cloudflare.com/client/v4",
+    );
+    let env = |url: &'static str| move |name: &str| (name == ENV_LAPI_URL).then(|| url.to_owned());
+    let config = Config::parse(&text, &env("http://10.1.2.3:8080")).expect("valid");
+    assert_eq!(config.crowdsec.api_url, "http://10.1.2.3:8080/");
+    // Without the key in the file too.
+    let config = Config::parse(MINIMAL, &env("https://lapi.example/")).expect("valid");
+    assert_eq!(config.crowdsec.api_url, "https://lapi.example/");
+    // Refused as the file's value would be, naming the key and the variable, never the
+    // password.
+    for (url, want) in [
+        ("", "expected an http:// or https:// URL"),
+        ("http://10.1.2.3:99999/", "not a valid URL"),
+        (
+            "http://bouncer:pa55word@10.1.2.3:8080/",
+            "user name or password",
+        ),
+    ] {
+        let problems = problems_of(MINIMAL, &env(url));
+        assert_eq!(problems.len(), 1, "{url:?}: {problems:#?}");
+        assert!(
+            problems[0].starts_with("crowdsec.api_url: env CROWDSEC_API_URL: ")
+                && problems[0].contains(want),
+            "{url:?}: want {want:?} in {problems:?}"
+        );
+        assert!(!problems[0].contains("pa55word"), "{problems:?}");
+    }
+}

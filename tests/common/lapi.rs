@@ -132,6 +132,11 @@ impl Lapi {
         self.dir.join("config.yaml")
     }
 
+    /// The cscli binary [`Lapi::cscli`] runs (with `-c` [`Lapi::config_path`]).
+    pub fn cscli_bin(&self) -> &Path {
+        &self.cscli_bin
+    }
+
     /// Everything the LAPI printed so far (all runs, if restarted).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
