@@ -813,7 +813,7 @@ fn manifests_configure_the_bouncer_validly() {
         }
         // [ha] (HA layout only), to the letter of its specification: the Lease is the one
         // the Role grants.
-        let ha = table.remove("ha");
+        let ha = table.get("ha").cloned();
         if manifest.ends_with("sidecar.yaml") {
             let ha = ha.expect("[ha] in the HA layout");
             assert_eq!(ha["lease"].as_str(), Some(granted_lease(&docs).as_str()));
@@ -841,9 +841,15 @@ fn manifests_configure_the_bouncer_validly() {
         let toml_text = toml::to_string(&table)
             .expect("TOML")
             .replace(SECRETS_DIR, secrets.path().to_str().expect("utf-8"));
-        let pod_url = |name: &str| {
-            (name == config::ENV_LAPI_URL && manifest.ends_with("sidecar.yaml"))
-                .then(|| "http://10.244.1.7:8080/".to_owned())
+        // The pod's environment: its IP in the LAPI URL, its name, the API server.
+        let pod_url = |name: &str| match name {
+            config::ENV_LAPI_URL if manifest.ends_with("sidecar.yaml") => {
+                Some("http://10.244.1.7:8080/".to_owned())
+            }
+            "POD_NAME" => Some("crowdsec-lapi-7d9f-abcde".to_owned()),
+            "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_owned()),
+            "KUBERNETES_SERVICE_PORT" => Some("443".to_owned()),
+            _ => None,
         };
         let config = Config::parse(&toml_text, &pod_url)
             .unwrap_or_else(|problems| panic!("{manifest}: {problems:#?}"));
@@ -855,6 +861,11 @@ fn manifests_configure_the_bouncer_validly() {
         assert_eq!(config.cloudflare.api_token.expose(), "t0ken");
         if manifest.ends_with("sidecar.yaml") {
             assert_eq!(config.crowdsec.api_url, "http://10.244.1.7:8080/");
+            let ha = config.ha.as_ref().expect("high availability on");
+            assert_eq!(ha.identity, "crowdsec-lapi-7d9f-abcde", "the pod's name");
+            assert_eq!(ha.api_server, "https://10.96.0.1:443");
+        } else {
+            assert!(config.ha.is_none());
         }
     }
 }
