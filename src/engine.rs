@@ -205,7 +205,7 @@ impl Engine {
     pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
         self.bind_admin().await?;
         let admin = self.admin.take();
-        let Some(list_id) = self.writer.resolve_list(&token).await else {
+        let Some(list_id) = operate::started_while(self.writer.resolve_list(&token)).await else {
             return Ok(());
         };
         let Engine {

@@ -408,3 +408,55 @@ async fn cleanup_delete_list_removes_the_list_setup_made() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_for_systemd_while_cloudflare_is_down_at_boot() {
+    let world = World::start("t-d2-boot").await;
+    // Cloudflare answers 503 to everything for longer than this test runs.
+    world.cf.fail_next_requests(10_000, 503);
+    let config = world.config_file();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .expect("timeout");
+    let mut daemon = bouncer(&["-c", path(&config), "run"]);
+    daemon
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let daemon = Daemon(daemon.spawn().expect("the daemon starts"));
+    let received = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+        let mut buf = [0u8; 512];
+        while std::time::Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let ready = seen.iter().any(|m| m.contains("READY=1"));
+                let pings = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+                if ready && pings >= 2 {
+                    break;
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .expect("no panic");
+    assert!(
+        received.iter().any(|m| m.contains("READY=1")),
+        "started while the list cannot be looked up: {received:?}"
+    );
+    assert!(
+        received.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "the watchdog is fed while it retries: {received:?}"
+    );
+    assert!(
+        world.cf.counters().list_reads == 0,
+        "the list was never read"
+    );
+    daemon.stop().await;
+}

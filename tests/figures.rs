@@ -66,7 +66,10 @@ fn last_number(text: &str) -> Option<(f64, usize)> {
     while start >= 2
         && bytes[start - 1] == b' '
         && bytes[start - 2].is_ascii_digit()
-        && text[start..end].split('.').next().is_some_and(|g| g.len() == 3)
+        && text[start..end]
+            .split('.')
+            .next()
+            .is_some_and(|g| g.len() == 3)
     {
         let mut s = start - 1;
         while s > 0 && bytes[s - 1].is_ascii_digit() {
@@ -92,7 +95,11 @@ fn lookup<'a>(json: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::
 /// between), or a p50/p95 on a line with no marker for one.
 fn untraceable(line: &str) -> Option<String> {
     let context = |at: usize| {
-        let from = line[..at].char_indices().rev().nth(20).map_or(0, |(i, _)| i);
+        let from = line[..at]
+            .char_indices()
+            .rev()
+            .nth(20)
+            .map_or(0, |(i, _)| i);
         format!("…{}", &line[from..])
     };
     for (at, _) in line.match_indices(" MiB") {
@@ -108,10 +115,11 @@ fn untraceable(line: &str) -> Option<String> {
         }
     }
     for quantile in ["p50", "p95"] {
-        let marked = line
-            .split(MARKER)
-            .skip(1)
-            .any(|part| part.split("-->").next().is_some_and(|key| key.contains(quantile)));
+        let marked = line.split(MARKER).skip(1).any(|part| {
+            part.split("-->")
+                .next()
+                .is_some_and(|key| key.contains(quantile))
+        });
         if let Some(at) = line.find(quantile).filter(|_| !marked) {
             return Some(context(at));
         }
@@ -141,7 +149,10 @@ fn readme_figures_match_benchmarks_json() {
                 break;
             };
             let key = key.trim();
-            match (last_number(before), lookup(&json, key).and_then(|v| v.as_f64())) {
+            match (
+                last_number(before),
+                lookup(&json, key).and_then(|v| v.as_f64()),
+            ) {
                 (None, _) => problems.push(format!("README.md:{n}: no number before {key}")),
                 (_, None) => problems.push(format!(
                     "README.md:{n}: {key} is not a number in BENCHMARKS.json"
