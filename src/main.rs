@@ -164,6 +164,7 @@ fn test_config(path: &std::path::Path) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
+    let under_systemd = std::env::var_os(cfbouncer::config::ENV_CREDENTIALS_DIRECTORY).is_some();
     let files = [
         ("crowdsec.cert_path", &config.crowdsec.cert_path),
         ("crowdsec.key_path", &config.crowdsec.key_path),
@@ -171,6 +172,14 @@ fn test_config(path: &std::path::Path) -> ExitCode {
     ];
     for (key, file) in files {
         let Some(file) = file else { continue };
+        if !under_systemd && file.starts_with("/run/credentials/") {
+            eprintln!(
+                "note: {key}: {} is a systemd credential, there only for the service: \
+                 ExecStartPre checks it",
+                file.display()
+            );
+            continue;
+        }
         if let Err(err) = std::fs::File::open(file) {
             problems.push(format!(
                 "{key}: cannot read {}: {err} (under the systemd unit's DynamicUser, load it \
@@ -179,7 +188,6 @@ fn test_config(path: &std::path::Path) -> ExitCode {
             ));
         }
     }
-    let under_systemd = std::env::var_os(cfbouncer::config::ENV_CREDENTIALS_DIRECTORY).is_some();
     for missing in &config.missing_secrets {
         if under_systemd {
             problems.push(missing.clone());

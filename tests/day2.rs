@@ -460,3 +460,100 @@ async fn started_for_systemd_while_cloudflare_is_down_at_boot() {
     );
     daemon.stop().await;
 }
+
+#[test]
+fn uninstall_says_how_to_delete_a_registration_it_did_not_make() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let bouncers = root.path().join("etc/crowdsec/bouncers");
+    std::fs::create_dir_all(&bouncers).expect("mkdir");
+    let cfg = bouncers.join("crowdsec-cloudflare-iplist-bouncer.toml");
+    std::fs::write(&cfg, "[crowdsec]\napi_key = \"registered by hand\"\n").expect("write");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/uninstall.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .env("ROOT", root.path())
+        .env_remove("CSCLI")
+        .output()
+        .expect("uninstall.sh runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        report.contains("no registration made by install.sh"),
+        "{report}"
+    );
+    assert!(report.contains("cscli bouncers delete"), "{report}");
+    assert!(cfg.exists(), "the configuration is kept without --purge");
+}
+
+/// A forward HTTP proxy for plain-HTTP requests (absolute-form), recording the
+/// `host:port` each connection asked for.
+async fn forward_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65_536 {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let Some(target) = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|uri| uri.strip_prefix("http://"))
+                    .and_then(|rest| rest.split('/').next())
+                    .map(str::to_owned)
+                else {
+                    return;
+                };
+                record.lock().expect("lock").push(target.clone());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                if upstream.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_apis_are_reached_through_the_environments_proxy() {
+    let world = World::start("t-d2-proxy").await;
+    let config = world.config_file();
+    let (proxy, seen) = forward_proxy().await;
+    let mut check = bouncer(&["check", "-c", path(&config)]);
+    check
+        .env("HTTP_PROXY", &proxy)
+        .env_remove("http_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let out = output(check).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = seen.lock().expect("lock").clone();
+    let lapi = format!("127.0.0.1:{}", world.lapi.port());
+    let cloudflare = world.cf.addr().to_string();
+    assert!(seen.contains(&lapi), "LAPI through the proxy: {seen:?}");
+    assert!(
+        seen.contains(&cloudflare),
+        "Cloudflare through the proxy: {seen:?}"
+    );
+}
