@@ -287,9 +287,14 @@ impl Config {
 fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
         path: path.to_owned(),
-        problems: vec![format!(
-            "cannot read the configuration file: {err} (pass another one with -c FILE)"
-        )],
+        problems: vec![if err.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "cannot read the configuration file: {err} (it holds secrets and is root's: \
+                 run the command with sudo, or pass another file with -c FILE)"
+            )
+        } else {
+            format!("cannot read the configuration file: {err} (pass another one with -c FILE)")
+        }],
     })?;
     let (mut config, holds_secret) =
         parse(&text, &process_env, Some(path), secrets).map_err(|problems| ConfigError {

@@ -557,3 +557,40 @@ async fn both_apis_are_reached_through_the_environments_proxy() {
         "Cloudflare through the proxy: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_only_root_may_read_says_to_use_sudo() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("root-only.toml");
+    std::fs::write(&config, "[crowdsec]\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    // The directory must be reachable by the unprivileged user; the file not readable.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let command = if is_root {
+        // As nobody, as an operator without sudo would run it.
+        let mut command = std::process::Command::new("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::bin::BIN,
+        ]);
+        command
+    } else {
+        std::process::Command::new(common::bin::BIN)
+    };
+    let mut command = command;
+    command.args(["status", "-c", path(&config)]);
+    let out = output(command).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("run the command with sudo"),
+        "{}",
+        text(&out)
+    );
+}
