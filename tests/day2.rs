@@ -572,14 +572,15 @@ async fn a_config_only_root_may_read_says_to_use_sudo() {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
     let command = if is_root {
-        // As nobody, as an operator without sudo would run it.
+        // As nobody, as an operator without sudo would run it; a copy of the binary that
+        // nobody may run, wherever the build directory is.
+        let bin = dir.path().join("bouncer");
+        std::fs::copy(common::bin::BIN, &bin).expect("copy the binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let mut command = std::process::Command::new("setpriv");
-        command.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            common::bin::BIN,
-        ]);
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         command
     } else {
         std::process::Command::new(common::bin::BIN)
