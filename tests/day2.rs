@@ -294,6 +294,22 @@ async fn test_config_lists_every_problem_and_exits_one() {
         "{}",
         text(&out)
     );
+
+    // A systemd credential's path exists only for the service: from a shell, a note.
+    let credentials = format!(
+        "[crowdsec]\napi_key = \"k\"\ncert_path = \"/run/credentials/x.service/lapi_cert\"\n\
+         key_path = \"/run/credentials/x.service/lapi_key\"\n\
+         [cloudflare]\napi_token = \"t\"\naccount_id = \"{}\"\nlist_name = \"crowdsec_ban\"\n",
+        "a".repeat(32)
+    );
+    std::fs::write(&config, credentials).expect("write");
+    let out = run(&["-t", "-c", path(&config)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("note: crowdsec.cert_path: /run/credentials/x.service/lapi_cert is a systemd credential"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
