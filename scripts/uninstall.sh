@@ -3,11 +3,16 @@
 #
 #   scripts/uninstall.sh [--purge]
 #
-# Stops and disables the service, deletes the bouncer that install.sh registered (its name
-# is in ….toml.id) from LAPI, and removes the binary and the unit. The configuration is
-# kept; the LAPI key install.sh wrote into it is reset to the placeholder once that bouncer
-# is deleted, so a later install registers a fresh one. --purge also removes the
-# configuration and the .id file.
+# Stops and disables the service, and removes the binary and the unit. It deletes the LAPI
+# registration only when install.sh made it (its name is in ….toml.id) and cscli is on this
+# host; a bouncer registered by hand is left registered, and the script says how to
+# delete it. The configuration is kept; the LAPI key install.sh wrote into it is reset to
+# the placeholder once that bouncer is deleted, so a later install registers a fresh one.
+# --purge also removes the configuration and the .id file.
+#
+# It does not touch Cloudflare: to empty the list and remove what setup made, run
+#   crowdsec-cloudflare-iplist-bouncer cleanup --rules --zone ZONE_ID --delete-list
+# first (see README, "Removing everything").
 #
 # Environment: ROOT and CSCLI as for scripts/install.sh.
 set -euo pipefail
@@ -74,6 +79,8 @@ if [ -f "$cfg.id" ]; then
     else
         say "bouncer $name is still registered: on the LAPI host run 'cscli bouncers delete $name'"
     fi
+elif [ -f "$cfg" ]; then
+    say "no registration made by install.sh (no $cfg.id): if you registered the bouncer by hand, run 'cscli bouncers delete <name>' on the LAPI host ('cscli bouncers list' shows it)"
 fi
 
 rm -f "$bin_dst" "$unit_dst"

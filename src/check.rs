@@ -1,6 +1,7 @@
-//! `check`: the pre-flight an operator (or `ExecStartPre=`) runs. The configuration is
-//! already valid when this runs; here both APIs are reached with it, read-only: it has
-//! clients of its own, writes nothing to Cloudflare and leaves LAPI's stream alone.
+//! `check`: the pre-flight an operator runs. The configuration is already valid when
+//! this runs; here both APIs are reached with it: it has clients of its own, leaves
+//! LAPI's stream alone, and makes one write to Cloudflare that changes nothing (the
+//! list's description set to what it is) to learn whether the token may write.
 //!
 //! LAPI is probed with `HEAD /v1/decisions?ip=127.0.0.1` (live mode): it checks the key
 //! without touching the stream's `last_pull` while a daemon with the same key polls
@@ -77,14 +78,33 @@ async fn check_cloudflare(config: &Config) -> Finding {
         Ok(list) => list,
         Err(err) => return finding(false, err.to_string()),
     };
-    match client.items_page(&list.id, None, None).await {
-        Ok(_) => finding(
+    if let Err(err) = client.items_page(&list.id, None, None).await {
+        return finding(false, err.to_string());
+    }
+    match client.probe_write(&list.id).await {
+        Ok(()) => finding(
             true,
             format!(
-                "token accepted; list {} ({}) is readable and holds {} items",
+                "token accepted and may write; list {} ({}) is readable and holds {} items",
                 list.name, list.id, list.num_items
             ),
         ),
-        Err(err) => finding(false, err.to_string()),
+        Err(err) if err.is_auth() => finding(
+            false,
+            format!(
+                "the token may read list {} but not write to it ({err}): give it \
+                 Account > Account Filter Lists > Edit, not Read",
+                list.name
+            ),
+        ),
+        Err(err @ crate::cloudflare::Error::RateLimited { .. }) => finding(
+            true,
+            format!(
+                "token accepted; list {} ({}) is readable and holds {} items; whether the token \
+                 may write is unknown ({err}): run check again later",
+                list.name, list.id, list.num_items
+            ),
+        ),
+        Err(err) => finding(false, format!("the write probe failed: {err}")),
     }
 }

@@ -122,6 +122,17 @@ pub struct Config {
     pub ha: Option<HaConfig>,
     /// Things worth telling the operator that do not stop the bouncer.
     pub warnings: Vec<String>,
+    /// Secrets set nowhere this process can see, one line each naming the key
+    /// (only from [`Config::load_offline`]; a strict load refuses them instead).
+    pub missing_secrets: Vec<String>,
+}
+
+/// Whether a secret set nowhere is a problem ([`Config::load`]) or only noted
+/// ([`Config::load_offline`], for commands that send no secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Required,
+    Deferred,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +160,7 @@ pub struct CrowdsecConfig {
 pub struct CloudflareConfig {
     /// API base URL without a trailing `/` (`https://api.cloudflare.com/client/v4`).
     pub api_url: String,
+    /// Blank only in a configuration from [`Config::load_offline`] that found no token.
     pub api_token: Secret,
     pub account_id: String,
     pub list: ListRef,
@@ -257,21 +269,18 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] listing every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-            path: path.to_owned(),
-            problems: vec![format!(
-                "cannot read the configuration file: {err} (pass another one with -c FILE)"
-            )],
-        })?;
-        let (mut config, holds_secret) =
-            parse(&text, &process_env, Some(path)).map_err(|problems| ConfigError {
-                path: path.to_owned(),
-                problems,
-            })?;
-        if let Some(warning) = holds_secret.then(|| readable_by_others(path)).flatten() {
-            config.warnings.push(warning);
-        }
-        Ok(config)
+        load(path, Secrets::Required)
+    }
+
+    /// Like [`Config::load`], but a secret set nowhere (a systemd credential is only
+    /// there for the service) is noted in [`Config::missing_secrets`], not refused, and
+    /// the token is then blank: for commands that send no secret (`status`, `-t`).
+    /// A secret that is set but unusable is still a problem.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] listing every problem found.
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigError> {
+        load(path, Secrets::Deferred)
     }
 
     /// Validates configuration text; `env` looks up environment overrides.
@@ -279,8 +288,32 @@ impl Config {
     /// # Errors
     /// Every problem found, one line each.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
-        parse(text, env, None).map(|(config, _)| config)
+        parse(text, env, None, Secrets::Required).map(|(config, _)| config)
     }
+}
+
+/// [`Config::load`] and [`Config::load_offline`].
+fn load(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        path: path.to_owned(),
+        problems: vec![if err.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "cannot read the configuration file: {err} (it holds secrets and is root's: \
+                 run the command with sudo, or pass another file with -c FILE)"
+            )
+        } else {
+            format!("cannot read the configuration file: {err} (pass another one with -c FILE)")
+        }],
+    })?;
+    let (mut config, holds_secret) =
+        parse(&text, &process_env, Some(path), secrets).map_err(|problems| ConfigError {
+            path: path.to_owned(),
+            problems,
+        })?;
+    if let Some(warning) = holds_secret.then(|| readable_by_others(path)).flatten() {
+        config.warnings.push(warning);
+    }
+    Ok(config)
 }
 
 /// [`Config::parse`], naming `path` in a TOML syntax error when the text came from a file.
@@ -290,6 +323,7 @@ fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     path: Option<&Path>,
+    secrets: Secrets,
 ) -> Result<(Config, bool), Vec<String>> {
     let mut root: Table = text
         .parse()
@@ -303,10 +337,11 @@ fn parse(
         });
     let mut problems = Vec::new();
     let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
-    let crowdsec_config = read_crowdsec(&mut crowdsec, env);
+    let mut missing_secrets = Vec::new();
+    let crowdsec_config = read_crowdsec(&mut crowdsec, env, secrets, &mut missing_secrets);
     crowdsec.finish();
     let mut cloudflare = Section::take(&mut root, "cloudflare", &mut problems);
-    let cloudflare_config = read_cloudflare(&mut cloudflare, env);
+    let cloudflare_config = read_cloudflare(&mut cloudflare, env, secrets, &mut missing_secrets);
     cloudflare.finish();
     let mut safety = Section::take(&mut root, "safety", &mut problems);
     let mut warnings = Vec::new();
@@ -354,6 +389,7 @@ fn parse(
                 log: log_config,
                 ha: ha_config,
                 warnings,
+                missing_secrets,
             },
             holds_secret,
         )),
@@ -574,6 +610,8 @@ fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig 
 fn read_crowdsec(
     s: &mut Section<'_>,
     env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+    missing: &mut Vec<String>,
 ) -> Option<CrowdsecConfig> {
     let api_url = match env(ENV_LAPI_URL) {
         Some(url) => s.url_from_env("api_url", ENV_LAPI_URL, url, "http://127.0.0.1:8080/"),
@@ -595,14 +633,12 @@ fn read_crowdsec(
     }
     let api_key = s.secret(&LAPI_KEY, env);
     if matches!(api_key, SecretRead::Absent) && cert_path.is_none() {
-        s.problem(
-            "api_key",
-            &format!(
-                "missing: register the bouncer with `cscli bouncers add crowdsec-cloudflare-iplist-bouncer` \
-                 and put the key in api_key, in a file named by api_key_file, or in env {ENV_LAPI_KEY} \
-                 (or set cert_path/key_path for certificate auth)"
-            ),
+        let fix = format!(
+            "register the bouncer with `cscli bouncers add crowdsec-cloudflare-iplist-bouncer` \
+             and put the key in api_key, in a file named by api_key_file, or in env {ENV_LAPI_KEY} \
+             (or set cert_path/key_path for certificate auth)"
         );
+        s.missing_secret(&LAPI_KEY, &fix, secrets, missing);
     }
     let scopes = s.strings("scopes", &["ip", "range"]);
     if scopes.is_empty() {
@@ -657,19 +693,22 @@ fn read_crowdsec(
 fn read_cloudflare(
     s: &mut Section<'_>,
     env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+    missing: &mut Vec<String>,
 ) -> Option<CloudflareConfig> {
     let api_url = s
         .url("api_url", "https://api.cloudflare.com/client/v4")
         .map(|url| url.trim_end_matches('/').to_owned());
-    let api_token = s.secret(&CF_TOKEN, env);
+    let mut api_token = s.secret(&CF_TOKEN, env);
     if matches!(api_token, SecretRead::Absent) {
-        s.problem(
-            "api_token",
-            &format!(
-                "missing: create an API token with the permission Account > Account Filter Lists > Edit \
-                 and put it in api_token, in a file named by api_token_file, or in env {ENV_CF_TOKEN}"
-            ),
+        let fix = format!(
+            "create an API token with the permission Account > Account Filter Lists > Edit \
+             and put it in api_token, in a file named by api_token_file, or in env {ENV_CF_TOKEN}"
         );
+        s.missing_secret(&CF_TOKEN, &fix, secrets, missing);
+        if secrets == Secrets::Deferred {
+            api_token = SecretRead::Found(Secret::new(String::new()));
+        }
     }
     let account_id = s.string("account_id", "");
     if account_id.len() != 32 || !account_id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -845,6 +884,28 @@ impl<'p> Section<'p> {
     fn problem(&mut self, key: &str, message: &str) {
         self.problems
             .push(format!("{}.{key}: {message}", self.name));
+    }
+
+    /// A secret set nowhere: a problem when secrets are required, else a note. Either
+    /// says how a shell command gets a secret the service loads as a systemd credential.
+    fn missing_secret(
+        &mut self,
+        spec: &SecretSpec,
+        fix: &str,
+        secrets: Secrets,
+        missing: &mut Vec<String>,
+    ) {
+        let message = format!(
+            "missing: {fix}. A systemd credential ({}) is there only for the service: \
+             run this command with it, e.g. `sudo systemd-run --pipe --wait \
+             -p LoadCredential={}:FILE crowdsec-cloudflare-iplist-bouncer COMMAND`, \
+             or set env {}",
+            spec.credential, spec.credential, spec.env
+        );
+        match secrets {
+            Secrets::Required => self.problem(spec.key, &message),
+            Secrets::Deferred => missing.push(format!("{}.{}: {message}", self.name, spec.key)),
+        }
     }
 
     fn finish(self) {

@@ -59,12 +59,19 @@ pub enum Error {
     OperationLost(String),
     #[error(
         "the list still differs from LAPI after syncing: {missing} missing, {extra} extra{}",
-        if *.held > 0 { format!(" ({} removals held by the mass-removal guard: run again to confirm)", .held) } else { String::new() }
+        if *.held > 0 { format!(
+            " ({} removals held by the mass-removal guard, e.g. {}: if LAPI really dropped those \
+             bans, run `once --confirm-removals` to remove them; the daemon removes them itself \
+             at its next reconcile)",
+            .held, .held_sample.join(", ")
+        ) } else { String::new() }
     )]
     NotInStep {
         missing: usize,
         extra: usize,
         held: usize,
+        /// A few of the held removals, for the message.
+        held_sample: Vec<String>,
     },
     #[error("stopped before the sync finished")]
     Cancelled,
@@ -234,7 +241,7 @@ impl Engine {
         };
         let list_id = match elected {
             Some(_) => None,
-            None => match self.writer.resolve_list(&token).await {
+            None => match operate::started_while(self.writer.resolve_list(&token)).await {
                 Some(list_id) => Some(list_id),
                 None => return Ok(()),
             },
@@ -348,12 +355,40 @@ impl Engine {
         self.writer.cleanup(token).await
     }
 
+    /// Removes what `setup` added to each zone (the custom rule `ip.src in $<list>` it
+    /// wrote, recognised by its description), and with `delete_list`, deletes the list
+    /// once it is empty. Returns one line per thing done or found.
+    ///
+    /// # Errors
+    /// The first request that fails.
+    pub async fn teardown(
+        mut self,
+        zones: &[String],
+        delete_list: bool,
+    ) -> Result<SetupReport, Error> {
+        self.writer.teardown(zones, delete_list).await
+    }
+
     /// One full reconcile: full pull, list read, apply the diff, then read the list
     /// again and check it matches.
     ///
     /// # Errors
     /// The first error that stops the sync, or [`Error::NotInStep`].
-    pub async fn once(mut self, token: CancellationToken) -> Result<OnceReport, Error> {
+    pub async fn once(self, token: CancellationToken) -> Result<OnceReport, Error> {
+        self.once_confirming(token, false).await
+    }
+
+    /// [`Engine::once`]; with `confirm_removals`, the removals the mass-removal guard
+    /// holds go ahead (an operator's confirmation, `once --confirm-removals`), after a
+    /// log line with their count and a sample.
+    ///
+    /// # Errors
+    /// As [`Engine::once`].
+    pub async fn once_confirming(
+        mut self,
+        token: CancellationToken,
+        confirm_removals: bool,
+    ) -> Result<OnceReport, Error> {
         let started = Instant::now();
         let list = self.writer.look_up_list().await?;
         // A snapshot, not a start-up pull: a daemon using the same key keeps its place
@@ -362,6 +397,18 @@ impl Engine {
         self.writer.read_list(&list.id).await?;
         self.poller.hold_notice();
         self.poller.confirm_removals().await?;
+        let held = self.shared.state().held_removals();
+        let held_sample: Vec<String> = held.iter().take(5).map(ToString::to_string).collect();
+        let released = if confirm_removals && !held.is_empty() {
+            warn!(
+                held = held.len(),
+                sample = %held_sample.join(", "),
+                "removing the items the mass-removal guard held (--confirm-removals)"
+            );
+            self.shared.state().release_held_removals()
+        } else {
+            0
+        };
         let writes = self.writer.drain_once(&list.id, &token).await?;
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
         self.writer.read_list(&list.id).await?;
@@ -377,16 +424,19 @@ impl Engine {
             .filter(|item| desired.binary_search(item).is_err())
             .count();
         if missing > 0 || extra > 0 {
-            let held = state.counts().held;
+            // Counted before the second read, which would take the hold for a confirmation.
+            let held = if released > 0 { 0 } else { held.len() };
             return Err(Error::NotInStep {
                 missing,
                 extra,
                 held,
+                held_sample,
             });
         }
         Ok(OnceReport {
             items: desired.len(),
             left_out: state.counts().left_out,
+            removals_confirmed: released,
             writes,
             elapsed: started.elapsed(),
         })
@@ -475,6 +525,8 @@ fn standby_readiness(
 pub struct OnceReport {
     pub items: usize,
     pub left_out: usize,
+    /// Held removals an operator confirmed (`--confirm-removals`).
+    pub removals_confirmed: usize,
     pub writes: usize,
     pub elapsed: Duration,
 }

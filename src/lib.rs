@@ -7,6 +7,7 @@
 //! - [`item`]: the canonical list item a decision maps to. [`godur`]: Go durations.
 //! - [`state`]: desired state, list view and pending queue; pure, no IO.
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
+//! - [`lock`]: one writer per Cloudflare account on this host.
 //! - [`net`]: what both HTTP clients share: no redirects, capped reads, `Retry-After`.
 //! - [`telemetry`]: metrics and health. [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status`.
 //! - `crates/cf-lists-emulator`: a stateful Cloudflare Lists API emulator for tests and the demo.
@@ -21,6 +22,7 @@ pub mod godur;
 pub mod ha;
 pub mod item;
 pub mod lapi;
+pub mod lock;
 pub mod net;
 pub mod state;
 pub mod telemetry;

@@ -12,15 +12,23 @@ use tracing::{error, info, warn};
 use cfbouncer::admin::render_status;
 use cfbouncer::config::{Config, LogConfig, LogFormat, DEFAULT_PATH};
 use cfbouncer::engine::Engine;
+use cfbouncer::lock::{LockError, WriterLock};
 use cfbouncer::telemetry::StatusReport;
+
+/// The systemd unit, named in messages that say how to stop the daemon.
+const UNIT: &str = "crowdsec-cloudflare-iplist-bouncer";
 
 /// Keeps a Cloudflare account IP List in step with CrowdSec LAPI ban decisions.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (TOML).
-    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    /// Configuration file (TOML); before or after the command.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_PATH, global = true)]
     config: PathBuf,
+    /// Test the configuration offline (no API is reached, no secret is needed), print
+    /// "configuration OK: FILE" and exit 0, or print every problem and exit 1.
+    #[arg(short = 't', long = "test-config", global = true)]
+    test_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,7 +40,12 @@ enum Command {
     /// Validate the configuration, then reach LAPI and Cloudflare; exit 0 only if all is well.
     Check,
     /// One full reconcile: make the list equal LAPI's bans, then exit.
-    Once,
+    Once {
+        /// Remove what the mass-removal guard holds (its count and a sample are logged
+        /// first): for when LAPI really dropped that many bans.
+        #[arg(long)]
+        confirm_removals: bool,
+    },
     /// Create the list if it is named and missing; with --zone, add the WAF custom rule
     /// `ip.src in $<list>` to each zone (idempotent; other rules are kept).
     Setup {
@@ -43,15 +56,36 @@ enum Command {
         #[arg(long, default_value = "block")]
         action: String,
     },
-    /// Remove every item this bouncer manages from the list (for uninstall).
-    Cleanup,
+    /// Remove every item this bouncer manages from the list (for uninstall); with
+    /// --rules, also the custom rule `setup` added to each --zone; with --delete-list,
+    /// also the list.
+    Cleanup {
+        /// Also remove the custom rule `setup` added (rules made by hand are kept).
+        #[arg(long, requires = "zones")]
+        rules: bool,
+        /// A zone whose rule to remove; repeat for several zones.
+        #[arg(long = "zone", value_name = "ZONE_ID", requires = "rules")]
+        zones: Vec<String>,
+        /// Then delete the list itself (Cloudflare refuses while a rule uses it).
+        #[arg(long)]
+        delete_list: bool,
+    },
     /// Show what the running bouncer reports on its admin listener.
     Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    if cli.test_config {
+        return test_config(&cli.config);
+    }
+    // `status` only asks the admin listener: it needs no secret.
+    let load = if cli.command == Some(Command::Status) {
+        Config::load_offline
+    } else {
+        Config::load
+    };
+    let config = match load(&cli.config) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{err}");
@@ -77,9 +111,11 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(config).await,
             Command::Check => check(&cli.config, &config).await,
-            Command::Once => once(config).await,
+            Command::Once { confirm_removals } => once(config, confirm_removals).await,
             Command::Setup { zones, action } => setup(config, &zones, &action).await,
-            Command::Cleanup => cleanup(config).await,
+            Command::Cleanup {
+                zones, delete_list, ..
+            } => cleanup(config, &zones, delete_list).await,
             Command::Status => status(&config).await,
         }
     })
@@ -116,7 +152,111 @@ fn init_logging(log: &LogConfig) -> Option<String> {
     ignored
 }
 
+/// `-t`: the configuration checked offline. Parsed and validated as for `run`, the files
+/// it names readable; a secret set nowhere is a problem only under systemd (where the
+/// unit's credentials are loaded), else a note on stderr.
+fn test_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load_offline(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = Vec::new();
+    let under_systemd = std::env::var_os(cfbouncer::config::ENV_CREDENTIALS_DIRECTORY).is_some();
+    let files = [
+        ("crowdsec.cert_path", &config.crowdsec.cert_path),
+        ("crowdsec.key_path", &config.crowdsec.key_path),
+        ("crowdsec.ca_cert_path", &config.crowdsec.ca_cert_path),
+    ];
+    for (key, file) in files {
+        let Some(file) = file else { continue };
+        if !under_systemd && file.starts_with("/run/credentials/") {
+            eprintln!(
+                "note: {key}: {} is a systemd credential, there only for the service: \
+                 ExecStartPre checks it",
+                file.display()
+            );
+            continue;
+        }
+        if let Err(err) = std::fs::File::open(file) {
+            problems.push(format!(
+                "{key}: cannot read {}: {err} (under the systemd unit's DynamicUser, load it \
+                 with LoadCredential= and name the credential's path here)",
+                file.display()
+            ));
+        }
+    }
+    for missing in &config.missing_secrets {
+        if under_systemd {
+            problems.push(missing.clone());
+        } else {
+            eprintln!("note: {missing}");
+        }
+    }
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if problems.is_empty() {
+        println!("configuration OK: {}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let n = problems.len();
+    eprintln!(
+        "{n} problem{} in {}:",
+        if n == 1 { "" } else { "s" },
+        path.display()
+    );
+    for problem in problems {
+        eprintln!("  - {problem}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Takes the account's writer lock for a one-shot command, or says why it cannot run:
+/// a daemon (or another command) writes to the same account.
+fn one_shot_lock(config: &Config) -> Result<Option<WriterLock>, ExitCode> {
+    match cfbouncer::lock::acquire(&config.cloudflare) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(err @ LockError::Held { .. }) => {
+            eprintln!(
+                "error: {err}: the daemon, most likely. Two writers on one account undo each \
+                 other's work, so this command does not run beside it. Stop the daemon \
+                 (`sudo systemctl stop {UNIT}`), run this command, then start it again \
+                 (`sudo systemctl start {UNIT}`)"
+            );
+            Err(ExitCode::FAILURE)
+        }
+        Err(err) => {
+            warn!("{err}; going on without it");
+            Ok(None)
+        }
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
+    // With high availability the Lease elects the one writer, and standbys on this host
+    // must run beside it: the host lock is not taken.
+    let host_lock = if config.ha.is_some() {
+        Ok(None)
+    } else {
+        cfbouncer::lock::acquire(&config.cloudflare).map(Some)
+    };
+    let _lock = match host_lock {
+        Ok(lock) => lock,
+        Err(err @ LockError::Held { .. }) => {
+            error!(
+                "{err}: a one-shot command (once, cleanup, setup) or a second daemon; one \
+                 writer per account, so this daemon does not start (systemd retries it)"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            warn!("{err}; going on without it");
+            None
+        }
+    };
     let token = cancel_on_signal();
     let result = match Engine::new(config) {
         Ok(engine) => engine.run(token).await,
@@ -143,14 +283,24 @@ async fn check(path: &std::path::Path, config: &Config) -> ExitCode {
     }
 }
 
-async fn once(config: Config) -> ExitCode {
+async fn once(config: Config, confirm_removals: bool) -> ExitCode {
+    let _lock = match one_shot_lock(&config) {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let token = cancel_on_signal();
     let result = match Engine::new(config) {
-        Ok(engine) => engine.once(token).await,
+        Ok(engine) => engine.once_confirming(token, confirm_removals).await,
         Err(err) => Err(err),
     };
     match result {
         Ok(report) => {
+            if report.removals_confirmed > 0 {
+                println!(
+                    "removed the {} items the mass-removal guard held (--confirm-removals)",
+                    report.removals_confirmed
+                );
+            }
             println!(
                 "in step: the list holds the {} items LAPI's bans map to ({} bulk operations, {:.1}s)",
                 report.items,
@@ -181,6 +331,10 @@ async fn setup(config: Config, zones: &[String], action: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let _lock = match one_shot_lock(&config) {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let result = match Engine::new(config) {
         Ok(engine) => engine.setup(zones, action).await,
         Err(err) => Err(err),
@@ -199,15 +353,35 @@ async fn setup(config: Config, zones: &[String], action: &str) -> ExitCode {
     }
 }
 
-async fn cleanup(config: Config) -> ExitCode {
+async fn cleanup(config: Config, zones: &[String], delete_list: bool) -> ExitCode {
+    let _lock = match one_shot_lock(&config) {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let token = cancel_on_signal();
-    let result = match Engine::new(config) {
+    let result = match Engine::new(config.clone()) {
         Ok(engine) => engine.cleanup(token).await,
         Err(err) => Err(err),
     };
     match result {
-        Ok(removed) => {
-            println!("removed {removed} items from the list");
+        Ok(removed) => println!("removed {removed} items from the list"),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if zones.is_empty() && !delete_list {
+        return ExitCode::SUCCESS;
+    }
+    let result = match Engine::new(config) {
+        Ok(engine) => engine.teardown(zones, delete_list).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(report) => {
+            for line in report {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -219,8 +393,11 @@ async fn cleanup(config: Config) -> ExitCode {
 
 async fn status(config: &Config) -> ExitCode {
     let Some(addr) = config.admin.listen else {
-        eprintln!("error: the admin listener is off ([admin] listen): nothing to ask");
-        return ExitCode::from(2);
+        eprintln!(
+            "the admin listener is off ([admin] listen = \"off\"): status has nothing to ask; \
+             see `systemctl status {UNIT}` and `journalctl -u {UNIT}`, or set [admin] listen"
+        );
+        return ExitCode::FAILURE;
     };
     cfbouncer::install_tls_provider();
     let url = format!("http://{addr}/status");

@@ -793,7 +793,7 @@ fn granted_lease(docs: &[serde_json::Value]) -> String {
 fn manifests_configure_the_bouncer_validly() {
     for manifest in MANIFESTS {
         let docs = yaml_documents(manifest);
-        let mut table: toml::Table = embedded_config(&docs).parse().expect("TOML");
+        let table: toml::Table = embedded_config(&docs).parse().expect("TOML");
         let listen = table["admin"]["listen"].as_str().expect("admin.listen");
         assert_eq!(
             listen,

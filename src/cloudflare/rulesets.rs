@@ -65,6 +65,76 @@ impl CloudflareClient {
         Ok(list.into())
     }
 
+    /// Whether the token may write to the list, by the one write that changes nothing:
+    /// the list's description set to what it is (docs/cloudflare-lists.md §2.1, §8). The
+    /// token-verify endpoints do not tell a token's permissions, and an empty bulk write
+    /// would still take the account's one pending operation.
+    ///
+    /// # Errors
+    /// The request's error: a 403 or code 10000 for a token that may only read.
+    pub async fn probe_write(&self, list_id: &str) -> Result<(), Error> {
+        #[derive(Deserialize)]
+        struct Described {
+            #[serde(default)]
+            description: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Update<'a> {
+            description: &'a str,
+        }
+        let url = format!("{}/rules/lists/{list_id}", self.account_url);
+        let (list, _) = self
+            .call::<Described, ()>("reading the list", reqwest::Method::GET, url.clone(), None)
+            .await?;
+        let description = list.description.unwrap_or_default();
+        let body = Update {
+            description: &description,
+        };
+        self.call::<serde_json::Value, _>(
+            "updating the list (a write that changes nothing)",
+            reqwest::Method::PUT,
+            url,
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a list (refused by Cloudflare while a rule references it).
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn delete_list(&self, list_id: &str) -> Result<(), Error> {
+        let url = format!("{}/rules/lists/{list_id}", self.account_url);
+        self.call::<serde_json::Value, ()>("deleting the list", reqwest::Method::DELETE, url, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes one rule of a zone's custom-rules entry point.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn delete_custom_rule(
+        &self,
+        zone_id: &str,
+        ruleset_id: &str,
+        rule_id: &str,
+    ) -> Result<(), Error> {
+        let url = format!(
+            "{}/zones/{zone_id}/rulesets/{ruleset_id}/rules/{rule_id}",
+            self.api_url
+        );
+        self.call::<serde_json::Value, ()>(
+            "deleting a custom rule",
+            reqwest::Method::DELETE,
+            url,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The zone's custom-rules entry point, or `None` when the zone has none yet.
     ///
     /// # Errors

@@ -106,6 +106,27 @@ impl UsageReporter {
     }
 }
 
+/// Tells systemd the daemon has started, then awaits `starting` (the list look-up, which
+/// retries while Cloudflare is down) feeding the watchdog meanwhile: a Cloudflare that is
+/// down at boot is waited for by the daemon's own retries, not by systemd's start
+/// timeout restarting the unit. Readiness to serve is `/readyz`'s business.
+pub(super) async fn started_while<T>(starting: impl std::future::Future<Output = T>) -> T {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return starting.await;
+    };
+    tokio::pin!(starting);
+    let mut ping = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            done = &mut starting => return done,
+            _ = ping.tick() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+}
+
 impl Watchdog {
     /// Pings the systemd watchdog while the engine's state can be locked (no deadlock),
     /// its loops went round recently, and the writer is not wedged.

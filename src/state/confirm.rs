@@ -55,6 +55,24 @@ impl SyncState {
         kept
     }
 
+    /// Removals the mass-removal guard holds, sorted.
+    pub fn held_removals(&self) -> Vec<Item> {
+        let mut items: Vec<Item> = self.held.iter().copied().collect();
+        items.sort();
+        items
+    }
+
+    /// An operator confirms the removals the mass-removal guard holds (`once
+    /// --confirm-removals`): they go ahead now, as if a second reconcile had confirmed
+    /// them. Returns how many were released.
+    pub fn release_held_removals(&mut self) -> usize {
+        self.mass_removal_seen = false;
+        let held: Vec<Item> = std::mem::take(&mut self.held).into_iter().collect();
+        let released = held.len();
+        self.enqueue_all(held);
+        released
+    }
+
     /// Trusts full pulls: removals need no confirming read (`cleanup` empties the
     /// list on purpose).
     pub fn trust_full_pulls(&mut self) {

@@ -6,6 +6,9 @@ use super::Writer;
 use crate::cloudflare::{self, Rule};
 use crate::engine::Error;
 
+/// The description of the rule `setup` adds, by which `cleanup --rules` knows it.
+const RULE_DESCRIPTION: &str = "CrowdSec bans (crowdsec-cloudflare-iplist-bouncer)";
+
 /// What `setup` found and did, one line each.
 pub type SetupReport = Vec<String>;
 
@@ -58,7 +61,7 @@ impl Writer {
                 id: String::new(),
                 expression: expression.clone(),
                 action: action.to_owned(),
-                description: "CrowdSec bans (crowdsec-cloudflare-iplist-bouncer)".into(),
+                description: RULE_DESCRIPTION.into(),
                 enabled: true,
             };
             self.cloudflare
@@ -93,6 +96,60 @@ impl Writer {
         self.drain_once(&list.id, &token).await?;
         let after = self.shared.state().managed_listed_items().len();
         Ok(before - after)
+    }
+}
+
+impl Writer {
+    /// Undoes `setup`: deletes from each zone the rule it added (its expression and
+    /// description, so a rule the operator wrote is kept), then with `delete_list`
+    /// deletes the list, which Cloudflare refuses while any rule still references it.
+    ///
+    /// # Errors
+    /// The first request that fails.
+    pub(in crate::engine) async fn teardown(
+        &mut self,
+        zones: &[String],
+        delete_list: bool,
+    ) -> Result<SetupReport, Error> {
+        let mut report = Vec::new();
+        let list = self.look_up_list().await?;
+        let expression = format!("ip.src in ${}", list.name);
+        for zone in zones {
+            let Some(ruleset) = self.cloudflare.custom_rules(zone).await? else {
+                report.push(format!("zone {zone}: no custom rules"));
+                continue;
+            };
+            let ours = (ruleset.rules.iter()).filter(|rule| {
+                rule.expression == expression && rule.description == RULE_DESCRIPTION
+            });
+            let mut removed = 0;
+            for rule in ours {
+                self.cloudflare
+                    .delete_custom_rule(zone, &ruleset.id, &rule.id)
+                    .await?;
+                removed += 1;
+            }
+            let others = (ruleset.rules.iter())
+                .filter(|rule| references(&rule.expression, &list.name))
+                .count()
+                - removed;
+            report.push(match (removed, others) {
+                (0, 0) => format!("zone {zone}: no rule uses ${}", list.name),
+                (removed, 0) => {
+                    format!("zone {zone}: removed the custom rule `{expression}` ({removed})")
+                }
+                (removed, others) => format!(
+                    "zone {zone}: removed {removed} rule(s) setup added; {others} other rule(s) \
+                     using ${} were not made by setup and are kept: remove them in the dashboard",
+                    list.name
+                ),
+            });
+        }
+        if delete_list {
+            self.cloudflare.delete_list(&list.id).await?;
+            report.push(format!("deleted list {} ({})", list.name, list.id));
+        }
+        Ok(report)
     }
 }
 
