@@ -30,6 +30,11 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+step "alert rules: promtool check rules + test rules (Debian's prometheus, unpacked under target/)"
+bash scripts/install-prometheus.sh
+target/prometheus/usr/bin/promtool check rules deploy/prometheus/alerts.yaml
+target/prometheus/usr/bin/promtool test rules deploy/prometheus/alerts_test.yaml
+
 step "cargo test --workspace"
 cargo test --locked --workspace
 
