@@ -5,5 +5,6 @@
 pub mod bin;
 pub mod hostile;
 pub mod lapi;
+pub mod observe;
 pub mod proxy;
 pub mod world;
