@@ -233,7 +233,9 @@ impl Metrics {
         }
         for kind in ["full", "delta"] {
             let _ = metrics.lapi_polls.get_or_create(&PullLabels { kind });
-            let _ = metrics.lapi_poll_failures.get_or_create(&PullLabels { kind });
+            let _ = metrics
+                .lapi_poll_failures
+                .get_or_create(&PullLabels { kind });
         }
         Metrics {
             registry,
@@ -649,7 +651,9 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         metrics.set_leader(false);
-        assert!(metrics.render(&snapshot).contains("cf_iplist_bouncer_leader 0"));
+        assert!(metrics
+            .render(&snapshot)
+            .contains("cf_iplist_bouncer_leader 0"));
         // Rendering again does not count refusals twice.
         let again = metrics.render(&snapshot);
         assert!(again.contains("cf_iplist_bouncer_decisions_refused_total{reason=\"allowlist\"} 2"));
