@@ -8,6 +8,7 @@
 //! - [`state`]: desired state, list view and pending queue; pure, no IO.
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
 //! - [`net`]: what both HTTP clients share: no redirects, capped reads, `Retry-After`.
+//! - [`progress`]: a long sync's progress, as a bar on a terminal or as log lines.
 //! - [`telemetry`]: metrics and health. [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status`.
 //! - `crates/cf-lists-emulator`: a stateful Cloudflare Lists API emulator for tests and the demo.
 
@@ -21,6 +22,7 @@ pub mod godur;
 pub mod item;
 pub mod lapi;
 pub mod net;
+pub mod progress;
 pub mod state;
 pub mod telemetry;
 
