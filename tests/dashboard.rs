@@ -17,6 +17,7 @@ fn documented_metrics() -> BTreeSet<String> {
         .split("\n## Metrics")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
+        .and_then(|rest| rest.split("\n### ").next())
         .expect("README has a Metrics section");
     let mut names = BTreeSet::new();
     for line in section.lines().filter(|l| l.starts_with("| `")) {
