@@ -1,25 +1,36 @@
-//! `once` and `cleanup` at 10 000 decisions, run as the real binary: `once` with stderr on
-//! a pseudo-terminal draws a progress bar that moves; `cleanup` with stderr on a pipe
-//! (journald, containers) logs the plain progress lines instead, and draws nothing. Both
-//! drain through the same progress code (src/progress.rs).
+//! Syncs of 10 000 decisions, run as the real binary: `once`, and the daemon's start-up
+//! sync, with stderr on a pseudo-terminal draw a progress bar that moves; `cleanup` with
+//! stderr on a pipe (journald, containers) logs the plain progress lines instead, and
+//! draws nothing. All of them drain through the same progress code (src/progress.rs).
 
 mod common;
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cf_lists_emulator::Settings;
 use common::bin::{command, output, text};
 use common::lapi::NewDecision;
-use common::world::World;
+use common::world::{eventually, World};
 use nix::pty::{openpty, Winsize};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-/// Runs `command` with stdin, stdout and stderr on a new pseudo-terminal of 120 columns;
-/// returns its exit success and everything it wrote to the terminal.
-async fn in_terminal(mut command: Command) -> (bool, String) {
-    tokio::task::spawn_blocking(move || {
+/// The binary running with stdin, stdout and stderr on a pseudo-terminal of its own.
+struct InTerminal {
+    pid: Pid,
+    /// What it has written so far.
+    seen: Arc<Mutex<Vec<u8>>>,
+    /// Its exit success and everything it wrote to the terminal, once it has exited.
+    screen: tokio::task::JoinHandle<(bool, String)>,
+}
+
+impl InTerminal {
+    /// Starts `command` on a new pseudo-terminal of 120 columns.
+    fn start(mut command: Command) -> InTerminal {
         let size = Winsize {
             ws_row: 40,
             ws_col: 120,
@@ -37,21 +48,46 @@ async fn in_terminal(mut command: Command) -> (bool, String) {
         // Only the child holds the terminal now: reading ends when it exits.
         drop(command);
         drop(pty.slave);
-        let mut screen = Vec::new();
-        let mut master = std::fs::File::from(pty.master);
-        let mut chunk = [0u8; 8192];
-        // Linux answers EIO once the last holder of the terminal has closed it.
-        while let Ok(n @ 1..) = master.read(&mut chunk) {
-            screen.extend_from_slice(&chunk[..n]);
-        }
-        let status = child.wait().expect("the binary exits");
-        (
-            status.success(),
-            String::from_utf8_lossy(&screen).into_owned(),
-        )
-    })
-    .await
-    .expect("no panic")
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let screen = tokio::task::spawn_blocking({
+            let seen = seen.clone();
+            move || {
+                let mut master = std::fs::File::from(pty.master);
+                let mut chunk = [0u8; 8192];
+                // Linux answers EIO once the last holder of the terminal has closed it.
+                while let Ok(n @ 1..) = master.read(&mut chunk) {
+                    seen.lock()
+                        .expect("not poisoned")
+                        .extend_from_slice(&chunk[..n]);
+                }
+                let status = child.wait().expect("the binary exits");
+                let screen =
+                    String::from_utf8_lossy(&seen.lock().expect("not poisoned")).into_owned();
+                (status.success(), screen)
+            }
+        });
+        InTerminal { pid, seen, screen }
+    }
+
+    /// Waits until it has written `text`; false if it has not within `timeout`.
+    async fn shows(&self, text: &str, timeout: Duration) -> bool {
+        eventually(timeout, || {
+            let seen = self.seen.lock().expect("not poisoned");
+            std::future::ready(String::from_utf8_lossy(&seen).contains(text))
+        })
+        .await
+    }
+
+    /// Waits for it to exit.
+    async fn screen(self) -> (bool, String) {
+        self.screen.await.expect("no panic")
+    }
+}
+
+/// Runs `command` on a pseudo-terminal to its end.
+async fn in_terminal(command: Command) -> (bool, String) {
+    InTerminal::start(command).screen().await
 }
 
 /// The counts the bar showed, in order, each once: "1000/10000 items" → 1000.
@@ -93,7 +129,7 @@ fn assert_moving_bar(what: &str, screen: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_draws_a_moving_bar_on_a_terminal_and_cleanup_logs_plain_lines_on_a_pipe() {
+async fn a_bar_moves_on_a_terminal_and_plain_lines_are_logged_on_a_pipe() {
     // Operations of about half a second: ten of them take several seconds, long enough
     // for the bar to move and for the plain lines, logged every 5 s, to show.
     let settings = Settings {
@@ -142,5 +178,18 @@ async fn once_draws_a_moving_bar_on_a_terminal_and_cleanup_logs_plain_lines_on_a
         "no terminal codes:\n{log}"
     );
     assert_eq!(world.cf.items(&world.list_id).len(), 0);
+
+    // The daemon's start-up sync, in a terminal: a bar too, until it has caught up.
+    let daemon = InTerminal::start(command(&["-c", config, "run"]));
+    // The bar reaches its end once the last operation is confirmed.
+    let synced = daemon
+        .shows("10000/10000 items", Duration::from_secs(60))
+        .await;
+    kill(daemon.pid, Signal::SIGTERM).expect("SIGTERM");
+    let (ok, screen) = daemon.screen().await;
+    assert!(synced && ok, "run in a terminal:\n{screen}");
+    assert_moving_bar("run", &screen);
+    assert_eq!(world.cf.items(&world.list_id).len(), 10_000);
+    assert!(screen.contains("shutdown requested"), "{screen}");
     world.assert_well_behaved();
 }
