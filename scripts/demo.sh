@@ -197,6 +197,26 @@ say "What it reports (crowdsec-cloudflare-iplist-bouncer status; metrics at http
 "$bin/crowdsec-cloudflare-iplist-bouncer" -c "$work/bouncer.toml" status | sed 's/^/   /'
 
 if [ "$follow" = 1 ]; then
+    say "A Prometheus scraping the bouncer, with the alert rules of deploy/prometheus/ loaded"
+    bash scripts/install-prometheus.sh
+    prom_port="$(free_port)"
+    mkdir -p "$work/prometheus"
+    cat >"$work/prometheus/prometheus.yml" <<EOF
+global: {scrape_interval: 5s, evaluation_interval: 5s}
+rule_files: ['$repo/deploy/prometheus/alerts.yaml']
+scrape_configs:
+  - job_name: cf-iplist-bouncer
+    static_configs: [{targets: ['127.0.0.1:$admin_port']}]
+EOF
+    "$repo/target/prometheus/usr/bin/prometheus" --config.file="$work/prometheus/prometheus.yml" \
+        --storage.tsdb.path="$work/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
+        >"$work/prometheus.log" 2>&1 &
+    pids+=($!)
+    echo "   Prometheus: http://127.0.0.1:$prom_port/ (Debian's build serves the API, not the web UI)"
+    echo "   curl -s 'http://127.0.0.1:$prom_port/api/v1/query?query=cf_iplist_bouncer_list_items'"
+    echo "   curl -s 'http://127.0.0.1:$prom_port/api/v1/alerts'"
+    echo "   A Grafana with this Prometheus as a data source can import deploy/grafana/dashboard.json."
+
     say "Still running. In another terminal, add decisions with:"
     echo "   $cs/cscli -c $lapi/config.yaml decisions add --ip 192.0.2.50 --duration 10m"
     echo "   Ctrl-C stops LAPI, the emulator and the bouncer."

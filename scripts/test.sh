@@ -60,6 +60,11 @@ if [ -n "${ADVISORY_DB:-}" ]; then
     cargo audit --no-fetch --db "$ADVISORY_DB"
 fi
 
+step "alert rules: promtool check rules + test rules (Debian's prometheus, unpacked under target/)"
+bash scripts/install-prometheus.sh
+target/prometheus/usr/bin/promtool check rules deploy/prometheus/alerts.yaml
+target/prometheus/usr/bin/promtool test rules deploy/prometheus/alerts_test.yaml
+
 step "cargo test --workspace"
 cargo test --locked --workspace
 

@@ -474,6 +474,17 @@ pub fn render_status(report: &StatusReport) -> String {
             ago(report.last_reconcile_seconds_ago)
         ),
     ];
+    if let Some(ha) = &report.ha {
+        let holder = ha.holder.as_deref().unwrap_or("nobody");
+        let mut line = format!(
+            "high availability: {} is the {}; the Lease is held by {holder}",
+            ha.identity, ha.role
+        );
+        if let Some(err) = &ha.lease_error {
+            line.push_str(&format!(" (Lease API: {err})"));
+        }
+        lines.push(line);
+    }
     if report.left_out > 0 {
         lines.push(format!("left out for capacity: {}", report.left_out));
     }
@@ -521,6 +532,49 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
+
+    #[test]
+    fn status_names_the_holder_under_high_availability() {
+        let report = StatusReport {
+            version: "0.1.0".into(),
+            ready: true,
+            reason: None,
+            uptime_seconds: 5,
+            decisions: 1,
+            desired_items: 1,
+            listed_items: 0,
+            pending_adds: 0,
+            pending_removes: 0,
+            left_out: 0,
+            removals_held: 0,
+            removals_awaiting_confirmation: 0,
+            quarantined: 0,
+            decisions_refused: 0,
+            last_lapi_poll_seconds_ago: Some(1),
+            last_cloudflare_write_seconds_ago: None,
+            last_reconcile_seconds_ago: None,
+            lapi_error: None,
+            cloudflare_error: None,
+            foreign_writer: None,
+            ha: Some(crate::telemetry::HaReport {
+                identity: "lapi-1".into(),
+                role: "standby".into(),
+                holder: Some("lapi-0".into()),
+                lease_error: None,
+            }),
+        };
+        let text = super::render_status(&report);
+        assert!(
+            text.contains("high availability: lapi-1 is the standby; the Lease is held by lapi-0"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        let back: StatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        let without = StatusReport { ha: None, ..report };
+        assert!(!super::render_status(&without).contains("high availability"));
+        assert!(!serde_json::to_string(&without).unwrap().contains("\"ha\""));
+    }
 
     use super::*;
 

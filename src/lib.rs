@@ -9,6 +9,7 @@
 //! - [`engine`]: the poller and writer tasks, `run` and `once`. [`check`]: pre-flight.
 //! - [`lock`]: one writer per Cloudflare account on this host.
 //! - [`net`]: what both HTTP clients share: no redirects, capped reads, `Retry-After`.
+//! - [`progress`]: a long sync's progress, as a bar on a terminal or as log lines.
 //! - [`telemetry`]: metrics and health. [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status`.
 //! - `crates/cf-lists-emulator`: a stateful Cloudflare Lists API emulator for tests and the demo.
 
@@ -24,6 +25,7 @@ pub mod item;
 pub mod lapi;
 pub mod lock;
 pub mod net;
+pub mod progress;
 pub mod state;
 pub mod telemetry;
 

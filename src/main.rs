@@ -107,8 +107,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let command = cli.command.unwrap_or(Command::Run);
+    // `once`, `cleanup` and the daemon's start-up sync draw a progress bar on a terminal.
+    if matches!(
+        command,
+        Command::Run | Command::Once { .. } | Command::Cleanup { .. }
+    ) {
+        cfbouncer::progress::use_terminal(
+            std::io::stderr().is_terminal() && config.log.format == LogFormat::Text,
+        );
+    }
     runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Run) {
+        match command {
             Command::Run => run(config).await,
             Command::Check => check(&cli.config, &config).await,
             Command::Once { confirm_removals } => once(config, confirm_removals).await,
@@ -144,7 +154,7 @@ fn init_logging(log: &LogConfig) -> Option<String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(cfbouncer::progress::LogWriter);
     match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -86,6 +86,8 @@ pub struct Metrics {
     decisions_refused: Family<ReasonLabels, Counter>,
     reconcile_drift: Family<DirectionLabels, Counter>,
     ready: Gauge,
+    /// 1 when this instance writes to Cloudflare (it holds the Lease, or high
+    /// availability is off), 0 on a standby.
     leader: Gauge,
     /// Refusals already counted, to turn the state's totals into counter increments.
     refused_seen: Mutex<Skipped>,
@@ -215,12 +217,25 @@ impl Metrics {
             "1 when this instance writes to Cloudflare (it holds the Lease, or high availability is off), 0 on a standby",
             metrics.leader.clone(),
         );
+        // Without high availability, every instance is the one that writes.
         metrics.leader.set(1);
-        // Shown at 0 before the first confirming read, so a query finds them.
+        // Shown at 0 before the first event, so alert and dashboard queries (rates,
+        // ratios) find them from the first scrape.
         for outcome in ["removed", "kept"] {
             let _ = metrics
                 .removal_confirmations
                 .get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["completed", "failed", "unconfirmed", "lost"] {
+            let _ = metrics
+                .bulk_operations
+                .get_or_create(&OutcomeLabels { outcome });
+        }
+        for kind in ["full", "delta"] {
+            let _ = metrics.lapi_polls.get_or_create(&PullLabels { kind });
+            let _ = metrics
+                .lapi_poll_failures
+                .get_or_create(&PullLabels { kind });
         }
         Metrics {
             registry,
@@ -228,9 +243,9 @@ impl Metrics {
         }
     }
 
-    /// Whether this instance is the one that writes (see `ha.rs`).
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+    /// Whether this instance is the one that writes to Cloudflare.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn cloudflare_request(&self, endpoint: &'static str, status: &'static str) {
@@ -651,9 +666,18 @@ mod tests {
             "cf_iplist_bouncer_decisions_refused_total{reason=\"allowlist\"} 2",
             "cf_iplist_bouncer_seconds_since_last_success{what=\"cloudflare_write\"} 5.0",
             "cf_iplist_bouncer_ready 1",
+            "cf_iplist_bouncer_leader 1",
+            // At 0 before any such event, so rates and ratios over them have data.
+            "cf_iplist_bouncer_bulk_operations_total{outcome=\"failed\"} 0",
+            "cf_iplist_bouncer_lapi_poll_failures_total{kind=\"full\"} 0",
+            "cf_iplist_bouncer_lapi_polls_total{kind=\"full\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        metrics.set_leader(false);
+        assert!(metrics
+            .render(&snapshot)
+            .contains("cf_iplist_bouncer_leader 0"));
         // Rendering again does not count refusals twice.
         let again = metrics.render(&snapshot);
         assert!(again.contains("cf_iplist_bouncer_decisions_refused_total{reason=\"allowlist\"} 2"));

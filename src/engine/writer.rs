@@ -25,6 +25,7 @@ use crate::cloudflare::{CloudflareClient, ListInfo};
 use crate::cloudflare::{OpStatus, MAX_PER_PAGE};
 use crate::config::Config;
 use crate::item::Item;
+use crate::progress::Progress;
 use crate::state::{Batch, Confirmed};
 use crate::telemetry::Telemetry;
 
@@ -134,7 +135,7 @@ impl Writer {
             longest_op: Duration::ZERO,
             failures: 0,
         };
-        let mut progress = Progress::default();
+        let mut progress = Progress::new();
         loop {
             if token.is_cancelled() {
                 return;
@@ -172,6 +173,7 @@ impl Writer {
             let queued = self.shared.state().counts().queued;
             progress.batch(batch.len(), queued);
             let result = self.write(list_id, batch, &token, &mut pace).await;
+            progress.written(*result.as_ref().unwrap_or(&0));
             if let Some(delay) = self.after_write(result, &mut pace) {
                 if !self.wait(delay, &token).await {
                     return;
@@ -192,15 +194,20 @@ impl Writer {
             failures: 0,
         };
         let mut writes = 0;
+        let mut progress = Progress::new();
         loop {
             if token.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             let batch = self.shared.state().take_batch(pace.cap);
             let Some(batch) = batch else {
+                progress.finish();
                 return Ok(writes);
             };
+            let queued = self.shared.state().counts().queued;
+            progress.batch(batch.len(), queued);
             let result = self.write(list_id, batch, token, &mut pace).await;
+            progress.written(*result.as_ref().unwrap_or(&0));
             match result {
                 Ok(n) if n > 0 => writes += 1,
                 Ok(_) => {}
@@ -731,58 +738,5 @@ mod tests {
             "{:?}",
             clock.first_poll()
         );
-    }
-}
-
-/// A progress line every few seconds while a long sync drains (the first sync of a
-/// big decision set): items done of the total, rate, and time left.
-#[derive(Default)]
-struct Progress {
-    started: Option<Instant>,
-    last_line: Option<Instant>,
-    done: usize,
-}
-
-/// How often a long sync reports progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-impl Progress {
-    fn batch(&mut self, items: usize, still_queued: usize) {
-        let now = Instant::now();
-        let started = *self.started.get_or_insert(now);
-        let last = *self.last_line.get_or_insert(now);
-        self.done += items;
-        if now.duration_since(last) < PROGRESS_EVERY {
-            return;
-        }
-        self.last_line = Some(now);
-        let elapsed = now.duration_since(started).as_secs_f64().max(0.001);
-        let rate = self.done as f64 / elapsed;
-        let total = self.done + still_queued;
-        let left = if rate > 0.0 {
-            still_queued as f64 / rate
-        } else {
-            0.0
-        };
-        info!(
-            done = self.done,
-            total,
-            items_per_s = rate.round() as u64,
-            eta_s = left.round() as u64,
-            "syncing"
-        );
-    }
-
-    fn finish(&mut self) {
-        if let Some(started) = self.started {
-            if started.elapsed() >= PROGRESS_EVERY {
-                info!(
-                    items = self.done,
-                    elapsed_s = started.elapsed().as_secs(),
-                    "sync caught up"
-                );
-            }
-        }
-        *self = Progress::default();
     }
 }

@@ -6,6 +6,7 @@ pub mod bin;
 pub mod hostile;
 pub mod lapi;
 pub mod lease;
+pub mod observe;
 pub mod proxy;
 pub mod recorder;
 pub mod world;
