@@ -643,6 +643,7 @@ impl SyncState {
             held: self.held.len(),
             quarantined: self.quarantined.len(),
             awaiting_confirmation: self.awaiting.len(),
+            capacity: (self.capacity != usize::MAX).then_some(self.capacity),
         }
     }
 
@@ -861,6 +862,9 @@ pub struct Counts {
     pub quarantined: usize,
     /// Removals waiting for LAPI to confirm them (a full pull alone never removes).
     pub awaiting_confirmation: usize,
+    /// Items the list may hold: the account's capacity minus what its other lists hold,
+    /// as of the last list read (`None` before it).
+    pub capacity: Option<usize>,
 }
 
 mod confirm;

@@ -70,6 +70,7 @@ pub struct Metrics {
     registry: Registry,
     active_decisions: Family<DecisionLabels, Gauge>,
     list_items: Gauge,
+    list_capacity: Gauge,
     pending_changes: Family<ActionLabels, Gauge>,
     items_left_out: Gauge,
     removals_held: Gauge,
@@ -106,6 +107,7 @@ impl Metrics {
             registry: Registry::default(),
             active_decisions: Family::default(),
             list_items: Gauge::default(),
+            list_capacity: Gauge::default(),
             pending_changes: Family::default(),
             items_left_out: Gauge::default(),
             removals_held: Gauge::default(),
@@ -135,6 +137,11 @@ impl Metrics {
             "list_items",
             "Items the bouncer believes the Cloudflare list holds",
             metrics.list_items.clone(),
+        );
+        r.register(
+            "list_capacity",
+            "Items the list may hold: cloudflare.capacity minus what the account's other lists hold (as of the last list read)",
+            metrics.list_capacity.clone(),
         );
         r.register(
             "pending_changes",
@@ -308,6 +315,9 @@ impl Metrics {
         }
         let counts = &snapshot.counts;
         self.list_items.set(counts.listed_items as i64);
+        if let Some(capacity) = counts.capacity {
+            self.list_capacity.set(capacity as i64);
+        }
         self.pending_changes
             .get_or_create(&ActionLabels { action: "add" })
             .set(snapshot.pending_adds as i64);
@@ -639,6 +649,7 @@ mod tests {
                 held: 0,
                 quarantined: 0,
                 awaiting_confirmation: 0,
+                capacity: Some(9_000),
             },
             skipped: Skipped {
                 allowlisted: 2,
@@ -667,6 +678,7 @@ mod tests {
             "cf_iplist_bouncer_seconds_since_last_success{what=\"cloudflare_write\"} 5.0",
             "cf_iplist_bouncer_ready 1",
             "cf_iplist_bouncer_leader 1",
+            "cf_iplist_bouncer_list_capacity 9000",
             // At 0 before any such event, so rates and ratios over them have data.
             "cf_iplist_bouncer_bulk_operations_total{outcome=\"failed\"} 0",
             "cf_iplist_bouncer_lapi_poll_failures_total{kind=\"full\"} 0",

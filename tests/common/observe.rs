@@ -61,12 +61,11 @@ pub fn panel_queries(dashboard: &serde_json::Value) -> Vec<PanelQuery> {
 /// The dashboard's own variables and Grafana's built-in ones, with the value each takes
 /// when a query is sent to Prometheus by hand: every job and instance, the defaults of
 /// the text boxes, and a rate window that holds a few scrapes of the test's Prometheus.
-pub const VARIABLES: [(&str, &str); 6] = [
+pub const VARIABLES: [(&str, &str); 5] = [
     ("$__rate_interval", "15s"),
     ("$__interval", "1s"),
     ("$job", ".+"),
     ("$instance", ".+"),
-    ("$capacity", "10000"),
     ("$requests_per_minute", "120"),
 ];
 
