@@ -25,6 +25,16 @@ pub enum LockError {
     /// Another process on this host holds it.
     #[error("another crowdsec-cloudflare-iplist-bouncer process on this host writes to Cloudflare account {account_id}")]
     Held { account_id: String },
+    /// Held by a process that cannot be a bouncer: a local user squatting the name.
+    #[error(
+        "the writer lock for Cloudflare account {account_id} is held by uid {uid} (pid {pid}), \
+         which is not a bouncer's user (find that process with `ps -p {pid}`)"
+    )]
+    Squatted {
+        account_id: String,
+        uid: u32,
+        pid: i32,
+    },
     #[error("cannot take the writer lock for Cloudflare account {account_id}: {source}")]
     Io {
         account_id: String,
@@ -69,11 +79,63 @@ pub fn acquire(config: &CloudflareConfig) -> Result<WriterLock, LockError> {
     })?;
     match UnixListener::bind_addr(&addr) {
         Ok(socket) => Ok(WriterLock { _socket: socket }),
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(LockError::Held { account_id })
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => match holder(&addr) {
+            // An abstract name has no permissions: any local user could take it to keep
+            // the bouncer from running. Only a holder that could be a bouncer counts.
+            Some(Holder { uid, pid }) if !could_be_a_bouncer(uid) => Err(LockError::Squatted {
+                account_id,
+                uid,
+                pid,
+            }),
+            _ => Err(LockError::Held { account_id }),
+        },
         Err(source) => Err(LockError::Io { account_id, source }),
     }
+}
+
+/// The process listening on the lock, as the kernel recorded it.
+#[cfg(target_os = "linux")]
+struct Holder {
+    uid: u32,
+    pid: i32,
+}
+
+/// Who holds the lock: the credentials the kernel recorded when it was taken
+/// (`SO_PEERCRED` on a connection to it; the holder need not accept it).
+#[cfg(target_os = "linux")]
+fn holder(addr: &std::os::unix::net::SocketAddr) -> Option<Holder> {
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect_addr(addr).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred it was sized for.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(Holder {
+        uid: cred.uid,
+        pid: cred.pid,
+    })
+}
+
+/// Whether a process of `uid` could be a bouncer: root (the one-shot commands, run with
+/// sudo), this process's own user, or systemd's dynamic users (the unit's
+/// `DynamicUser=`, uids 61184–65519).
+#[cfg(target_os = "linux")]
+fn could_be_a_bouncer(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    uid == 0 || uid == me || (61184..=65519).contains(&uid)
 }
 
 /// No lock outside Linux.
@@ -111,6 +173,23 @@ mod tests {
         let _second = acquire(&other).expect("another URL, another lock");
         drop(first);
         acquire(&config).expect("free again once dropped");
+    }
+
+    #[test]
+    fn the_holder_is_known_and_this_user_could_be_a_bouncer() {
+        use std::os::linux::net::SocketAddrExt;
+        let config = cloudflare("http://127.0.0.1:1/lock-test-holder");
+        let _held = acquire(&config).expect("taken");
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(lock_name(&config).as_bytes())
+                .expect("name");
+        let holder = holder(&addr).expect("the kernel knows the holder");
+        assert_eq!(holder.pid, std::process::id() as i32);
+        assert_eq!(holder.uid, unsafe { libc::geteuid() });
+        assert!(could_be_a_bouncer(holder.uid));
+        assert!(could_be_a_bouncer(0) && could_be_a_bouncer(61184) && could_be_a_bouncer(65519));
+        assert!(!could_be_a_bouncer(1000) || holder.uid == 1000);
+        assert!(!could_be_a_bouncer(65534), "nobody is not a bouncer");
     }
 
     #[test]

@@ -611,3 +611,58 @@ async fn a_config_only_root_may_read_says_to_use_sudo() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_squatted_by_another_user_does_not_stop_the_bouncer() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    // Debian's Python: nobody can run it (a pyenv one under /root it cannot).
+    let python = "/usr/bin/python3";
+    if !is_root || !std::path::Path::new(python).exists() {
+        eprintln!("not root, or no {python}: cannot squat the lock as another user; skipped");
+        return;
+    }
+    let world = World::start("t-d2-squat").await;
+    world
+        .lapi
+        .add_decisions(&[NewDecision::ban_ip("192.0.2.55")])
+        .await;
+    let config = world.config_file();
+    // nobody takes the account's lock name (an abstract socket has no permissions).
+    let name = cfbouncer::lock::lock_name(&world.config().cloudflare);
+    let script = format!(
+        "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0'+sys.argv[1])\n\
+         s.listen(8)\nprint('bound',flush=True)\ntime.sleep(60)\n"
+    );
+    let mut squatter = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+            &script,
+            &name,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(squatter.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the squatter says it bound");
+    assert_eq!(line.trim(), "bound");
+    let out = run(&["-c", path(&config), "once"]).await;
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a bouncer's user"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(world.listed(), ["192.0.2.55"]);
+}
