@@ -632,10 +632,9 @@ async fn a_lock_squatted_by_another_user_does_not_stop_the_bouncer() {
     let config = world.config_file();
     // nobody takes the account's lock name (an abstract socket has no permissions).
     let name = cfbouncer::lock::lock_name(&world.config().cloudflare);
-    let script = format!(
+    let script =
         "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0'+sys.argv[1])\n\
-         s.listen(8)\nprint('bound',flush=True)\ntime.sleep(60)\n"
-    );
+                  s.listen(8)\nprint('bound',flush=True)\ntime.sleep(60)\n";
     let mut squatter = std::process::Command::new("setpriv")
         .args([
             "--reuid=65534",
