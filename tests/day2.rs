@@ -642,7 +642,7 @@ async fn a_lock_squatted_by_another_user_does_not_stop_the_bouncer() {
             "--clear-groups",
             python,
             "-c",
-            &script,
+            script,
             &name,
         ])
         .stdout(std::process::Stdio::piped())
