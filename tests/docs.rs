@@ -399,3 +399,29 @@ fn headings_are_numbered_sections() {
     // `4` is not `4.3`, nor the other way round.
     assert!(!headings("### 4.3 Delta").contains("4"));
 }
+
+/// CHANGELOG has a release section for the version the binary reports, below an
+/// `Unreleased` one (Keep a Changelog).
+#[test]
+fn the_changelog_has_a_section_for_this_version() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CHANGELOG.md"))
+        .expect("CHANGELOG.md");
+    let version = env!("CARGO_PKG_VERSION");
+    let heading = format!("## [{version}] - ");
+    let at = text
+        .find(&heading)
+        .unwrap_or_else(|| panic!("CHANGELOG.md has no `{heading}YYYY-MM-DD` section"));
+    let date = &text[at + heading.len()..]
+        .lines()
+        .next()
+        .unwrap_or_default();
+    let digits: Vec<&str> = date.split('-').collect();
+    assert!(
+        digits.len() == 3
+            && digits.iter().map(|d| d.len()).eq([4, 2, 2])
+            && date.chars().all(|c| c.is_ascii_digit() || c == '-'),
+        "the {version} section's date is not YYYY-MM-DD: {date:?}"
+    );
+    let unreleased = text.find("## [Unreleased]").expect("an Unreleased section");
+    assert!(unreleased < at, "Unreleased comes first");
+}
