@@ -43,42 +43,9 @@ if works; then
     exit 0
 fi
 
-command -v apt-get >/dev/null || die "apt-get not found (this script needs Debian/Ubuntu)"
-command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
+# shellcheck source=lib/unpack-deb.sh
+. "$repo/scripts/lib/unpack-deb.sh"
+unpack_deb crowdsec "$dest"
 
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-
-# `apt-get download` runs as the invoking user and writes into the current directory;
-# as root it may warn that the _apt sandbox cannot access it, which is harmless, so
-# make the temp dir world-readable/writable to avoid that.
-chmod 0777 "$tmp"
-download() {
-    (cd "$tmp" && apt-get download -q crowdsec >"$tmp/download.log" 2>&1)
-}
-
-if ! download; then
-    if as_root; then
-        apt-get update -q >"$tmp/update.log" 2>&1 || {
-            cat "$tmp/update.log" >&2
-            die "apt-get update failed"
-        }
-        download || {
-            cat "$tmp/download.log" >&2
-            die "apt-get download crowdsec failed even after apt-get update"
-        }
-    else
-        cat "$tmp/download.log" >&2
-        die "apt-get download crowdsec failed (not root, so apt-get update was not tried)"
-    fi
-fi
-
-deb="$(ls "$tmp"/crowdsec_*.deb 2>/dev/null | head -n1)"
-[ -n "$deb" ] || die "apt-get download produced no crowdsec_*.deb"
-
-rm -rf "$dest"
-mkdir -p "$dest"
-dpkg-deb -x "$deb" "$dest" || die "dpkg-deb -x $deb failed"
-
-works || die "unpacked $(basename "$deb") but $bin/crowdsec -version or cscli version does not run"
-echo "install-crowdsec: unpacked $(basename "$deb") into $dest (no system install, no maintainer scripts)"
+works || die "unpacked $UNPACKED_DEB but $bin/crowdsec -version or cscli version does not run"
+echo "install-crowdsec: unpacked $UNPACKED_DEB into $dest (no system install, no maintainer scripts)"

@@ -31,41 +31,9 @@ if works; then
     exit 0
 fi
 
-command -v apt-get >/dev/null || die "apt-get not found (this script needs Debian/Ubuntu)"
-command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
+# shellcheck source=lib/unpack-deb.sh
+. "$repo/scripts/lib/unpack-deb.sh"
+unpack_deb prometheus "$dest"
 
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-
-# As root, `apt-get download` may warn that the _apt sandbox cannot write to the
-# directory, which is harmless; a world-writable temp dir avoids the warning.
-chmod 0777 "$tmp"
-download() {
-    (cd "$tmp" && apt-get download -q prometheus >"$tmp/download.log" 2>&1)
-}
-
-if ! download; then
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -q >"$tmp/update.log" 2>&1 || {
-            cat "$tmp/update.log" >&2
-            die "apt-get update failed"
-        }
-        download || {
-            cat "$tmp/download.log" >&2
-            die "apt-get download prometheus failed even after apt-get update"
-        }
-    else
-        cat "$tmp/download.log" >&2
-        die "apt-get download prometheus failed (not root, so apt-get update was not tried)"
-    fi
-fi
-
-deb="$(ls "$tmp"/prometheus_*.deb 2>/dev/null | head -n1)"
-[ -n "$deb" ] || die "apt-get download produced no prometheus_*.deb"
-
-rm -rf "$dest"
-mkdir -p "$dest"
-dpkg-deb -x "$deb" "$dest" || die "dpkg-deb -x $deb failed"
-
-works || die "unpacked $(basename "$deb") but $bin/prometheus --version or promtool --version does not run"
-echo "install-prometheus: unpacked $(basename "$deb") into $dest (no system install, no service)"
+works || die "unpacked $UNPACKED_DEB but $bin/prometheus --version or promtool --version does not run"
+echo "install-prometheus: unpacked $UNPACKED_DEB into $dest (no system install, no service)"
