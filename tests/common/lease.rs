@@ -63,13 +63,7 @@ impl FakeLeases {
                 get(read).put(replace),
             )
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let addr = super::serve_on_loopback(router).await;
         FakeLeases { addr, inner }
     }
 

@@ -55,13 +55,7 @@ impl Recorder {
             log: log.clone(),
         };
         let router = Router::new().fallback(forward).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let addr = super::serve_on_loopback(router).await;
         Recorder { addr, log }
     }
 
