@@ -120,7 +120,12 @@ fn untraceable(line: &str) -> Option<String> {
                 .next()
                 .is_some_and(|key| key.contains(quantile))
         });
-        if let Some(at) = line.find(quantile).filter(|_| !marked) {
+        // A quantile named without a number of seconds on the line (a panel that shows
+        // "p50 and p95") quotes no figure.
+        let quotes_seconds = line
+            .match_indices(" s")
+            .any(|(at, _)| line[..at].ends_with(|c: char| c.is_ascii_digit()));
+        if let Some(at) = line.find(quantile).filter(|_| !marked && quotes_seconds) {
             return Some(context(at));
         }
     }
@@ -188,6 +193,7 @@ fn the_checker_finds_numbers_and_unmarked_figures() {
     assert!(untraceable("a 37 MiB<!-- bench: cold100k.values.peak_rss_mib --> peak").is_none());
     assert!(untraceable("0.44 s<!-- bench: cold100k.values.cpu_s --> of CPU").is_none());
     assert!(untraceable("in 1.5 s (p50)").is_some());
+    assert!(untraceable("bulk operation p50 and p95; duration (heatmap)").is_none());
     assert!(untraceable("1.5 s<!-- bench: latency.values.add_p50_s --> (p50)").is_none());
     assert!(untraceable("limit 128Mi, 64 KiB caps").is_none());
 }
