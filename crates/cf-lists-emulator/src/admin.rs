@@ -66,6 +66,10 @@ struct FaultsBody {
     fail_next_requests: Option<FailRequests>,
     fail_next_operations: Option<FailOperations>,
     op_latency_ms: Option<(u64, u64)>,
+    /// Added per item to each new operation's latency, in microseconds.
+    op_item_cost_us: Option<u64>,
+    /// `Ratelimit` and `Ratelimit-Policy` on every answer, or not.
+    rate_limit_headers: Option<bool>,
     slow_next_requests: Option<SlowRequests>,
     lose_next_write_responses: Option<Count>,
     malformed_next_requests: Option<Count>,
@@ -203,6 +207,12 @@ fn apply(body: FaultsBody, checked: Checked, state: &mut EmulatorState) {
     }
     if let Some((min, max)) = body.op_latency_ms {
         state.settings.op_latency = (Duration::from_millis(min), Duration::from_millis(max));
+    }
+    if let Some(us) = body.op_item_cost_us {
+        state.settings.op_item_cost = Duration::from_micros(us);
+    }
+    if let Some(on) = body.rate_limit_headers {
+        state.settings.rate_limit_headers = on;
     }
     if let Some(permissions) = body.permissions {
         state.settings.permissions = permissions;
