@@ -375,6 +375,16 @@ impl Emulator {
         self.state().settings.op_latency = (min, max.max(min));
     }
 
+    /// Added per item to the latency of operations created from now on.
+    pub fn set_op_item_cost(&self, per_item: Duration) {
+        self.state().settings.op_item_cost = per_item;
+    }
+
+    /// `Ratelimit` and `Ratelimit-Policy` on every answer from now on, or none.
+    pub fn set_rate_limit_headers(&self, on: bool) {
+        self.state().settings.rate_limit_headers = on;
+    }
+
     /// Stops the server and waits for it. Responses held back by a fault are released at
     /// once, so that no connection keeps the server alive.
     pub async fn shutdown(self) {
