@@ -228,7 +228,14 @@ impl Writer {
             };
             let result = self.write(list_id, batch, token, &mut pace).await;
             match result {
-                Ok(n) if n > 0 => writes += 1,
+                Ok(n) if n > 0 => {
+                    writes += 1;
+                    let (batch_size, max_batch) = (
+                        self.config.cloudflare.batch_size,
+                        self.config.sync.max_batch,
+                    );
+                    pace.grow(n, batch_size, max_batch);
+                }
                 Ok(_) => {}
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(err) if pace.failures >= 5 => return Err(err),
