@@ -1,6 +1,7 @@
 //! The admin surface under `/__emulator`: no auth, not counted in `requests`, not rate
 //! limited, not subject to injected faults. Used by the demo and by scripts to inspect the
-//! completed state and to flip fault switches while the emulator runs as a binary.
+//! completed state, to read the timeline of every bulk operation, and to flip fault
+//! switches while the emulator runs as a binary.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/__emulator/state", get(get_state))
         .route("/__emulator/faults", post(post_faults))
+        .route("/__emulator/operations", get(get_operations))
         .with_state(shared)
 }
 
@@ -56,6 +58,14 @@ async fn get_state(State(shared): State<Shared>) -> Response {
     let mut state = lock(&shared);
     state.advance(Instant::now());
     Json(snapshot(&state)).into_response()
+}
+
+/// `{"operations": [...]}`: every bulk operation's timeline (`Operations::timeline`),
+/// for a benchmark to tell where a change's time went.
+async fn get_operations(State(shared): State<Shared>) -> Response {
+    let mut state = lock(&shared);
+    state.advance(Instant::now());
+    Json(json!({"operations": state.ops.timeline(&state.clock)})).into_response()
 }
 
 /// The body of `POST /__emulator/faults`: every field optional, each one a switch of the

@@ -38,15 +38,6 @@ impl RateLimiter {
         }
     }
 
-    pub(crate) fn limit(&self) -> u32 {
-        self.limit
-    }
-
-    /// The window in whole seconds (rounded up), as the headers and message state it.
-    pub(crate) fn window_secs(&self) -> u64 {
-        ceil_secs(self.window)
-    }
-
     /// Counts one request at `now`.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         let start = match self.window_start {
@@ -112,6 +103,7 @@ impl TokenLimits {
         self.limit
     }
 
+    /// The window in whole seconds (rounded up), as the headers and message state it.
     pub(crate) fn window_secs(&self) -> u64 {
         ceil_secs(self.window.max(Duration::from_millis(1)))
     }

@@ -14,12 +14,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::canonical::ip_text;
 use super::clock::Clock;
 use super::envelope::{code, ApiError};
 use super::faults::Faults;
 use super::items::{parse_delete_ids, parse_ip_items};
 use super::limits::TokenLimits;
-use super::ops::{Operation, Operations};
+use super::ops::{Operation, Operations, TIMELINE_IPS};
 use super::rulesets::Zones;
 use super::store::{new_id, Change, List, Store};
 use super::{CapacityError, Counters, PendingWrite, Settings};
@@ -168,8 +169,14 @@ impl State {
             u64::from(stuck.is_some()) + u64::from(forced_error.is_some());
         let sized = drawn + self.settings.op_item_cost.saturating_mul(change.len());
         let latency = stuck.unwrap_or(sized);
+        let ips = if change.len() <= TIMELINE_IPS {
+            self.nets_of(list_id, &change).iter().map(ip_text).collect()
+        } else {
+            Vec::new()
+        };
         let mut op = Operation::new(id.clone(), list_id.to_owned(), change, latency);
         op.forced_error = forced_error;
+        op.ips = ips;
         self.ops.submit(op, now);
         Ok(id)
     }

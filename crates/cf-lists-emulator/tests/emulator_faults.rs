@@ -604,3 +604,42 @@ async fn an_operation_takes_longer_with_more_items_when_asked() {
     assert!(many >= Duration::from_millis(420), "{many:?}");
     emulator.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_operations_timeline_tells_when_each_operation_ended_and_was_seen() {
+    let settings = Settings {
+        op_latency: (Duration::from_millis(100), Duration::from_millis(100)),
+        ..fast()
+    };
+    let Setup {
+        emulator,
+        api,
+        items,
+        lists,
+        ..
+    } = start(settings).await;
+    let op = api.write(&items, &["1.2.3.4", "10.0.0.0/24"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.wait_op(&lists, &op).await["status"], "completed");
+    let url = format!("http://{}/__emulator/operations", emulator.addr());
+    let body: Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ops = body["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "{body}");
+    let timeline = &ops[0];
+    assert_eq!(timeline["id"], op.as_str());
+    assert_eq!(timeline["items"], 2);
+    assert_eq!(timeline["ips"], json!(["1.2.3.4", "10.0.0.0/24"]));
+    let at = |key: &str| timeline[key].as_f64().unwrap();
+    let took = at("ended") - at("submitted");
+    assert!((0.099..0.2).contains(&took), "the latency: {took}");
+    // Polled 300 ms after the submission: seen well after it ended.
+    assert!(at("seen_ended") - at("ended") >= 0.15, "{timeline}");
+    emulator.shutdown().await;
+}
