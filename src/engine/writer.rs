@@ -56,8 +56,9 @@ pub(super) struct Pace {
 impl Pace {
     /// After a write of `sent` items succeeded: below `batch_size` (a failure halved
     /// it) the cap doubles back; from there it doubles only after a full batch, so it
-    /// grows while operations of that size succeed, up to `max_batch` (docs/cloudflare-lists.md
-    /// §4.2: no per-request cap is documented, the account's capacity bounds a request).
+    /// grows while operations of that size succeed, up to `max_batch`
+    /// (docs/cloudflare-lists.md §4.2: no per-request cap is documented, the account's
+    /// capacity bounds a request).
     fn grow(&mut self, sent: usize, batch_size: usize, max_batch: usize) {
         let ceiling = max_batch.max(batch_size);
         if self.cap < batch_size {

@@ -126,8 +126,9 @@ pub struct Settings {
     pub global_rate_limit: Option<u32>,
     /// The fixed window of the global rate limit: 300 s documented, shorter in tests.
     pub rate_limit_window: Duration,
-    /// Send `Ratelimit` and `Ratelimit-Policy` on every answer (docs/cloudflare-lists.md
-    /// §4.4, since 2025-09); `false` for an API without them. `Retry-After` on a 429 stays.
+    /// Send `Ratelimit` and `Ratelimit-Policy` on every answer
+    /// (docs/cloudflare-lists.md §4.4, since 2025-09); `false` for an API without them.
+    /// `Retry-After` on a 429 stays.
     pub rate_limit_headers: bool,
     /// What the API token may do.
     pub permissions: Permissions,

@@ -67,8 +67,9 @@ impl RateLimiter {
 /// flood of made-up tokens cannot grow the map.
 const MAX_TOKENS: usize = 1024;
 
-/// The global limit counted per API token, as Cloudflare counts it (docs/cloudflare-lists.md
-/// §4.4): each token presented (valid or not) has its own window of `limit` requests.
+/// The global limit counted per API token, as Cloudflare counts it
+/// (docs/cloudflare-lists.md §4.4): each token presented (valid or not) has its own
+/// window of `limit` requests.
 #[derive(Debug)]
 pub(crate) struct TokenLimits {
     limit: u32,
