@@ -133,24 +133,27 @@ pub fn parse_ratelimit(limit: &str, policy: Option<&str>) -> Option<Seen> {
     })
 }
 
-/// Below this share of the quota left, requests are spread over what is left of the
-/// window; above it, only the configured budget paces them.
+/// Requests are paced once what the window would keep at its end, at the others' rate,
+/// falls below this share of the quota; above it only the configured budget paces them.
 const SLOW_BELOW_SHARE: f64 = 0.5;
-/// Without a policy header: slow down below this many requests left.
-const SLOW_BELOW: u32 = 120;
+/// Without a policy header: pace below this many requests left.
+const SLOW_BELOW: f64 = 120.0;
 /// Left for other clients of the same token: 2% of the quota, at least this many.
 const RESERVE_MIN: u32 = 2;
-/// The floor of progress: however little is left, one request at least this often (so
-/// a wait stays far inside the writer's wedge margin, and a spent quota is met by
-/// Cloudflare's own `Retry-After`).
-const MAX_SPACING: Duration = Duration::from_secs(10);
+/// The floor of progress: however little is left, one request at least this often. (It
+/// also keeps a wait far inside the writer's wedge margin; a quota spent for longer is
+/// met by Cloudflare's own `Retry-After`.)
+const MAX_HOLD: Duration = Duration::from_secs(60);
+/// The others' rate is measured over at least this long.
+const RATE_SPAN: Duration = Duration::from_secs(1);
 
 /// Paces requests by the last `Ratelimit` header (docs/cloudflare-lists.md §4.4), which
-/// counts every client of the token, not only this one. With plenty left it adds
-/// nothing. Below half the quota, requests are spread evenly over what is left of the
-/// window, keeping a small reserve for the others: spacing = time to reset / (left -
-/// reserve), so the pace falls as `r` falls, but never below one request per
-/// [`MAX_SPACING`].
+/// counts every client of the token, not only this one. From how `r` falls beyond this
+/// client's own requests it learns the others' rate; while the window would end with
+/// more than half its quota left at that rate, it adds nothing. Below that, this
+/// client's share of what is left (remaining, less what the others will take before the
+/// reset, less a 2% reserve) is spread evenly over the time to the reset; with no share
+/// left, it waits for the reset. Never longer than [`MAX_HOLD`] for one request.
 #[derive(Debug, Default)]
 pub struct HeaderPace {
     last: Option<(Seen, Instant)>,
@@ -158,10 +161,27 @@ pub struct HeaderPace {
     sent_since: u32,
     /// When the last request was let through (after its wait).
     last_sent: Option<Instant>,
+    /// Where the others' rate is measured from: headers, when, and requests let through
+    /// since.
+    anchor: Option<(Seen, Instant, u32)>,
+    /// The other clients' requests per second.
+    others_per_s: f64,
 }
 
 impl HeaderPace {
     pub fn observe(&mut self, seen: Seen, now: Instant) {
+        let mut anchor = self.anchor.unwrap_or((seen, now, 0));
+        anchor.2 = anchor.2.saturating_add(self.sent_since);
+        let (from, at, ours) = anchor;
+        let same_window = now < at + from.reset && seen.remaining <= from.remaining;
+        if !same_window {
+            anchor = (seen, now, 0);
+        } else if now.duration_since(at) >= RATE_SPAN {
+            let others = (from.remaining - seen.remaining).saturating_sub(ours);
+            self.others_per_s = f64::from(others) / now.duration_since(at).as_secs_f64();
+            anchor = (seen, now, 0);
+        }
+        self.anchor = Some(anchor);
         self.last = Some((seen, now));
         self.sent_since = 0;
     }
@@ -187,19 +207,26 @@ impl HeaderPace {
         if left.is_zero() {
             return None;
         }
-        let slow_below = seen.quota.map_or(SLOW_BELOW, |q| {
-            (f64::from(q) * SLOW_BELOW_SHARE).ceil() as u32
-        });
-        let remaining = seen.remaining.saturating_sub(self.sent_since);
-        if remaining > slow_below {
+        let elapsed = now.duration_since(at).as_secs_f64();
+        let remaining =
+            f64::from(seen.remaining) - f64::from(self.sent_since) - self.others_per_s * elapsed;
+        let at_reset = remaining - self.others_per_s * left.as_secs_f64();
+        let slow_below = seen
+            .quota
+            .map_or(SLOW_BELOW, |q| f64::from(q) * SLOW_BELOW_SHARE);
+        if at_reset > slow_below {
             return None;
         }
         let reserve = seen
             .quota
             .map_or(RESERVE_MIN, |q| (q / 50).max(RESERVE_MIN));
-        let usable = remaining.saturating_sub(reserve);
-        let spacing = if usable == 0 { left } else { left / usable };
-        Some((spacing.min(MAX_SPACING), at))
+        let share = at_reset - f64::from(reserve);
+        let spacing = if share < 1.0 {
+            left
+        } else {
+            left.div_f64(share)
+        };
+        Some((spacing.min(MAX_HOLD), at))
     }
 }
 
@@ -307,7 +334,7 @@ mod tests {
             let first = pace.next_request(now);
             pace.next_request(now) - first
         };
-        // Reserve 24: 120 s over 600 - 24 - 1, then fewer left, then only the reserve.
+        // Reserve 24: 120 s over 600 - 1 - 24, then fewer left, then only the reserve.
         let (half, low, spent) = (spacing_at(600), spacing_at(64), spacing_at(20));
         assert!(
             half > Duration::from_millis(150) && half < Duration::from_millis(300),
@@ -318,13 +345,44 @@ mod tests {
             "{low:?}"
         );
         assert!(half < low && low < spent, "{half:?} {low:?} {spent:?}");
-        assert_eq!(spent, MAX_SPACING, "the floor of progress");
+        assert_eq!(spent, MAX_HOLD, "the floor of progress");
         // Once the window has reset, nothing is held back.
         let mut pace = HeaderPace::default();
         pace.observe(seen(0, 10, 1200), now);
         assert_eq!(
             pace.next_request(now + Duration::from_secs(11)),
             Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn header_pace_leaves_room_for_what_other_clients_take() {
+        // 1 000 left, 200 s to the reset: plenty, alone.
+        let t0 = Instant::now();
+        let mut pace = HeaderPace::default();
+        pace.observe(seen(1000, 200, 1200), t0);
+        assert_eq!(pace.next_request(t0), Duration::ZERO);
+        // 2 s later 985 left: 14 went to another client of the token, 7 a second. At
+        // that rate it takes 7 × 198 = 1 386 before the reset: nothing is left for us, so
+        // the next request waits, though r alone says plenty: MAX_HOLD after the last.
+        let t1 = t0 + Duration::from_secs(2);
+        pace.observe(seen(985, 198, 1200), t1);
+        assert!(
+            (pace.others_per_s - 7.0).abs() < 0.01,
+            "{}",
+            pace.others_per_s
+        );
+        assert_eq!(pace.next_request(t1), MAX_HOLD - Duration::from_secs(2));
+        // A slower neighbour (1 a second): our share spread over the window.
+        let mut pace = HeaderPace::default();
+        pace.observe(seen(700, 100, 1200), t0);
+        pace.observe(seen(698, 98, 1200), t1);
+        let first = pace.next_request(t1);
+        let spacing = pace.next_request(t1) - first;
+        // (698 - 1 - 98 - 24) ≈ 575 requests over 98 s.
+        assert!(
+            spacing > Duration::from_millis(150) && spacing < Duration::from_millis(200),
+            "{spacing:?}"
         );
     }
 
