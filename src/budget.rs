@@ -144,8 +144,9 @@ const RESERVE_MIN: u32 = 2;
 /// also keeps a wait far inside the writer's wedge margin; a quota spent for longer is
 /// met by Cloudflare's own `Retry-After`.)
 const MAX_HOLD: Duration = Duration::from_secs(60);
-/// The others' rate is measured over at least this long.
-const RATE_SPAN: Duration = Duration::from_secs(1);
+/// The others' rate is measured over at least this long, so that a burst of theirs
+/// (another bouncer's list read) is not taken for their pace.
+const RATE_SPAN: Duration = Duration::from_secs(10);
 
 /// Paces requests by the last `Ratelimit` header (docs/cloudflare-lists.md §4.4), which
 /// counts every client of the token, not only this one. From how `r` falls beyond this
@@ -362,24 +363,27 @@ mod tests {
         let mut pace = HeaderPace::default();
         pace.observe(seen(1000, 200, 1200), t0);
         assert_eq!(pace.next_request(t0), Duration::ZERO);
-        // 2 s later 985 left: 14 went to another client of the token, 7 a second. At
-        // that rate it takes 7 × 198 = 1 386 before the reset: nothing is left for us, so
+        // 10 s later 929 left: 70 went to another client of the token, 7 a second. At
+        // that rate it takes 7 × 190 = 1 330 before the reset: nothing is left for us, so
         // the next request waits, though r alone says plenty: MAX_HOLD after the last.
-        let t1 = t0 + Duration::from_secs(2);
-        pace.observe(seen(985, 198, 1200), t1);
+        let t1 = t0 + Duration::from_secs(10);
+        pace.observe(seen(929, 190, 1200), t1);
         assert!(
             (pace.others_per_s - 7.0).abs() < 0.01,
             "{}",
             pace.others_per_s
         );
-        assert_eq!(pace.next_request(t1), MAX_HOLD - Duration::from_secs(2));
+        assert_eq!(pace.next_request(t1), MAX_HOLD - Duration::from_secs(10));
         // A slower neighbour (1 a second): our share spread over the window.
         let mut pace = HeaderPace::default();
         pace.observe(seen(700, 100, 1200), t0);
-        pace.observe(seen(698, 98, 1200), t1);
+        // A burst of 10 in a second is not yet a rate.
+        pace.observe(seen(690, 99, 1200), t0 + Duration::from_secs(1));
+        assert!(pace.others_per_s.abs() < f64::EPSILON);
+        pace.observe(seen(690, 90, 1200), t1);
         let first = pace.next_request(t1);
         let spacing = pace.next_request(t1) - first;
-        // (698 - 1 - 98 - 24) ≈ 575 requests over 98 s.
+        // (690 - 1 - 90 - 24) ≈ 575 requests over 90 s.
         assert!(
             spacing > Duration::from_millis(150) && spacing < Duration::from_millis(200),
             "{spacing:?}"
