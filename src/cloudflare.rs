@@ -574,6 +574,7 @@ impl CloudflareClient {
         };
         let mut response = request.send().await.map_err(|err| transport(&err))?;
         let status = response.status().as_u16();
+        self.budget.observe(status, response.headers());
         if (300..400).contains(&status) {
             return Err(Error::Redirect {
                 what,

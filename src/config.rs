@@ -234,6 +234,9 @@ pub struct SyncConfig {
     pub reconcile_interval: Duration,
     /// How long an in-flight bulk operation may keep shutdown waiting.
     pub shutdown_grace: Duration,
+    /// Most items per bulk operation once operations succeed: the writer starts at
+    /// `cloudflare.batch_size` and doubles after each full batch that succeeds, up to this.
+    pub max_batch: usize,
 }
 
 /// Every problem found in a configuration file.
@@ -367,6 +370,7 @@ fn parse(
             Duration::ZERO,
             Duration::from_secs(600),
         ),
+        max_batch: sync.uint("max_batch", 10_000, 1, 100_000) as usize,
     };
     sync.finish();
     let mut ha = Section::take(&mut root, "ha", &mut problems);

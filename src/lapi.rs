@@ -463,6 +463,23 @@ impl<R: io::Read> StringCap<R> {
         }
     }
 
+    /// How many bytes at the start of `bytes` [`StringCap::keep`] would pass on without
+    /// a change but to `len`; counts them kept.
+    fn plain_run(&mut self, bytes: &[u8]) -> usize {
+        if self.escape.is_some() || self.dropping {
+            return 0;
+        }
+        if !self.in_string {
+            return memchr::memchr(b'"', bytes).unwrap_or(bytes.len());
+        }
+        let run = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+        // Each byte of the run adds one to `len`; every check on the way passes while
+        // the run's end still leaves room for a 4-byte character.
+        let run = run.min(self.cap.saturating_sub(self.len + 4));
+        self.len += run;
+        run
+    }
+
     /// Whether to pass `byte` on.
     fn keep(&mut self, byte: u8) -> bool {
         if !self.in_string {
@@ -530,22 +547,43 @@ impl<R: io::Read> StringCap<R> {
 
 impl<R: io::Read> io::Read for StringCap<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = self.read_via(&mut buf, out);
+        self.buf = buf;
+        read
+    }
+}
+
+impl<R: io::Read> StringCap<R> {
+    /// [`io::Read::read`] through `buf`, the reads' buffer (taken out of `self`).
+    fn read_via(&mut self, buf: &mut [u8], out: &mut [u8]) -> io::Result<usize> {
         loop {
-            let want = out.len().min(self.buf.len());
+            let want = out.len().min(buf.len());
             if want == 0 {
                 return Ok(0);
             }
-            let n = self.inner.read(&mut self.buf[..want])?;
+            let n = self.inner.read(&mut buf[..want])?;
             if n == 0 {
                 return Ok(0);
             }
             let mut written = 0;
-            for i in 0..n {
-                let byte = self.buf[i];
+            let mut i = 0;
+            while i < n {
+                // Runs the state machine would pass untouched are copied whole: outside
+                // strings up to the next quote, inside one up to the next quote or
+                // backslash while the run still fits the cap.
+                let run = self.plain_run(&buf[i..n]);
+                if run > 0 {
+                    out[written..written + run].copy_from_slice(&buf[i..i + run]);
+                    (written, i) = (written + run, i + run);
+                    continue;
+                }
+                let byte = buf[i];
                 if self.keep(byte) {
                     out[written] = byte;
                     written += 1;
                 }
+                i += 1;
             }
             if written > 0 {
                 return Ok(written);
@@ -841,6 +879,35 @@ mod tests {
         io::Read::read_to_end(&mut StringCap::new(Trickle(json.as_bytes()), cap), &mut out)
             .expect("in-memory reads do not fail");
         String::from_utf8(out).expect("whole characters are kept")
+    }
+
+    /// The byte-by-byte reference: [`StringCap::keep`] on each byte.
+    fn capped_by_byte(json: &str, cap: usize) -> String {
+        let mut cap = StringCap::new(io::empty(), cap);
+        let kept: Vec<u8> = json.bytes().filter(|&b| cap.keep(b)).collect();
+        String::from_utf8(kept).expect("whole characters are kept")
+    }
+
+    /// Passes `json` through a [`StringCap`] in one read.
+    fn capped_whole(json: &str, cap: usize) -> String {
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut StringCap::new(json.as_bytes(), cap), &mut out)
+            .expect("in-memory reads do not fail");
+        String::from_utf8(out).expect("whole characters are kept")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn string_cap_copies_runs_exactly_as_byte_by_byte(
+            texts in proptest::collection::vec("\\PC{0,60}", 1..6),
+            cap in 1usize..40,
+        ) {
+            let json = serde_json::to_string(&texts).expect("serialises")
+                .replace('😀', "\\ud83d\\ude00");
+            let reference = capped_by_byte(&json, cap);
+            proptest::prop_assert_eq!(&capped_whole(&json, cap), &reference);
+            proptest::prop_assert_eq!(&capped(&json, cap), &reference);
+        }
     }
 
     #[test]

@@ -49,6 +49,31 @@ async fn once_makes_the_list_equal_to_lapi_bans_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_grows_its_batches_while_they_succeed() {
+    let mut world = World::start("t-once-grow").await;
+    world.cloudflare_extra = "batch_size = 2\n".into();
+    world.sync_extra.push_str("max_batch = 8\n");
+    let ips: Vec<String> = (1..=14).map(|i| format!("198.51.100.{i}")).collect();
+    let decisions: Vec<NewDecision> = ips.iter().map(|ip| NewDecision::ban_ip(ip)).collect();
+    world.lapi.add_decisions(&decisions).await;
+    let config = world.config_file();
+    let out = output(bouncer(&[
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "once",
+    ]))
+    .await;
+    assert!(out.status.success(), "once failed: {}", text(&out));
+    let mut listed = world.listed();
+    listed.sort();
+    let mut want = ips.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    // 2 + 4 + 8 items, where batch_size alone would take 7 writes.
+    assert_eq!(world.assert_well_behaved().writes, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_fails_clearly_when_the_list_does_not_exist() {
     let world = World::start("t-once-nolist").await;
     let text_config = world.config_text().replace("crowdsec_ban", "no_such_list");

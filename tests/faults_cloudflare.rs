@@ -25,7 +25,11 @@ fn strs(v: &[String]) -> Vec<&str> {
 async fn the_global_rate_limit_is_waited_out() {
     let mut world = World::start("t-cf-ratelimit").await;
     world.cloudflare_extra = "batch_size = 2\n".into();
+    world.sync_extra.push_str("max_batch = 2\n");
     world.cf.set_rate_limit(Some(6), Duration::from_secs(3));
+    // Without the rate-limit headers (Cloudflare before 2025-09) the bouncer only learns
+    // of the limit from a 429.
+    world.cf.set_rate_limit_headers(false);
     let (decisions, ips) = bans("10.20.0", 9);
     world.lapi.add_decisions(&decisions).await;
     let bouncer = world.spawn_bouncer();
@@ -33,6 +37,28 @@ async fn the_global_rate_limit_is_waited_out() {
     bouncer.stop().await;
     let counters = world.assert_well_behaved();
     assert!(counters.rate_limited > 0, "the limit was hit: {counters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_headers_keep_the_bouncer_out_of_429s() {
+    // The same tight limit as above, but announced by `Ratelimit` headers: the bouncer
+    // spreads its requests over what is left of each window and is never refused.
+    let mut world = World::start("t-cf-ratelimit-headers").await;
+    world.cloudflare_extra = "batch_size = 2\n".into();
+    world.sync_extra.push_str("max_batch = 2\n");
+    world.cf.set_rate_limit(Some(6), Duration::from_secs(3));
+    let (decisions, ips) = bans("10.20.1", 9);
+    world.lapi.add_decisions(&decisions).await;
+    let bouncer = world.spawn_bouncer();
+    world.expect_list(&strs(&ips)).await;
+    bouncer.stop().await;
+    let counters = world.assert_well_behaved();
+    assert!(counters.writes >= 5, "{counters:?}");
+    assert!(
+        counters.requests > 6,
+        "more than one window's worth: {counters:?}"
+    );
+    assert_eq!(counters.rate_limited, 0, "never refused: {counters:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,18 +390,20 @@ class Emulator:
     """cf-lists-emulator with two lists: `crowdsec_ban` (the bouncer's) and `kv_sync_ban`
     (the predecessor's), sharing one account as both would on Cloudflare."""
 
-    def __init__(self, workdir: Path, name: str, *, op_latency_ms: str, capacity: int):
+    def __init__(self, workdir: Path, name: str, *, op_latency_ms: str, capacity: int,
+                 op_item_cost_us: int = 0):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin = f"http://127.0.0.1:{self.port}/__emulator"
         out = self.dir / "emulator.out"
-        log(f"starting emulator on 127.0.0.1:{self.port} (op latency {op_latency_ms} ms, capacity {capacity})")
+        log(f"starting emulator on 127.0.0.1:{self.port} (op latency {op_latency_ms} ms "
+            f"+ {op_item_cost_us} µs an item, capacity {capacity})")
         with open(out, "wb") as stdout:
             self.proc = spawn(
                 [EMULATOR_BIN, "--listen", f"127.0.0.1:{self.port}", "--list-name", "crowdsec_ban",
                  "--list-name", "kv_sync_ban", "--op-latency-ms", op_latency_ms,
-                 "--capacity", str(capacity)],
+                 "--op-item-cost-us", str(op_item_cost_us), "--capacity", str(capacity)],
                 log_path=self.dir / "emulator.log", stdout=stdout,
             )
 
@@ -424,6 +426,19 @@ class Emulator:
 
     def counters(self) -> dict:
         return self.state()["counters"]
+
+    def operations(self) -> list:
+        """The timeline of every bulk operation (see the emulator's admin docs)."""
+        status, body = http("GET", self.admin + "/operations", timeout=60)
+        if status != 200:
+            raise BenchError(f"emulator operations answered {status}")
+        return json.loads(body)["operations"]
+
+    def switch(self, **faults) -> None:
+        """POST /__emulator/faults with these switches (e.g. rate_limit, rate_limit_headers)."""
+        status, body = http("POST", self.admin + "/faults", body=faults)
+        if status != 200:
+            raise BenchError(f"emulator faults {faults} answered {status}: {body[:200]!r}")
 
     def items(self, list_name: str, state: dict | None = None) -> set[str]:
         state = state or self.state()
@@ -465,20 +480,21 @@ listen = "127.0.0.1:{admin_port}"
 
 [sync]
 reconcile_interval = "{reconcile}"
+max_batch = {max_batch}
 """
 
 
 class Bouncer:
     def __init__(self, workdir: Path, name: str, lapi: Lapi, emu: Emulator, *, key: str,
                  update_frequency="1s", lapi_timeout="2m", batch_size=1000, capacity=10000,
-                 max_rpm=120, reconcile="10m", env: dict | None = None):
+                 max_rpm=120, reconcile="10m", max_batch=10_000, env: dict | None = None):
         self.env = dict(os.environ, **(env or {})) if env else None
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.admin_port = free_port()
         self.settings = dict(update_frequency=update_frequency, lapi_timeout=lapi_timeout,
                              batch_size=batch_size, capacity=capacity, max_rpm=max_rpm,
-                             reconcile=reconcile)
+                             reconcile=reconcile, max_batch=max_batch)
         self.config = self.dir / "bouncer.toml"
         self.config.write_text(BOUNCER_CONFIG.format(
             lapi=lapi.url, key=key, cf_url=emu.url, cf_token=emu.token, account=emu.account_id,

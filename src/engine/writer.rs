@@ -55,6 +55,36 @@ pub(super) struct Pace {
     failures: u32,
 }
 
+impl Pace {
+    /// After a write of `sent` items succeeded: below `batch_size` (a failure halved
+    /// it) the cap doubles back; from there it doubles only after a full batch, so it
+    /// grows while operations of that size succeed, up to `max_batch`
+    /// (docs/cloudflare-lists.md §4.2: no per-request cap is documented, the account's
+    /// capacity bounds a request).
+    fn grow(&mut self, sent: usize, batch_size: usize, max_batch: usize) {
+        let ceiling = max_batch.max(batch_size);
+        if self.cap < batch_size {
+            self.cap = (self.cap * 2).min(batch_size);
+        } else if sent >= self.cap {
+            self.cap = (self.cap * 2).min(ceiling);
+        }
+    }
+
+    /// After a failed write: a request that timed out or failed on its way (perhaps for
+    /// its size) falls back to `batch_size`. (A failed operation is bisected in `write`;
+    /// a refusal for the rate or a pending operation says nothing about the size.)
+    fn shrink(&mut self, err: &Error, batch_size: usize) {
+        let size_blind = match err {
+            Error::OperationFailed { .. } | Error::Cancelled => true,
+            Error::Cloudflare(cf) => matches!(cf, crate::cloudflare::Error::RateLimited { .. }),
+            _ => false,
+        };
+        if !size_blind {
+            self.cap = self.cap.min(batch_size);
+        }
+    }
+}
+
 /// The only code that talks to Cloudflare: it owns the Cloudflare client, and with it
 /// everything only writes need (the poll clock, the write budgets, the watch for another
 /// writer). See the module docs.
@@ -209,7 +239,14 @@ impl Writer {
             let result = self.write(list_id, batch, token, &mut pace).await;
             progress.written(*result.as_ref().unwrap_or(&0));
             match result {
-                Ok(n) if n > 0 => writes += 1,
+                Ok(n) if n > 0 => {
+                    writes += 1;
+                    let (batch_size, max_batch) = (
+                        self.config.cloudflare.batch_size,
+                        self.config.sync.max_batch,
+                    );
+                    pace.grow(n, batch_size, max_batch);
+                }
                 Ok(_) => {}
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(err) if pace.failures >= 5 => return Err(err),
@@ -227,15 +264,20 @@ impl Writer {
     /// Adjusts the pace after a write; returns how long to wait before the next one.
     fn after_write(&mut self, result: Result<usize, Error>, pace: &mut Pace) -> Option<Duration> {
         let err = match result {
-            Ok(_) => {
+            Ok(sent) => {
                 pace.failures = 0;
-                pace.cap = (pace.cap * 2).min(self.config.cloudflare.batch_size);
+                pace.grow(
+                    sent,
+                    self.config.cloudflare.batch_size,
+                    self.config.sync.max_batch,
+                );
                 return None;
             }
             Err(Error::Cancelled) => return None,
             Err(err) => err,
         };
         pace.failures += 1;
+        pace.shrink(&err, self.config.cloudflare.batch_size);
         match &err {
             // Whether the write was applied is unknown: read the list before the next one.
             Error::Unconfirmed(_) | Error::OperationLost(_) => {
@@ -703,6 +745,49 @@ impl OpClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pace(cap: usize) -> Pace {
+        Pace {
+            cap,
+            longest_op: Duration::ZERO,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn the_batch_grows_while_full_batches_succeed_and_falls_back_on_failure() {
+        let mut p = pace(1000);
+        let mut caps = Vec::new();
+        for _ in 0..6 {
+            let sent = p.cap;
+            p.grow(sent, 1000, 10_000);
+            caps.push(p.cap);
+        }
+        assert_eq!(caps, [2000, 4000, 8000, 10_000, 10_000, 10_000]);
+        // A batch smaller than the cap (the queue ran short) proves nothing larger.
+        let mut p = pace(2000);
+        p.grow(300, 1000, 10_000);
+        assert_eq!(p.cap, 2000);
+        // A request that timed out falls back to batch_size; a refusal for the rate
+        // keeps the size.
+        let mut p = pace(8000);
+        let limited = crate::cloudflare::Error::RateLimited {
+            retry_after: None,
+            errors: Vec::new(),
+        };
+        p.shrink(&Error::Cloudflare(limited), 1000);
+        assert_eq!(p.cap, 8000);
+        p.shrink(&Error::OperationLost("op".into()), 1000);
+        assert_eq!(p.cap, 1000);
+        // After a bisection the cap doubles back to batch_size even on short batches.
+        let mut p = pace(125);
+        p.grow(3, 1000, 10_000);
+        assert_eq!(p.cap, 250);
+        // max_batch below batch_size never shrinks the configured size.
+        let mut p = pace(1000);
+        p.grow(1000, 1000, 500);
+        assert_eq!(p.cap, 1000);
+    }
 
     #[test]
     fn the_first_poll_settles_near_the_longest_operations() {

@@ -1,6 +1,7 @@
 //! The admin surface under `/__emulator`: no auth, not counted in `requests`, not rate
 //! limited, not subject to injected faults. Used by the demo and by scripts to inspect the
-//! completed state and to flip fault switches while the emulator runs as a binary.
+//! completed state, to read the timeline of every bulk operation, and to flip fault
+//! switches while the emulator runs as a binary.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/__emulator/state", get(get_state))
         .route("/__emulator/faults", post(post_faults))
+        .route("/__emulator/operations", get(get_operations))
         .with_state(shared)
 }
 
@@ -58,6 +60,14 @@ async fn get_state(State(shared): State<Shared>) -> Response {
     Json(snapshot(&state)).into_response()
 }
 
+/// `{"operations": [...]}`: every bulk operation's timeline (`Operations::timeline`),
+/// for a benchmark to tell where a change's time went.
+async fn get_operations(State(shared): State<Shared>) -> Response {
+    let mut state = lock(&shared);
+    state.advance(Instant::now());
+    Json(json!({"operations": state.ops.timeline(&state.clock)})).into_response()
+}
+
 /// The body of `POST /__emulator/faults`: every field optional, each one a switch of the
 /// same name on the handle. Durations are in milliseconds (`window_secs` in seconds).
 #[derive(Debug, Deserialize)]
@@ -66,6 +76,10 @@ struct FaultsBody {
     fail_next_requests: Option<FailRequests>,
     fail_next_operations: Option<FailOperations>,
     op_latency_ms: Option<(u64, u64)>,
+    /// Added per item to each new operation's latency, in microseconds.
+    op_item_cost_us: Option<u64>,
+    /// `Ratelimit` and `Ratelimit-Policy` on every answer, or not.
+    rate_limit_headers: Option<bool>,
     slow_next_requests: Option<SlowRequests>,
     lose_next_write_responses: Option<Count>,
     malformed_next_requests: Option<Count>,
@@ -203,6 +217,12 @@ fn apply(body: FaultsBody, checked: Checked, state: &mut EmulatorState) {
     }
     if let Some((min, max)) = body.op_latency_ms {
         state.settings.op_latency = (Duration::from_millis(min), Duration::from_millis(max));
+    }
+    if let Some(us) = body.op_item_cost_us {
+        state.settings.op_item_cost = Duration::from_micros(us);
+    }
+    if let Some(on) = body.rate_limit_headers {
+        state.settings.rate_limit_headers = on;
     }
     if let Some(permissions) = body.permissions {
         state.settings.permissions = permissions;

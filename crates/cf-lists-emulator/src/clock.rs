@@ -24,6 +24,11 @@ impl Clock {
         }
     }
 
+    /// `at` as seconds since the Unix epoch (for timelines a script lines up with its own).
+    pub(crate) fn unix_secs(&self, at: Instant) -> f64 {
+        (self.wall_base + at.saturating_duration_since(self.mono_base)).as_secs_f64()
+    }
+
     /// `at` as e.g. `2021-10-01T05:20:00.123456Z` (the docs' examples use fractional seconds).
     pub(crate) fn rfc3339(&self, at: Instant) -> String {
         let since_epoch = self.wall_base + at.saturating_duration_since(self.mono_base);

@@ -91,7 +91,8 @@ enum Admission {
 /// Everything the gate takes out of the state before acting.
 struct Decision {
     admission: Admission,
-    /// `(limit, window in seconds, verdict)` for the rate-limit headers.
+    /// `(limit, window in seconds, verdict)` for the rate-limit headers; `None` when the
+    /// limit is off or the headers are switched off.
     limit: Option<(u32, u64, Verdict)>,
     /// Ends holds early when the server stops.
     stopping: watch::Receiver<bool>,
@@ -137,12 +138,14 @@ fn decide(shared: &Shared, request: &Request, now: Instant) -> Decision {
     let mut state = lock(shared);
     state.counters.requests += 1;
     state.advance(now);
+    let token = presented_token(request).unwrap_or_default();
+    let headers = state.settings.rate_limit_headers;
     let limit = state.limiter.as_mut().map(|limiter| {
-        let verdict = limiter.check(now);
-        (limiter.limit(), limiter.window_secs(), verdict)
+        let verdict = limiter.check(token, now);
+        (limiter.limit(), limiter.window_secs(), verdict, headers)
     });
     let admission = match limit {
-        Some((limit, window_secs, Verdict::Limited { retry_after })) => {
+        Some((limit, window_secs, Verdict::Limited { retry_after }, _)) => {
             state.counters.rate_limited += 1;
             Admission::Refused(rate_limited(limit, window_secs, retry_after))
         }
@@ -158,7 +161,9 @@ fn decide(shared: &Shared, request: &Request, now: Instant) -> Decision {
     let stopping = state.stopping.subscribe();
     Decision {
         admission,
-        limit,
+        limit: limit
+            .filter(|&(_, _, _, headers)| headers)
+            .map(|(limit, window_secs, verdict, _)| (limit, window_secs, verdict)),
         stopping,
     }
 }
@@ -227,12 +232,7 @@ fn rate_limited(limit: u32, window_secs: u64, retry_after: u64) -> ApiError {
 /// for an account it does not belong to, or for an action it lacks the permission for, which is
 /// what Cloudflare reports.
 fn authorize(request: &Request, settings: &Settings) -> Admission {
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if presented != Some(settings.api_token.as_str()) {
+    if presented_token(request) != Some(settings.api_token.as_str()) {
         return Admission::Refused(ApiError::authentication());
     }
     let account_in_path = request
@@ -250,6 +250,15 @@ fn authorize(request: &Request, settings: &Settings) -> Admission {
         Permissions::Read if read => Admission::Pass,
         Permissions::Read | Permissions::None => Admission::Refused(ApiError::authentication()),
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, if any.
+fn presented_token(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
 }
 
 async fn no_route(State(shared): State<Shared>) -> Response {

@@ -110,6 +110,9 @@ pub struct Settings {
     pub api_token: String,
     /// Bulk operation latency, drawn uniformly from `min..=max` per operation.
     pub op_latency: (Duration, Duration),
+    /// Added to an operation's latency per item it writes (default zero: size-blind).
+    /// Cloudflare's real scaling is unknown; this lets a benchmark charge large operations.
+    pub op_item_cost: Duration,
     pub pending_write: PendingWrite,
     /// Largest accepted IPv6 prefix: 128 now, 64 before 2025-07 (docs/cloudflare-lists.md §6.1).
     pub ipv6_max_prefix: u8,
@@ -123,6 +126,10 @@ pub struct Settings {
     pub global_rate_limit: Option<u32>,
     /// The fixed window of the global rate limit: 300 s documented, shorter in tests.
     pub rate_limit_window: Duration,
+    /// Send `Ratelimit` and `Ratelimit-Policy` on every answer
+    /// (docs/cloudflare-lists.md §4.4, since 2025-09); `false` for an API without them.
+    /// `Retry-After` on a 429 stays.
+    pub rate_limit_headers: bool,
     /// What the API token may do.
     pub permissions: Permissions,
     /// `per_page` when absent; 25 is inferred (docs/cloudflare-lists.md §2.3).
@@ -135,6 +142,7 @@ impl Default for Settings {
             account_id: "0123456789abcdef0123456789abcdef".to_owned(),
             api_token: "emulator-token".to_owned(),
             op_latency: (Duration::from_millis(300), Duration::from_millis(1200)),
+            op_item_cost: Duration::ZERO,
             pending_write: PendingWrite::Reject,
             ipv6_max_prefix: 128,
             host_bits: HostBits::Mask,
@@ -142,6 +150,7 @@ impl Default for Settings {
             account_item_limit: 10_000,
             global_rate_limit: Some(1200),
             rate_limit_window: Duration::from_secs(300),
+            rate_limit_headers: true,
             permissions: Permissions::Edit,
             default_per_page: 25,
         }
@@ -365,6 +374,16 @@ impl Emulator {
     /// Latency of operations created from now on.
     pub fn set_op_latency(&self, min: Duration, max: Duration) {
         self.state().settings.op_latency = (min, max.max(min));
+    }
+
+    /// Added per item to the latency of operations created from now on.
+    pub fn set_op_item_cost(&self, per_item: Duration) {
+        self.state().settings.op_item_cost = per_item;
+    }
+
+    /// `Ratelimit` and `Ratelimit-Policy` on every answer from now on, or none.
+    pub fn set_rate_limit_headers(&self, on: bool) {
+        self.state().settings.rate_limit_headers = on;
     }
 
     /// Stops the server and waits for it. Responses held back by a fault are released at

@@ -3,6 +3,7 @@
 //! every request is refused until the window ends ("all API calls for the next five minutes
 //! will be blocked").
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -37,15 +38,6 @@ impl RateLimiter {
         }
     }
 
-    pub(crate) fn limit(&self) -> u32 {
-        self.limit
-    }
-
-    /// The window in whole seconds (rounded up), as the headers and message state it.
-    pub(crate) fn window_secs(&self) -> u64 {
-        ceil_secs(self.window)
-    }
-
     /// Counts one request at `now`.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         let start = match self.window_start {
@@ -68,6 +60,53 @@ impl RateLimiter {
                 reset,
             }
         }
+    }
+}
+
+/// Most tokens counted apart; requests with any further token share one window, so a
+/// flood of made-up tokens cannot grow the map.
+const MAX_TOKENS: usize = 1024;
+
+/// The global limit counted per API token, as Cloudflare counts it
+/// (docs/cloudflare-lists.md §4.4): each token presented (valid or not) has its own
+/// window of `limit` requests.
+#[derive(Debug)]
+pub(crate) struct TokenLimits {
+    limit: u32,
+    window: Duration,
+    tokens: HashMap<String, RateLimiter>,
+}
+
+impl TokenLimits {
+    pub(crate) fn new(limit: u32, window: Duration) -> TokenLimits {
+        TokenLimits {
+            limit,
+            window,
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// Counts one request made with `token` (`""` without one) at `now`.
+    pub(crate) fn check(&mut self, token: &str, now: Instant) -> Verdict {
+        let key = if self.tokens.contains_key(token) || self.tokens.len() < MAX_TOKENS {
+            token
+        } else {
+            ""
+        };
+        let (limit, window) = (self.limit, self.window);
+        self.tokens
+            .entry(key.to_owned())
+            .or_insert_with(|| RateLimiter::new(limit, window))
+            .check(now)
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window in whole seconds (rounded up), as the headers and message state it.
+    pub(crate) fn window_secs(&self) -> u64 {
+        ceil_secs(self.window.max(Duration::from_millis(1)))
     }
 }
 
@@ -106,6 +145,26 @@ pub(crate) fn add_headers(headers: &mut HeaderMap, limit: u32, window_secs: u64,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_token_has_its_own_window() {
+        let t0 = Instant::now();
+        let mut limits = TokenLimits::new(2, Duration::from_secs(60));
+        assert!(matches!(
+            limits.check("a", t0),
+            Verdict::Allowed { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            limits.check("a", t0),
+            Verdict::Allowed { remaining: 0, .. }
+        ));
+        assert!(matches!(limits.check("a", t0), Verdict::Limited { .. }));
+        // Another token still has its whole quota.
+        assert!(matches!(
+            limits.check("b", t0),
+            Verdict::Allowed { remaining: 1, .. }
+        ));
+    }
 
     #[test]
     fn window_blocks_then_reopens() {

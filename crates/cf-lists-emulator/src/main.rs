@@ -30,6 +30,13 @@ struct Args {
     /// Bulk operation latency range in milliseconds, `MIN..MAX`.
     #[arg(long, default_value = "300..1200", value_parser = parse_latency)]
     op_latency_ms: (Duration, Duration),
+    /// Added to a bulk operation's latency per item it writes, in microseconds (0: the
+    /// latency ignores the size; 100 = 0.1 ms an item).
+    #[arg(long, default_value_t = 0)]
+    op_item_cost_us: u64,
+    /// Send `Ratelimit` and `Ratelimit-Policy` on every answer: `on` (today's API) or `off`.
+    #[arg(long, value_enum, default_value_t = SwitchArg::On)]
+    rate_limit_headers: SwitchArg,
     /// Write while an operation is in flight: `reject` (429) or `queue` (FIFO).
     #[arg(long, value_enum, default_value_t = PendingWriteArg::Reject)]
     pending_write: PendingWriteArg,
@@ -58,6 +65,12 @@ struct Args {
 enum PendingWriteArg {
     Reject,
     Queue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SwitchArg {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +124,8 @@ impl Args {
             account_id: self.account_id.clone().unwrap_or(defaults.account_id),
             api_token: self.token.clone().unwrap_or(defaults.api_token),
             op_latency: self.op_latency_ms,
+            op_item_cost: Duration::from_micros(self.op_item_cost_us),
+            rate_limit_headers: self.rate_limit_headers == SwitchArg::On,
             pending_write: match self.pending_write {
                 PendingWriteArg::Reject => PendingWrite::Reject,
                 PendingWriteArg::Queue => PendingWrite::Queue,

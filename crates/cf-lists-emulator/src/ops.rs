@@ -22,14 +22,26 @@ pub(crate) struct Operation {
     pub list_id: String,
     /// Taken out when the operation completes.
     pub change: Option<Change>,
-    /// Drawn from `Settings::op_latency` at submission.
+    /// Drawn from `Settings::op_latency` at submission (plus the per-item cost).
     pub latency: Duration,
+    /// Items the change names.
+    pub items: u32,
     /// `Some(message)`: the operation will fail with it (`fail_next_operations`, poison).
     pub forced_error: Option<String>,
     /// When the operation reached the head of the queue.
     start: Option<Instant>,
     outcome: Option<Outcome>,
+    /// The timeline (`/__emulator/operations`): submitted, ended, first status poll that
+    /// saw it ended.
+    submitted: Option<Instant>,
+    ended: Option<Instant>,
+    seen_ended: Option<Instant>,
+    /// Canonical IPs written, for operations of at most [`TIMELINE_IPS`] items.
+    pub ips: Vec<String>,
 }
+
+/// Operations up to this size keep their IPs for the timeline.
+pub(crate) const TIMELINE_IPS: u32 = 64;
 
 #[derive(Debug)]
 struct Outcome {
@@ -42,11 +54,16 @@ impl Operation {
         Operation {
             id,
             list_id,
+            items: change.len(),
             change: Some(change),
             latency,
             forced_error: None,
             start: None,
             outcome: None,
+            submitted: None,
+            ended: None,
+            seen_ended: None,
+            ips: Vec::new(),
         }
     }
 
@@ -97,6 +114,7 @@ impl Operations {
 
     /// Queues `op`; it starts at once if nothing else is in flight.
     pub(crate) fn submit(&mut self, mut op: Operation, now: Instant) {
+        op.submitted = Some(now);
         if self.queue.is_empty() {
             op.start = Some(now);
         }
@@ -124,11 +142,34 @@ impl Operations {
     pub(crate) fn finish(&mut self, id: &str, completed: String, error: Option<String>) {
         if let Some(op) = self.all.get_mut(id) {
             op.outcome = Some(Outcome { completed, error });
+            op.ended = op.start.map(|start| start + op.latency);
         }
     }
 
-    /// The status JSON of an operation, `None` if unknown.
-    pub(crate) fn status_json(&self, id: &str, now: Instant) -> Option<Value> {
-        self.all.get(id).map(|op| op.json(now))
+    /// The status JSON of an operation, `None` if unknown; a poll that sees it ended is
+    /// recorded in the timeline.
+    pub(crate) fn status_json(&mut self, id: &str, now: Instant) -> Option<Value> {
+        let op = self.all.get_mut(id)?;
+        if op.outcome.is_some() && op.seen_ended.is_none() {
+            op.seen_ended = Some(now);
+        }
+        Some(op.json(now))
+    }
+
+    /// Every operation in submission order: `{id, items, ips, submitted, started, ended,
+    /// seen_ended}`, times in seconds since the Unix epoch (`null` until they happen).
+    pub(crate) fn timeline(&self, clock: &crate::clock::Clock) -> Vec<Value> {
+        let mut ops: Vec<&Operation> = self.all.values().collect();
+        ops.sort_by_key(|op| op.submitted);
+        let secs = |at: Option<Instant>| at.map(|at| clock.unix_secs(at));
+        ops.into_iter()
+            .map(|op| {
+                json!({
+                    "id": op.id, "items": op.items, "ips": op.ips,
+                    "submitted": secs(op.submitted), "started": secs(op.start),
+                    "ended": secs(op.ended), "seen_ended": secs(op.seen_ended),
+                })
+            })
+            .collect()
     }
 }

@@ -14,12 +14,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::canonical::ip_text;
 use super::clock::Clock;
 use super::envelope::{code, ApiError};
 use super::faults::Faults;
 use super::items::{parse_delete_ids, parse_ip_items};
-use super::limits::RateLimiter;
-use super::ops::{Operation, Operations};
+use super::limits::TokenLimits;
+use super::ops::{Operation, Operations, TIMELINE_IPS};
 use super::rulesets::Zones;
 use super::store::{new_id, Change, List, Store};
 use super::{CapacityError, Counters, PendingWrite, Settings};
@@ -57,7 +58,7 @@ pub(crate) struct State {
     pub counters: Counters,
     pub faults: Faults,
     /// `None` when the global rate limit is off.
-    pub limiter: Option<RateLimiter>,
+    pub limiter: Option<TokenLimits>,
     pub clock: Clock,
     pub rng: fastrand::Rng,
     /// Set once the server is shutting down: releases responses held back by faults.
@@ -70,7 +71,7 @@ impl State {
         State {
             limiter: settings
                 .global_rate_limit
-                .map(|limit| RateLimiter::new(limit, window)),
+                .map(|limit| TokenLimits::new(limit, window)),
             settings,
             store: Store::default(),
             zones: Zones::default(),
@@ -87,7 +88,7 @@ impl State {
     pub(crate) fn set_rate_limit(&mut self, limit: Option<u32>, window: Duration) {
         self.settings.global_rate_limit = limit;
         self.settings.rate_limit_window = window;
-        self.limiter = limit.map(|limit| RateLimiter::new(limit, window));
+        self.limiter = limit.map(|limit| TokenLimits::new(limit, window));
     }
 
     /// The JSON of a list, with `num_referencing_filters` counted over the zone rules.
@@ -166,9 +167,16 @@ impl State {
         };
         self.counters.faults_injected +=
             u64::from(stuck.is_some()) + u64::from(forced_error.is_some());
-        let latency = stuck.unwrap_or(drawn);
+        let sized = drawn + self.settings.op_item_cost.saturating_mul(change.len());
+        let latency = stuck.unwrap_or(sized);
+        let ips = if change.len() <= TIMELINE_IPS {
+            self.nets_of(list_id, &change).iter().map(ip_text).collect()
+        } else {
+            Vec::new()
+        };
         let mut op = Operation::new(id.clone(), list_id.to_owned(), change, latency);
         op.forced_error = forced_error;
+        op.ips = ips;
         self.ops.submit(op, now);
         Ok(id)
     }

@@ -37,6 +37,17 @@ pub(crate) enum Change {
     Delete(Vec<String>),
 }
 
+impl Change {
+    /// How many items the change names.
+    pub(crate) fn len(&self) -> u32 {
+        let n = match self {
+            Change::Upsert(items) | Change::Replace(items) => items.len(),
+            Change::Delete(ids) => ids.len(),
+        };
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
 /// A stored list item; its key (the canonical network) lives in [`List::items`].
 #[derive(Clone, Debug)]
 pub(crate) struct Item {

@@ -510,3 +510,136 @@ async fn admin_endpoint_arms_the_new_switches() {
     assert_eq!(state["counters"]["faults_injected"], 1);
     emulator.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limit_headers_count_per_token_and_can_be_switched_off() {
+    let settings = Settings {
+        global_rate_limit: Some(5),
+        rate_limit_window: Duration::from_secs(60),
+        ..fast()
+    };
+    let Setup {
+        emulator,
+        api,
+        items,
+        ..
+    } = start(settings).await;
+    let remaining = |response: &reqwest::Response| {
+        let value = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+        let r = value.split(';').find_map(|p| p.strip_prefix("r=")).unwrap();
+        r.parse::<u32>().unwrap()
+    };
+    let first = api.send(Method::GET, &items, None).await;
+    assert_eq!(remaining(&first), 4);
+    let second = api.send(Method::GET, &items, None).await;
+    assert_eq!(remaining(&second), 3);
+    // Another token (refused, but counted) has a window of its own.
+    let other = Api {
+        client: client(),
+        token: "another-token".into(),
+    };
+    let refused = other.send(Method::GET, &items, None).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(remaining(&refused), 4);
+    assert_eq!(remaining(&api.send(Method::GET, &items, None).await), 2);
+
+    let admin = client();
+    let url = format!("http://{}/__emulator/faults", emulator.addr());
+    let off = admin
+        .post(&url)
+        .json(&json!({"rate_limit_headers": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), StatusCode::OK);
+    let plain = api.send(Method::GET, &items, None).await;
+    assert_eq!(plain.status(), StatusCode::OK);
+    assert!(plain.headers().get("ratelimit").is_none());
+    assert!(plain.headers().get("ratelimit-policy").is_none());
+    // Still counted: the fifth request passes, the sixth is refused with Retry-After.
+    assert_eq!(
+        api.send(Method::GET, &items, None).await.status(),
+        StatusCode::OK
+    );
+    let limited = api.send(Method::GET, &items, None).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().get("retry-after").is_some());
+    assert!(limited.headers().get("ratelimit").is_none());
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operation_takes_longer_with_more_items_when_asked() {
+    let settings = Settings {
+        op_latency: (Duration::from_millis(20), Duration::from_millis(20)),
+        op_item_cost: Duration::from_millis(1),
+        ..fast()
+    };
+    let Setup {
+        emulator,
+        api,
+        items,
+        lists,
+        ..
+    } = start(settings).await;
+    let timed = |ips: Vec<String>| {
+        let (api, items, lists) = (&api, &items, &lists);
+        async move {
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let started = std::time::Instant::now();
+            let op = api.write(items, &ips).await;
+            assert_eq!(api.wait_op(lists, &op).await["status"], "completed");
+            started.elapsed()
+        }
+    };
+    let one = timed(vec!["1.2.3.4".into()]).await;
+    let many = timed(
+        (0..400)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+            .collect(),
+    )
+    .await;
+    // 20 ms + 1 ms vs 20 ms + 400 ms.
+    assert!(one < Duration::from_millis(300), "{one:?}");
+    assert!(many >= Duration::from_millis(420), "{many:?}");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_operations_timeline_tells_when_each_operation_ended_and_was_seen() {
+    let settings = Settings {
+        op_latency: (Duration::from_millis(100), Duration::from_millis(100)),
+        ..fast()
+    };
+    let Setup {
+        emulator,
+        api,
+        items,
+        lists,
+        ..
+    } = start(settings).await;
+    let op = api.write(&items, &["1.2.3.4", "10.0.0.0/24"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.wait_op(&lists, &op).await["status"], "completed");
+    let url = format!("http://{}/__emulator/operations", emulator.addr());
+    let body: Value = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ops = body["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 1, "{body}");
+    let timeline = &ops[0];
+    assert_eq!(timeline["id"], op.as_str());
+    assert_eq!(timeline["items"], 2);
+    assert_eq!(timeline["ips"], json!(["1.2.3.4", "10.0.0.0/24"]));
+    let at = |key: &str| timeline[key].as_f64().unwrap();
+    let took = at("ended") - at("submitted");
+    assert!((0.099..0.2).contains(&took), "the latency: {took}");
+    // Polled 300 ms after the submission: seen well after it ended.
+    assert!(at("seen_ended") - at("ended") >= 0.15, "{timeline}");
+    emulator.shutdown().await;
+}
