@@ -22,7 +22,8 @@ const IPV6_MIN_PREFIX: u8 = 12;
 /// in an `asn` list (docs/cloudflare-lists.md §13). A list holds keys of one variant only.
 ///
 /// The derived order is the documented item order: for IPs family (v4 first), address, prefix
-/// length (docs/cloudflare-lists.md §2.3); for ASNs ascending numbers (inferred, §13).
+/// length (docs/cloudflare-lists.md §2.3); for ASNs ascending numbers
+/// (docs/cloudflare-lists.md §13.2, inferred).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum ItemKey {
     Ip(IpNet),
@@ -31,7 +32,7 @@ pub(crate) enum ItemKey {
 
 impl ItemKey {
     /// The value's text: the canonical IP (what `search` prefix-matches), or the number in
-    /// decimal (what `search` must equal, docs/cloudflare-lists.md §13).
+    /// decimal (what `search` must equal, docs/cloudflare-lists.md §13.2).
     pub(crate) fn text(&self) -> String {
         match self {
             ItemKey::Ip(net) => ip_text(net),

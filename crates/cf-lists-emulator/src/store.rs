@@ -1,7 +1,6 @@
 //! The completed state of the account: lists and their items (docs/cloudflare-lists.md §2.1, §2.2,
-//! §13),
-//! how a completed bulk operation changes them (docs/cloudflare-lists.md §2.4–§2.6), and paging
-//! (docs/cloudflare-lists.md §2.3).
+//! and docs/cloudflare-lists.md §13 for ASN items), how a completed bulk operation changes them
+//! (docs/cloudflare-lists.md §2.4–§2.6), and paging (docs/cloudflare-lists.md §2.3).
 //!
 //! Nothing here knows about time, operations in flight or HTTP: callers pass timestamps in.
 
