@@ -2,7 +2,8 @@
 //!
 //! One small `async fn` per endpoint over one request helper that handles auth, the v4
 //! envelope and errors. Wire types stay in this module; callers see [`ListInfo`],
-//! [`ListedItem`] and [`OpStatus`].
+//! [`ListedItem`] and [`OpStatus`]. ASN lists have their own reads and writes in `asn.rs`
+//! (docs/cloudflare-lists.md §13), over the same helper.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,10 @@ use crate::item::Item;
 use crate::net::ReadError;
 use crate::telemetry::Telemetry;
 
+mod asn;
 mod rulesets;
 
+pub use asn::{AsnPage, ListedAsn};
 pub use rulesets::{Rule, Ruleset};
 
 /// The largest page the API serves (docs/cloudflare-lists.md §2.3).
@@ -59,8 +62,14 @@ pub enum Error {
     Decode { what: &'static str, detail: String },
     #[error("no IP list {0:?} in this account: create it (`setup` does, or Manage Account > Configurations > Lists) or fix cloudflare.list_name / list_id")]
     ListNotFound(String),
-    #[error("list {name:?} is a {kind} list; the bouncer needs an IP list (kind ip)")]
-    WrongKind { name: String, kind: String },
+    #[error("no ASN list {0:?} in this account: create one of kind asn (Manage Account > Configurations > Lists; ASN lists need an Enterprise plan)")]
+    AsnListNotFound(String),
+    #[error("list {name:?} is a {kind} list; the bouncer needs {}", .wanted.needed())]
+    WrongKind {
+        name: String,
+        kind: String,
+        wanted: ListKind,
+    },
     /// Not sent: this instance does not hold the Lease, or its last renewal is too old
     /// for the write to end inside the window (`ha.rs`).
     #[error("{what} not sent: this instance is not the elected writer (or its lease renewal is overdue)")]
@@ -115,7 +124,10 @@ impl Error {
             Error::RateLimited { .. } | Error::Transport { .. } | Error::Decode { .. } => true,
             Error::Api { status, .. } => *status >= 500,
             Error::Redirect { .. } => true,
-            Error::ListNotFound(_) | Error::WrongKind { .. } | Error::Fenced { .. } => false,
+            Error::ListNotFound(_)
+            | Error::AsnListNotFound(_)
+            | Error::WrongKind { .. }
+            | Error::Fenced { .. } => false,
         }
     }
 }
@@ -205,6 +217,32 @@ impl PageGuard {
             });
         }
         Ok(())
+    }
+}
+
+/// The kinds of list the bouncer writes to (docs/cloudflare-lists.md §2.1, §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// Items `{"ip": …}`, matched by `ip.src in $name`.
+    Ip,
+    /// Items `{"asn": N}`, matched by `ip.src.asnum in $name`.
+    Asn,
+}
+
+impl ListKind {
+    /// The `kind` of the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Ip => "ip",
+            ListKind::Asn => "asn",
+        }
+    }
+
+    fn needed(self) -> &'static str {
+        match self {
+            ListKind::Ip => "an IP list (kind ip)",
+            ListKind::Asn => "an ASN list (kind asn)",
+        }
     }
 }
 
@@ -370,6 +408,18 @@ impl CloudflareClient {
     /// [`Error::ListNotFound`], [`Error::WrongKind`], or the request's error.
     pub async fn find_list(&self, list: &ListRef) -> Result<ListInfo, Error> {
         choose_list(&self.lists().await?, list)
+    }
+
+    /// Finds a list and checks it is of kind `wanted`.
+    ///
+    /// # Errors
+    /// As [`choose_list_of_kind`], or the request's error.
+    pub async fn find_list_of_kind(
+        &self,
+        list: &ListRef,
+        wanted: ListKind,
+    ) -> Result<ListInfo, Error> {
+        choose_list_of_kind(&self.lists().await?, list, wanted)
     }
 
     /// Reads one page of items (`per_page` = 500); returns the items and the next cursor.
@@ -687,19 +737,38 @@ impl From<WireList> for ListInfo {
 /// # Errors
 /// [`Error::ListNotFound`] or [`Error::WrongKind`].
 pub fn choose_list(lists: &[ListInfo], list: &ListRef) -> Result<ListInfo, Error> {
+    choose_list_of_kind(lists, list, ListKind::Ip)
+}
+
+/// Picks a list among the account's lists, and checks it is of kind `wanted`.
+///
+/// # Errors
+/// [`Error::ListNotFound`] (an IP list) or [`Error::AsnListNotFound`], or
+/// [`Error::WrongKind`].
+pub fn choose_list_of_kind(
+    lists: &[ListInfo],
+    list: &ListRef,
+    wanted: ListKind,
+) -> Result<ListInfo, Error> {
     let found = lists.iter().find(|l| match list {
         ListRef::Id(id) => &l.id == id,
         ListRef::Name(name) => &l.name == name,
     });
-    let info = match (found, list) {
-        (Some(info), _) => info.clone(),
-        (None, ListRef::Id(id)) => return Err(Error::ListNotFound(id.clone())),
-        (None, ListRef::Name(name)) => return Err(Error::ListNotFound(name.clone())),
+    let info = match found {
+        Some(info) => info.clone(),
+        None => {
+            let (ListRef::Id(wanted_ref) | ListRef::Name(wanted_ref)) = list;
+            return Err(match wanted {
+                ListKind::Ip => Error::ListNotFound(wanted_ref.clone()),
+                ListKind::Asn => Error::AsnListNotFound(wanted_ref.clone()),
+            });
+        }
     };
-    if info.kind != "ip" {
+    if info.kind != wanted.as_str() {
         return Err(Error::WrongKind {
             name: info.name,
             kind: info.kind,
+            wanted,
         });
     }
     Ok(info)

@@ -1,5 +1,6 @@
 //! The emulator's own parsing and canonicalisation of list item IPs
-//! (docs/cloudflare-lists.md §6.1, §6.3), and the opaque pagination cursor codec
+//! (docs/cloudflare-lists.md §6.1, §6.3), the key items are stored and sorted by (an IP network
+//! or an AS number, docs/cloudflare-lists.md §13), and the opaque pagination cursor codec
 //! (docs/cloudflare-lists.md §2.3).
 //!
 //! This is written independently of the bouncer's canonicalisation on purpose: if both were
@@ -16,6 +17,46 @@ const IPV4_MIN_PREFIX: u8 = 8;
 /// Smallest IPv6 prefix length the API accepts (docs/cloudflare-lists.md §6.1: "/12 to /128", 10035
 /// text "/12 to /64").
 const IPV6_MIN_PREFIX: u8 = 12;
+
+/// What identifies an item within its list: its canonical network in an `ip` list, its number
+/// in an `asn` list (docs/cloudflare-lists.md §13). A list holds keys of one variant only.
+///
+/// The derived order is the documented item order: for IPs family (v4 first), address, prefix
+/// length (docs/cloudflare-lists.md §2.3); for ASNs ascending numbers
+/// (docs/cloudflare-lists.md §13.2, inferred).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum ItemKey {
+    Ip(IpNet),
+    Asn(u32),
+}
+
+impl ItemKey {
+    /// The value's text: the canonical IP (what `search` prefix-matches), or the number in
+    /// decimal (what `search` must equal, docs/cloudflare-lists.md §13.2).
+    pub(crate) fn text(&self) -> String {
+        match self {
+            ItemKey::Ip(net) => ip_text(net),
+            ItemKey::Asn(asn) => asn.to_string(),
+        }
+    }
+
+    /// Whether `search` selects this item: a prefix of an IP's text, or exactly an ASN's.
+    pub(crate) fn matches(&self, search: &str) -> bool {
+        match self {
+            ItemKey::Ip(_) => self.text().starts_with(search),
+            ItemKey::Asn(_) => self.text() == search,
+        }
+    }
+
+    /// Whether both keys are of the same kind (a cursor of one list kind means nothing in
+    /// another).
+    pub(crate) fn same_kind(&self, other: &ItemKey) -> bool {
+        matches!(
+            (self, other),
+            (ItemKey::Ip(_), ItemKey::Ip(_)) | (ItemKey::Asn(_), ItemKey::Asn(_))
+        )
+    }
+}
 
 /// Which item IPs a write accepts; built from [`super::Settings`].
 #[derive(Clone, Copy, Debug)]
@@ -116,24 +157,26 @@ pub(crate) enum Direction {
     Before,
 }
 
-/// Encodes a position as an opaque cursor: direction letter + hex of (family, address, prefix).
-///
-/// Items are keyed by [`IpNet`], whose derived `Ord` is family (v4 first), then address, then
-/// prefix length: exactly the documented sort order (docs/cloudflare-lists.md §2.3).
-pub(crate) fn encode_cursor(direction: Direction, net: &IpNet) -> String {
-    let (family, addr) = match net {
-        IpNet::V4(v4) => (4u8, u128::from(u32::from(v4.addr()))),
-        IpNet::V6(v6) => (6u8, u128::from(v6.addr())),
+/// The family byte of an ASN position in a cursor; IP positions use 4 and 6.
+const ASN_FAMILY: u8 = 0xa5;
+
+/// Encodes a position as an opaque cursor: direction letter + hex of (family, value, prefix).
+/// An IP is (4 or 6, address, prefix length), an ASN is ([`ASN_FAMILY`], number, 0).
+pub(crate) fn encode_cursor(direction: Direction, key: &ItemKey) -> String {
+    let (family, value, prefix) = match key {
+        ItemKey::Ip(IpNet::V4(v4)) => (4u8, u128::from(u32::from(v4.addr())), v4.prefix_len()),
+        ItemKey::Ip(IpNet::V6(v6)) => (6u8, u128::from(v6.addr()), v6.prefix_len()),
+        ItemKey::Asn(asn) => (ASN_FAMILY, u128::from(*asn), 0),
     };
     let letter = match direction {
         Direction::After => 'a',
         Direction::Before => 'b',
     };
-    format!("{letter}{family:02x}{addr:032x}{:02x}", net.prefix_len())
+    format!("{letter}{family:02x}{value:032x}{prefix:02x}")
 }
 
 /// Decodes a cursor made by [`encode_cursor`]; `None` for anything else.
-pub(crate) fn decode_cursor(cursor: &str) -> Option<(Direction, IpNet)> {
+pub(crate) fn decode_cursor(cursor: &str) -> Option<(Direction, ItemKey)> {
     let direction = match cursor.get(..1)? {
         "a" => Direction::After,
         "b" => Direction::Before,
@@ -144,14 +187,17 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<(Direction, IpNet)> {
         return None;
     }
     let family = u8::from_str_radix(rest.get(..2)?, 16).ok()?;
-    let addr = u128::from_str_radix(rest.get(2..34)?, 16).ok()?;
+    let value = u128::from_str_radix(rest.get(2..34)?, 16).ok()?;
     let prefix = u8::from_str_radix(rest.get(34..)?, 16).ok()?;
-    let net = match family {
-        4 => IpNet::V4(Ipv4Net::new(u32::try_from(addr).ok()?.into(), prefix).ok()?),
-        6 => IpNet::V6(Ipv6Net::new(addr.into(), prefix).ok()?),
+    let key = match family {
+        4 => ItemKey::Ip(IpNet::V4(
+            Ipv4Net::new(u32::try_from(value).ok()?.into(), prefix).ok()?,
+        )),
+        6 => ItemKey::Ip(IpNet::V6(Ipv6Net::new(value.into(), prefix).ok()?)),
+        ASN_FAMILY if prefix == 0 => ItemKey::Asn(u32::try_from(value).ok()?),
         _ => return None,
     };
-    Some((direction, net))
+    Some((direction, key))
 }
 
 #[cfg(test)]
@@ -219,13 +265,25 @@ mod tests {
 
     #[test]
     fn cursor_round_trips() {
-        for raw in ["1.2.3.4", "10.0.0.0/8", "2001:db8::/32", "::"] {
-            let net = parse_item_ip(raw, CURRENT).unwrap();
+        let ips = ["1.2.3.4", "10.0.0.0/8", "2001:db8::/32", "::"]
+            .map(|raw| ItemKey::Ip(parse_item_ip(raw, CURRENT).unwrap()));
+        let asns = [0, 13335, u32::MAX].map(ItemKey::Asn);
+        for key in ips.into_iter().chain(asns) {
             for direction in [Direction::After, Direction::Before] {
-                let cursor = encode_cursor(direction, &net);
-                assert_eq!(decode_cursor(&cursor), Some((direction, net)));
+                let cursor = encode_cursor(direction, &key);
+                assert_eq!(decode_cursor(&cursor), Some((direction, key)));
             }
         }
+        // An ASN position wider than 32 bits, or with a prefix, is no cursor of ours.
+        let too_wide = format!("aa5{:032x}00", 1u128 << 32);
+        assert_eq!(decode_cursor(&too_wide), None);
+        let with_prefix = format!("aa5{:032x}01", 13335);
+        assert_eq!(decode_cursor(&with_prefix), None);
+        let valid = format!("aa5{:032x}00", 13335);
+        assert_eq!(
+            decode_cursor(&valid),
+            Some((Direction::After, ItemKey::Asn(13335)))
+        );
         assert_eq!(decode_cursor("zzz"), None);
         assert_eq!(decode_cursor(""), None);
         assert_eq!(

@@ -25,9 +25,9 @@ const MAX_PER_PAGE: usize = 500;
 /// Documented list name length and description length (docs/cloudflare-lists.md §2.1).
 const MAX_NAME_LEN: usize = 50;
 const MAX_DESCRIPTION_LEN: usize = 500;
-/// The four list kinds of the schema (docs/cloudflare-lists.md §2.1). Only `ip` lists take items
-/// here.
-const KINDS: [&str; 4] = ["ip", "redirect", "hostname", "asn"];
+/// The four list kinds of the schema (docs/cloudflare-lists.md §2.1). Only `ip` and `asn` lists
+/// take items here (docs/cloudflare-lists.md §13).
+pub(crate) const KINDS: [&str; 4] = ["ip", "redirect", "hostname", "asn"];
 
 type ApiResult = Result<Response, ApiError>;
 type ListPath = Result<Path<(String, String)>, PathRejection>;
@@ -185,6 +185,13 @@ pub(crate) async fn get_items(
         .store
         .list(&list_id)
         .ok_or_else(|| ApiError::not_found("list"))?;
+    // A cursor of an IP list means nothing in an ASN list, and the other way round.
+    let first = list.items.keys().next();
+    if let (Some((_, at)), Some(first)) = (&cursor, first) {
+        if !at.same_kind(first) {
+            return Err(ApiError::invalid("invalid cursor"));
+        }
+    }
     let page_query = PageQuery {
         per_page,
         cursor,
@@ -240,10 +247,10 @@ pub(crate) async fn get_item(State(shared): State<Shared>, path: ItemPath) -> Ap
         .store
         .list(&list_id)
         .ok_or_else(|| ApiError::not_found("list"))?;
-    let (net, item) = list
+    let (key, item) = list
         .find_item(&item_id)
         .ok_or_else(|| ApiError::not_found("list item"))?;
-    Ok(success(item_json(net, item)))
+    Ok(success(item_json(key, item)))
 }
 
 /// GET bulk operation status (docs/cloudflare-lists.md §2.7); the path is per account, not per

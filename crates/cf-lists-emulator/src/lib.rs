@@ -5,9 +5,10 @@
 //! are asynchronous bulk operations that complete after a latency, one operation may be in flight
 //! per account, IPs are validated and stored in canonical form, pages are capped at 500 items.
 //! Where the docs found no source (docs/cloudflare-lists.md §12) the behaviour is a switch in
-//! [`Settings`] or is marked "unverified"/"invented" at the place it is implemented. Only `kind:
-//! "ip"` lists are implemented fully; lists of other kinds can be created but refuse item writes
-//! with 10058.
+//! [`Settings`] or is marked "unverified"/"invented" at the place it is implemented. Lists of
+//! `kind: "ip"` and `kind: "asn"` (docs/cloudflare-lists.md §13) are implemented fully, sharing
+//! the account's item quota; lists of the other kinds can be created but refuse item writes with
+//! 10058.
 //!
 //! Besides the Lists API it serves the zone rulesets endpoints a `setup` command needs
 //! (docs/cloudflare-lists.md §9: the `http_request_firewall_custom` entry point and its rules), and
@@ -21,7 +22,8 @@
 //! - `zone_handlers.rs`: the rulesets endpoints; `rulesets.rs`: zone rulesets and rules.
 //! - `state.rs`: the shared state, lazy advancing of operations, the write rules.
 //! - `store.rs`: lists and items; `ops.rs`: bulk operations; `items.rs`: write validation.
-//! - `canonical.rs`: IP parsing, canonical text, cursors; `envelope.rs`: responses and codes.
+//! - `canonical.rs`: IP parsing, item keys, canonical text, cursors; `envelope.rs`: responses
+//!   and codes.
 //! - `limits.rs`: the global rate limit; `clock.rs`: timestamps.
 //! - `faults.rs`: injected faults and their handle methods; `conn.rs`: the listener and
 //!   streams that let a fault reset a connection.
@@ -50,7 +52,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use canonical::{ip_text, parse_item_ip, IpRules};
+use canonical::{ip_text, parse_item_ip, IpRules, ItemKey};
 use conn::{FaultyListener, KillSwitch};
 use state::{lock, Shared, State};
 use store::Item;
@@ -74,6 +76,17 @@ pub enum HostBits {
     Mask,
     /// Refused with 400, code 10035.
     Reject,
+}
+
+/// Whether an `asn` list takes AS number 0 (docs/cloudflare-lists.md §13, unverified): the schema
+/// says "non-negative", Terraform's older provider refused anything below 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AsnZero {
+    /// Refused with 400, code 10035, like any invalid ASN.
+    #[default]
+    Refuse,
+    /// Stored like any other ASN.
+    Accept,
 }
 
 /// How exceeding the account item quota is reported (docs/cloudflare-lists.md §4.1, unverified).
@@ -117,6 +130,7 @@ pub struct Settings {
     /// Largest accepted IPv6 prefix: 128 now, 64 before 2025-07 (docs/cloudflare-lists.md §6.1).
     pub ipv6_max_prefix: u8,
     pub host_bits: HostBits,
+    pub asn_zero: AsnZero,
     pub capacity_error: CapacityError,
     /// Items across all lists of the account (docs/cloudflare-lists.md §4.1: 10,000 below
     /// Enterprise).
@@ -146,6 +160,7 @@ impl Default for Settings {
             pending_write: PendingWrite::Reject,
             ipv6_max_prefix: 128,
             host_bits: HostBits::Mask,
+            asn_zero: AsnZero::Refuse,
             capacity_error: CapacityError::FailedOperation,
             account_item_limit: 10_000,
             global_rate_limit: Some(1200),
@@ -207,6 +222,14 @@ pub struct StoredItem {
     pub id: String,
     /// Canonical text as the API returns it (docs/cloudflare-lists.md §6.3).
     pub ip: String,
+    pub comment: Option<String>,
+}
+
+/// An item of an `asn` list's completed state, in API order (docs/cloudflare-lists.md §13).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct StoredAsnItem {
+    pub id: String,
+    pub asn: u32,
     pub comment: Option<String>,
 }
 
@@ -302,7 +325,39 @@ impl Emulator {
             .clone()
     }
 
-    /// The completed items of a list in API order; empty if the list does not exist.
+    /// Creates a list of `kind` (`ip`, `asn`, `redirect` or `hostname`) and returns its id.
+    ///
+    /// # Panics
+    /// If `name` is not a valid list name, or `kind` not one of the four kinds.
+    pub fn create_list_of_kind(&self, name: &str, kind: &str) -> String {
+        assert!(
+            handlers::valid_list_name(name),
+            "invalid list name {name:?}"
+        );
+        assert!(
+            handlers::KINDS.contains(&kind),
+            "invalid list kind {kind:?}"
+        );
+        let mut state = self.state();
+        state
+            .create_list(name, kind, None, Instant::now())
+            .id
+            .clone()
+    }
+
+    /// The completed items of an `asn` list in API order; empty if the list does not exist
+    /// or is of another kind.
+    pub fn asn_items(&self, list_id: &str) -> Vec<StoredAsnItem> {
+        let state = self.state();
+        state
+            .store
+            .list(list_id)
+            .map(|list| list.stored_asn_items())
+            .unwrap_or_default()
+    }
+
+    /// The completed items of an `ip` list in API order; empty if the list does not exist
+    /// or is of another kind.
     pub fn items(&self, list_id: &str) -> Vec<StoredItem> {
         let state = self.state();
         state
@@ -328,7 +383,7 @@ impl Emulator {
             .store
             .list_mut(list_id)
             .unwrap_or_else(|| panic!("insert_item: no list {list_id}"));
-        let item = list.items.entry(net).or_insert_with(|| Item {
+        let item = list.items.entry(ItemKey::Ip(net)).or_insert_with(|| Item {
             id,
             comment: None,
             created_on: now.clone(),
@@ -350,7 +405,7 @@ impl Emulator {
         let net = parse_item_ip(ip, rules)
             .unwrap_or_else(|err| panic!("remove_item: {}", err.message(0)));
         let list = state.store.list_mut(list_id);
-        list.is_some_and(|list| list.items.remove(&net).is_some())
+        list.is_some_and(|list| list.items.remove(&ItemKey::Ip(net)).is_some())
     }
 
     pub fn counters(&self) -> Counters {

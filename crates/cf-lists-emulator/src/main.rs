@@ -135,6 +135,7 @@ impl Args {
                 HostBitsArg::Mask => HostBits::Mask,
                 HostBitsArg::Reject => HostBits::Reject,
             },
+            asn_zero: defaults.asn_zero,
             capacity_error: CapacityError::FailedOperation,
             account_item_limit: self.capacity,
             global_rate_limit: self.rate_limit.0,

@@ -14,11 +14,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::canonical::ip_text;
+use super::canonical::{ip_text, ItemKey};
 use super::clock::Clock;
 use super::envelope::{code, ApiError};
 use super::faults::Faults;
-use super::items::{parse_delete_ids, parse_ip_items};
+use super::items::{parse_delete_ids, parse_items, ItemRules};
 use super::limits::TokenLimits;
 use super::ops::{Operation, Operations, TIMELINE_IPS};
 use super::rulesets::Zones;
@@ -148,13 +148,13 @@ impl State {
             .store
             .list(list_id)
             .ok_or_else(|| ApiError::not_found("list"))?;
-        let list_kind_is_ip = list.kind == "ip";
+        let list_kind = list.kind.clone();
         let busy = self.ops.busy();
         if busy {
             // Counted in both modes: the bouncer must never write while an op is in flight.
             self.counters.writes_while_pending += 1;
         }
-        let result = self.checked_change(list_id, list_kind_is_ip, kind, body, busy);
+        let result = self.checked_change(list_id, &list_kind, kind, body, busy);
         let change = result.inspect_err(|_| self.counters.rejected_writes += 1)?;
         self.counters.writes += 1;
         let id = new_id(&mut self.rng);
@@ -183,37 +183,46 @@ impl State {
 
     /// The item networks a change names: its items, or the stored items of its ids.
     fn nets_of(&self, list_id: &str, change: &Change) -> Vec<IpNet> {
-        match change {
+        let keys: Vec<ItemKey> = match change {
             Change::Upsert(items) | Change::Replace(items) => {
-                items.iter().map(|item| item.net).collect()
+                items.iter().map(|item| item.key).collect()
             }
             Change::Delete(ids) => self.store.list(list_id).map_or_else(Vec::new, |list| {
                 let deleted = list.items.iter().filter(|(_, item)| ids.contains(&item.id));
-                deleted.map(|(net, _)| *net).collect()
+                deleted.map(|(key, _)| *key).collect()
             }),
-        }
+        };
+        let net = |key: ItemKey| match key {
+            ItemKey::Ip(net) => Some(net),
+            ItemKey::Asn(_) => None,
+        };
+        keys.into_iter().filter_map(net).collect()
     }
 
     fn checked_change(
         &self,
         list_id: &str,
-        list_kind_is_ip: bool,
+        list_kind: &str,
         kind: WriteKind,
         body: &[u8],
         busy: bool,
     ) -> Result<Change, ApiError> {
-        let rules = self.settings.ip_rules();
-        let change = match kind {
-            WriteKind::Upsert | WriteKind::Replace if !list_kind_is_ip => {
-                // The emulator only implements IP lists fully (see the module docs of mod.rs).
+        let rules = match list_kind {
+            "ip" => Some(ItemRules::Ip(self.settings.ip_rules())),
+            "asn" => Some(ItemRules::Asn(self.settings.asn_zero)),
+            _ => None,
+        };
+        let change = match (kind, rules) {
+            (WriteKind::Upsert | WriteKind::Replace, None) => {
+                // The emulator implements IP and ASN lists only (see the crate docs in lib.rs).
                 return Err(ApiError::bad_request(
                     code::INCOMPATIBLE_ITEMS,
                     "List items incompatible with list type",
                 ));
             }
-            WriteKind::Upsert => Change::Upsert(parse_ip_items(body, rules)?),
-            WriteKind::Replace => Change::Replace(parse_ip_items(body, rules)?),
-            WriteKind::Delete => Change::Delete(parse_delete_ids(body)?),
+            (WriteKind::Upsert, Some(rules)) => Change::Upsert(parse_items(body, rules)?),
+            (WriteKind::Replace, Some(rules)) => Change::Replace(parse_items(body, rules)?),
+            (WriteKind::Delete, _) => Change::Delete(parse_delete_ids(body)?),
         };
         if busy && self.settings.pending_write == PendingWrite::Reject {
             // docs/cloudflare-lists.md §3: "you will receive a 429"; the code 10040 is a guess

@@ -1,17 +1,16 @@
-//! The completed state of the account: lists and their items (docs/cloudflare-lists.md §2.1, §2.2),
-//! how a completed bulk operation changes them (docs/cloudflare-lists.md §2.4–§2.6), and paging
-//! (docs/cloudflare-lists.md §2.3).
+//! The completed state of the account: lists and their items (docs/cloudflare-lists.md §2.1, §2.2,
+//! and docs/cloudflare-lists.md §13 for ASN items), how a completed bulk operation changes them
+//! (docs/cloudflare-lists.md §2.4–§2.6), and paging (docs/cloudflare-lists.md §2.3).
 //!
 //! Nothing here knows about time, operations in flight or HTTP: callers pass timestamps in.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
-use super::canonical::{encode_cursor, ip_text, Direction};
-use super::StoredItem;
+use super::canonical::{encode_cursor, ip_text, Direction, ItemKey};
+use super::{StoredAsnItem, StoredItem};
 
 /// A new 32-char lowercase hex id, the shape of every id in the docs' examples
 /// (docs/cloudflare-lists.md §2.1).
@@ -22,14 +21,15 @@ pub(crate) fn new_id(rng: &mut fastrand::Rng) -> String {
 /// An item as submitted in a POST/PUT body, already validated and canonical.
 #[derive(Clone, Debug)]
 pub(crate) struct NewItem {
-    pub net: IpNet,
+    pub key: ItemKey,
     pub comment: Option<String>,
 }
 
 /// What a bulk operation does to one list once it completes.
 #[derive(Clone, Debug)]
 pub(crate) enum Change {
-    /// POST: upsert by canonical IP, comment overwritten, id kept (docs/cloudflare-lists.md §2.4).
+    /// POST: upsert by canonical IP or ASN, comment overwritten, id kept
+    /// (docs/cloudflare-lists.md §2.4).
     Upsert(Vec<NewItem>),
     /// PUT: replace everything (docs/cloudflare-lists.md §2.5).
     Replace(Vec<NewItem>),
@@ -48,7 +48,7 @@ impl Change {
     }
 }
 
-/// A stored list item; its key (the canonical network) lives in [`List::items`].
+/// A stored list item; its key (the canonical network or the ASN) lives in [`List::items`].
 #[derive(Clone, Debug)]
 pub(crate) struct Item {
     pub id: String,
@@ -65,16 +65,16 @@ pub(crate) struct List {
     pub kind: String,
     pub created_on: String,
     pub modified_on: String,
-    /// Keyed by canonical network: `IpNet`'s derived order is family (v4 first), address,
-    /// prefix length, which is the documented item order (docs/cloudflare-lists.md §2.3).
-    pub items: BTreeMap<IpNet, Item>,
+    /// Keyed by canonical network or ASN, in the documented item order (see [`ItemKey`]).
+    pub items: BTreeMap<ItemKey, Item>,
 }
 
 /// One page of GET items.
 pub(crate) struct PageQuery<'a> {
     pub per_page: usize,
-    pub cursor: Option<(Direction, IpNet)>,
-    /// Prefix match on the canonical IP text (docs/cloudflare-lists.md §2.3, §6.2).
+    pub cursor: Option<(Direction, ItemKey)>,
+    /// Prefix match on the canonical IP text (docs/cloudflare-lists.md §2.3, §6.2), exact match
+    /// on an ASN (docs/cloudflare-lists.md §13).
     pub search: Option<&'a str>,
 }
 
@@ -92,29 +92,42 @@ impl List {
         list
     }
 
-    pub(crate) fn find_item(&self, item_id: &str) -> Option<(&IpNet, &Item)> {
+    pub(crate) fn find_item(&self, item_id: &str) -> Option<(&ItemKey, &Item)> {
         self.items.iter().find(|(_, item)| item.id == item_id)
     }
 
+    /// The IP items, in API order.
     pub(crate) fn stored_items(&self) -> Vec<StoredItem> {
-        let to_stored = |(net, item): (&IpNet, &Item)| StoredItem {
-            id: item.id.clone(),
-            ip: ip_text(net),
-            comment: item.comment.clone(),
+        let to_stored = |(key, item): (&ItemKey, &Item)| match key {
+            ItemKey::Ip(net) => Some(StoredItem {
+                id: item.id.clone(),
+                ip: ip_text(net),
+                comment: item.comment.clone(),
+            }),
+            ItemKey::Asn(_) => None,
         };
-        self.items.iter().map(to_stored).collect()
+        self.items.iter().filter_map(to_stored).collect()
+    }
+
+    /// The ASN items, in API order.
+    pub(crate) fn stored_asn_items(&self) -> Vec<StoredAsnItem> {
+        let to_stored = |(key, item): (&ItemKey, &Item)| match key {
+            ItemKey::Asn(asn) => Some(StoredAsnItem {
+                id: item.id.clone(),
+                asn: *asn,
+                comment: item.comment.clone(),
+            }),
+            ItemKey::Ip(_) => None,
+        };
+        self.items.iter().filter_map(to_stored).collect()
     }
 
     /// Returns `(items, result_info)` for one page. `before` is set on every non-empty page,
     /// `after` only when more matching items follow (docs/cloudflare-lists.md §2.3: absent on the
     /// last page).
     pub(crate) fn page(&self, query: &PageQuery<'_>) -> (Value, Value) {
-        let matches = |entry: &(&IpNet, &Item)| {
-            query
-                .search
-                .is_none_or(|prefix| ip_text(entry.0).starts_with(prefix))
-        };
-        let page: Vec<(&IpNet, &Item)> = match query.cursor {
+        let matches = |entry: &(&ItemKey, &Item)| query.search.is_none_or(|s| entry.0.matches(s));
+        let page: Vec<(&ItemKey, &Item)> = match query.cursor {
             None => self
                 .items
                 .iter()
@@ -158,7 +171,7 @@ impl List {
         }
         let items = page
             .into_iter()
-            .map(|(net, item)| item_json(net, item))
+            .map(|(key, item)| item_json(key, item))
             .collect();
         (Value::Array(items), json!({ "cursors": cursors }))
     }
@@ -185,8 +198,8 @@ impl List {
 
     fn upsert(&mut self, items: Vec<NewItem>, now: &str, rng: &mut fastrand::Rng) -> u64 {
         let count = items.len() as u64;
-        for NewItem { net, comment } in items {
-            let item = self.items.entry(net).or_insert_with(|| Item {
+        for NewItem { key, comment } in items {
+            let item = self.items.entry(key).or_insert_with(|| Item {
                 id: new_id(rng),
                 comment: None,
                 created_on: now.to_owned(),
@@ -207,7 +220,7 @@ impl List {
             Change::Upsert(items) => {
                 let new = items
                     .iter()
-                    .filter(|item| !self.items.contains_key(&item.net));
+                    .filter(|item| !self.items.contains_key(&item.key));
                 self.items.len() + new.count()
             }
             Change::Replace(items) => items.len(),
@@ -219,12 +232,18 @@ impl List {
     }
 }
 
-/// The JSON of one item (docs/cloudflare-lists.md §2.2).
-pub(crate) fn item_json(net: &IpNet, item: &Item) -> Value {
+/// The JSON of one item (docs/cloudflare-lists.md §2.2): `ip` as canonical text, `asn` as a JSON
+/// number (docs/cloudflare-lists.md §13).
+pub(crate) fn item_json(key: &ItemKey, item: &Item) -> Value {
     let mut value = json!({
-        "id": item.id, "ip": ip_text(net),
-        "created_on": item.created_on, "modified_on": item.modified_on,
+        "id": item.id, "created_on": item.created_on, "modified_on": item.modified_on,
     });
+    if let Some(map) = value.as_object_mut() {
+        match key {
+            ItemKey::Ip(net) => map.insert("ip".into(), json!(ip_text(net))),
+            ItemKey::Asn(asn) => map.insert("asn".into(), json!(asn)),
+        };
+    }
     if let (Some(comment), Some(map)) = (&item.comment, value.as_object_mut()) {
         map.insert("comment".into(), json!(comment));
     }
