@@ -102,7 +102,7 @@ pub struct Ruleset {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Rule {
     #[serde(default, skip_serializing)]
     pub id: String,
