@@ -1,6 +1,7 @@
 //! The `setup` and `cleanup` commands: writes, so the writer's.
 //!
-//! `setup` keeps one custom rule per (list, action) pair in each zone it is given, and
+//! `setup` keeps one custom rule per (list, action) pair in each zone it is given
+//! (docs/cloudflare-lists.md §9; today one pair, the configured list and `--action`), and
 //! `cleanup --rules` removes those rules and no other. A rule is setup's when its
 //! description ends with [`MARK`] and its expression is one [`rule_expression`] writes
 //! for the list: rules made by hand, even with the same expression, are left alone.
@@ -227,18 +228,38 @@ impl Writer {
     ) -> Result<SetupReport, Error> {
         let mut report = Vec::new();
         let list = self.look_up_list().await?;
-        // The action plays no part in knowing setup's rule.
-        let wanted = ZoneRule {
-            list: list.name.clone(),
-            action: String::new(),
-        };
+        let lists = [list.name.clone()];
         for zone in zones {
-            let Some(ruleset) = self.cloudflare.custom_rules(zone).await? else {
-                report.push(format!("zone {zone}: no custom rules"));
-                continue;
+            self.remove_zone_rules(zone, &lists, &mut report).await?;
+        }
+        if delete_list {
+            self.cloudflare.delete_list(&list.id).await?;
+            report.push(format!("deleted list {} ({})", list.name, list.id));
+        }
+        Ok(report)
+    }
+}
+
+impl Writer {
+    /// Deletes from one zone the rules setup wrote for `lists`, one report line per list.
+    async fn remove_zone_rules(
+        &mut self,
+        zone: &str,
+        lists: &[String],
+        report: &mut SetupReport,
+    ) -> Result<(), Error> {
+        let Some(ruleset) = self.cloudflare.custom_rules(zone).await? else {
+            report.push(format!("zone {zone}: no custom rules"));
+            return Ok(());
+        };
+        for list in lists {
+            // The action plays no part in knowing setup's rule.
+            let wanted = ZoneRule {
+                list: list.clone(),
+                action: String::new(),
             };
             let (ours, others): (Vec<&Rule>, Vec<&Rule>) = (ruleset.rules.iter())
-                .filter(|rule| references(&rule.expression, &list.name))
+                .filter(|rule| references(&rule.expression, list))
                 .partition(|rule| wanted.is_ours(rule));
             for rule in &ours {
                 self.cloudflare
@@ -246,29 +267,24 @@ impl Writer {
                     .await?;
             }
             report.push(match (ours.as_slice(), others.len()) {
-                ([], 0) => format!("zone {zone}: no rule uses ${}", list.name),
+                ([], 0) => format!("zone {zone}: no rule uses ${list}"),
                 ([rule], 0) => {
                     format!("zone {zone}: removed the custom rule `{}`", rule.expression)
                 }
                 (ours, 0) => format!("zone {zone}: removed the {} rules setup added", ours.len()),
                 ([], others) => format!(
-                    "zone {zone}: removed no rule: the {others} rule(s) using ${} were not \
-                     made by setup and are kept",
-                    list.name
+                    "zone {zone}: removed no rule: the {others} rule(s) using ${list} were not \
+                     made by setup and are kept"
                 ),
                 (ours, others) => format!(
                     "zone {zone}: removed {} rule(s) setup added; {others} other rule(s) \
-                     using ${} were not made by setup and are kept: remove them in the dashboard",
-                    ours.len(),
-                    list.name
+                     using ${list} were not made by setup and are kept: remove them in the \
+                     dashboard",
+                    ours.len()
                 ),
             });
         }
-        if delete_list {
-            self.cloudflare.delete_list(&list.id).await?;
-            report.push(format!("deleted list {} ({})", list.name, list.id));
-        }
-        Ok(report)
+        Ok(())
     }
 }
 
