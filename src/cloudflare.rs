@@ -23,7 +23,9 @@ mod asn;
 mod rulesets;
 
 pub use asn::{AsnPage, ListedAsn};
-pub use rulesets::{Rule, Ruleset};
+pub use rulesets::{
+    check_host, is_rule_expression, rule_expression, Rule, Ruleset, MAX_EXPRESSION_CHARS,
+};
 
 /// The largest page the API serves (docs/cloudflare-lists.md §2.3).
 pub const MAX_PER_PAGE: usize = 500;

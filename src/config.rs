@@ -176,6 +176,8 @@ pub struct CloudflareConfig {
     pub tag: String,
     /// Client-side budget shared by every Cloudflare request.
     pub max_requests_per_minute: u32,
+    /// Hosts the rules `setup` writes never apply to (valid host names, as configured).
+    pub exclude_hosts: Vec<String>,
 }
 
 /// Which list items the bouncer may remove.
@@ -782,6 +784,7 @@ fn read_cloudflare(
         );
     }
     let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
+    let exclude_hosts = read_exclude_hosts(s, list.as_ref());
     Some(CloudflareConfig {
         api_url: api_url?,
         api_token: api_token.found()?,
@@ -795,7 +798,38 @@ fn read_cloudflare(
         manage,
         tag,
         max_requests_per_minute,
+        exclude_hosts,
     })
+}
+
+/// `exclude_hosts`: each a host name, and the rule they make short enough for Cloudflare
+/// (docs/cloudflare-lists.md §4.5), counted with the list's name or, for a list set by
+/// id, the longest name a list can have.
+fn read_exclude_hosts(s: &mut Section<'_>, list: Option<&ListRef>) -> Vec<String> {
+    let hosts = s.strings("exclude_hosts", &[]);
+    for host in &hosts {
+        if let Err(problem) = crate::cloudflare::check_host(host) {
+            s.problem("exclude_hosts", &problem);
+        }
+    }
+    let name = match list {
+        Some(ListRef::Name(name)) => name.clone(),
+        _ => "x".repeat(50),
+    };
+    let length = crate::cloudflare::rule_expression(&name, &hosts)
+        .chars()
+        .count();
+    let max = crate::cloudflare::MAX_EXPRESSION_CHARS;
+    if length > max {
+        s.problem(
+            "exclude_hosts",
+            &format!(
+                "the rule would be {length} characters long, over Cloudflare's {max}: \
+                 list fewer hosts"
+            ),
+        );
+    }
+    hosts
 }
 
 fn is_list_name(name: &str) -> bool {

@@ -337,7 +337,8 @@ impl Engine {
     }
 
     /// Creates the list when it is configured by name and missing, and with `zones`,
-    /// adds the custom rule `ip.src in $<list>` to each zone unless one is there.
+    /// keeps the custom rule for the list in each zone: added if no rule uses the list,
+    /// rewritten in place if setup's own differs (action, `exclude_hosts`).
     ///
     /// # Errors
     /// The first request that fails, or a list configured by id that does not exist.
@@ -355,8 +356,8 @@ impl Engine {
         self.writer.cleanup(token).await
     }
 
-    /// Removes what `setup` added to each zone (the custom rule `ip.src in $<list>` it
-    /// wrote, recognised by its description), and with `delete_list`, deletes the list
+    /// Removes what `setup` added to each zone (the custom rules it wrote for the list,
+    /// recognised by description and expression), and with `delete_list`, deletes the list
     /// once it is empty. Returns one line per thing done or found.
     ///
     /// # Errors

@@ -46,8 +46,9 @@ enum Command {
         #[arg(long)]
         confirm_removals: bool,
     },
-    /// Create the list if it is named and missing; with --zone, add the WAF custom rule
-    /// `ip.src in $<list>` to each zone (idempotent; other rules are kept).
+    /// Create the list if it is named and missing; with --zone, keep the WAF custom rule
+    /// `ip.src in $<list>` in each zone, carving out `cloudflare.exclude_hosts`
+    /// (idempotent; rewrites only its own rule; other rules are kept).
     Setup {
         /// A zone ID to protect; repeat for several zones.
         #[arg(long = "zone", value_name = "ZONE_ID")]

@@ -197,7 +197,9 @@ async fn setup_creates_the_list_and_rules_once_and_keeps_other_rules() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("list edge_bans ("), "{}", text(&out));
     assert!(
-        text(&out).contains("already uses $edge_bans"),
+        text(&out).contains(&format!(
+            "zone {zone_b}: the custom rule `ip.src in $edge_bans` → block is in place"
+        )),
         "{}",
         text(&out)
     );

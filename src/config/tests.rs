@@ -656,3 +656,57 @@ fn env_crowdsec_api_url_overrides_the_file_with_the_same_rules() {
         assert!(!problems[0].contains("pa55word"), "{problems:?}");
     }
 }
+
+#[test]
+fn exclude_hosts_defaults_to_none_and_takes_host_names() {
+    let config = Config::parse(MINIMAL, &no_env).expect("valid");
+    assert!(config.cloudflare.exclude_hosts.is_empty());
+    let text = format!("{MINIMAL}exclude_hosts = [\"auth.example.com\", \"login.example.com\"]\n");
+    let config = Config::parse(&text, &no_env).expect("valid");
+    assert_eq!(
+        config.cloudflare.exclude_hosts,
+        ["auth.example.com", "login.example.com"]
+    );
+}
+
+#[test]
+fn exclude_hosts_refuses_what_is_not_a_host_name_naming_the_key() {
+    for (value, want) in [
+        ("[\"\"]", "an empty host name"),
+        ("[\"*.example.com\"]", "wildcards are not supported"),
+        ("[\"Auth.example.com\"]", "lower case"),
+        ("[\"auth example.com\"]", "expected a host name"),
+        ("[\"auth\\\".example.com\"]", "expected a host name"),
+        ("[\"{auth.example.com}\"]", "expected a host name"),
+        ("\"auth.example.com\"", "expected a list of strings"),
+    ] {
+        let text = format!("{MINIMAL}exclude_hosts = {value}\n");
+        let problems = problems_of(&text, &no_env);
+        assert_eq!(problems.len(), 1, "{value}: {problems:#?}");
+        assert!(
+            problems[0].starts_with("cloudflare.exclude_hosts: ") && problems[0].contains(want),
+            "{value}: want {want:?} in {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn exclude_hosts_may_not_make_the_rule_longer_than_cloudflare_takes() {
+    // At most 4 096 characters (docs/cloudflare-lists.md §4.5); each host here has 248.
+    let label = "a".repeat(60);
+    let config_with = |count: usize| {
+        let hosts: Vec<String> = (0..count)
+            .map(|n| format!("\"{label}.{label}.{label}.{label}.h{n:02}\""))
+            .collect();
+        format!("{MINIMAL}exclude_hosts = [{}]\n", hosts.join(", "))
+    };
+    let config = Config::parse(&config_with(10), &no_env).expect("10 long hosts fit");
+    assert_eq!(config.cloudflare.exclude_hosts.len(), 10);
+    let problems = problems_of(&config_with(20), &no_env);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("cloudflare.exclude_hosts: the rule would be 5")
+            && problems[0].contains("over Cloudflare's 4096"),
+        "{problems:?}"
+    );
+}

@@ -71,7 +71,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         )
         .route(
             &format!("{rulesets}/{{ruleset_id}}/rules/{{rule_id}}"),
-            delete(zone_handlers::delete_rule),
+            delete(zone_handlers::delete_rule).patch(zone_handlers::update_rule),
         )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -46,6 +46,8 @@ pub(crate) struct Ruleset {
 #[derive(Clone, Debug)]
 pub(crate) struct StoredRule {
     pub rule: Rule,
+    /// 1 when added, bumped by every update of the rule.
+    pub version: u64,
     pub last_updated: String,
 }
 
@@ -130,6 +132,32 @@ impl Zones {
         Ok(ruleset)
     }
 
+    /// Replaces the definition of the rule `rule_id` (docs/cloudflare-lists.md §9: `PATCH`
+    /// takes the whole new definition); its id and place stay, its version and the
+    /// ruleset's are bumped.
+    pub(crate) fn update_rule(
+        &mut self,
+        zone_id: &str,
+        ruleset_id: &str,
+        rule_id: &str,
+        new: NewRule,
+        now: &str,
+    ) -> Result<&Ruleset, ApiError> {
+        let ruleset = self.entrypoints.get_mut(zone_id);
+        let ruleset = ruleset.filter(|ruleset| ruleset.id == ruleset_id);
+        let ruleset = ruleset.ok_or_else(|| ApiError::not_found("ruleset"))?;
+        let stored = (ruleset.rules.iter_mut()).find(|stored| stored.rule.id == rule_id);
+        let stored = stored.ok_or_else(|| ApiError::not_found("rule"))?;
+        stored.rule.expression = new.expression;
+        stored.rule.action = new.action;
+        stored.rule.description = new.description;
+        stored.rule.enabled = new.enabled;
+        stored.version += 1;
+        stored.last_updated = now.to_owned();
+        ruleset.touch(now);
+        Ok(ruleset)
+    }
+
     /// Replaces every rule of the entry point of `zone_id`, creating it if missing.
     pub(crate) fn replace(&mut self, zone_id: &str, new: NewRuleset, now: &str) -> &Ruleset {
         if !self.entrypoints.contains_key(zone_id) {
@@ -184,7 +212,11 @@ impl Ruleset {
                 enabled: new.enabled,
             };
             let last_updated = now.to_owned();
-            self.rules.push(StoredRule { rule, last_updated });
+            self.rules.push(StoredRule {
+                rule,
+                version: 1,
+                last_updated,
+            });
         }
     }
 
@@ -218,7 +250,7 @@ impl StoredRule {
     fn json(&self) -> Value {
         let rule = &self.rule;
         json!({
-            "id": rule.id, "version": "1", "action": rule.action,
+            "id": rule.id, "version": self.version.to_string(), "action": rule.action,
             "expression": rule.expression, "description": rule.description,
             "last_updated": self.last_updated, "ref": rule.id, "enabled": rule.enabled,
         })

@@ -203,6 +203,35 @@ pub(crate) async fn add_rule(
     ))
 }
 
+/// PATCH one rule: the body is the rule's whole new definition (fields left out take their
+/// defaults, as Cloudflare says to include every field to keep); same id and place, new
+/// rule and ruleset versions, answers the ruleset (docs/cloudflare-lists.md §9).
+pub(crate) async fn update_rule(
+    State(shared): State<Shared>,
+    path: RulePath,
+    body: Bytes,
+) -> ApiResult {
+    let Path((zone_id, ruleset_id, rule_id)) = path.map_err(path_error)?;
+    check_zone(&zone_id)?;
+    let mut guard = lock(&shared);
+    let state = &mut *guard;
+    state.counters.ruleset_requests += 1;
+    if state.zones.ruleset(&zone_id, &ruleset_id).is_none() {
+        return Err(ApiError::not_found("ruleset"));
+    }
+    let body = parse_json(&body)?;
+    if body.get("position").is_some() {
+        // Cloudflare can also move a rule; a setup command only rewrites one in place.
+        return Err(ApiError::invalid(
+            "position is not emulated: rules keep their place",
+        ));
+    }
+    let rule = parse_rule(&body, &state.store)?;
+    let now = state.now_text(Instant::now());
+    let ruleset = (state.zones).update_rule(&zone_id, &ruleset_id, &rule_id, rule, &now)?;
+    Ok(success(ruleset.json()))
+}
+
 /// DELETE one rule (for a `cleanup` command): new ruleset version, answers the ruleset.
 pub(crate) async fn delete_rule(State(shared): State<Shared>, path: RulePath) -> ApiResult {
     let Path((zone_id, ruleset_id, rule_id)) = path.map_err(path_error)?;

@@ -274,3 +274,77 @@ async fn emulator_ruleset_id(api: &Api) -> String {
     let (_, body) = api.call(Method::GET, &api.entrypoint(), None).await;
     body["result"]["id"].as_str().unwrap().to_owned()
 }
+
+// docs/cloudflare-lists.md §9: PATCH rewrites one rule in place, with its whole new
+// definition: same id and place, new rule and ruleset versions; validated like a new rule;
+// refused to a read-only token.
+#[tokio::test]
+async fn patch_updates_a_rule_in_place() {
+    let (emulator, api, _) = start().await;
+    let first = emulator.insert_zone_rule(ZONE, "http.host eq \"a.example\"", "log", "mine");
+    let second = emulator.insert_zone_rule(ZONE, BAN_RULE, "block", "crowdsec");
+    let ruleset_id = emulator_ruleset_id(&api).await;
+    let url = format!("{}/{ruleset_id}/rules/{second}", api.rulesets);
+    let carved = "(ip.src in $crowdsec_ban) and not (http.host in {\"auth.example\"})";
+    let mut body = rule("crowdsec, carved", carved, "managed_challenge");
+    body["enabled"] = json!(false);
+    let (status, updated) = api.call(Method::PATCH, &url, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let ruleset = &updated["result"];
+    assert_eq!(ruleset["version"], "3", "two inserts, then the update");
+    assert_eq!(ruleset["rules"][1]["version"], "2");
+    assert_eq!(ruleset["rules"][0]["version"], "1");
+    let rules = emulator.zone_rules(ZONE);
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].id, first);
+    assert_eq!(
+        rules[1],
+        cf_lists_emulator::Rule {
+            id: second.clone(),
+            expression: carved.into(),
+            action: "managed_challenge".into(),
+            description: "crowdsec, carved".into(),
+            enabled: false,
+        }
+    );
+
+    // Fields left out take their defaults: the body is the whole definition.
+    let (status, _) = api
+        .call(Method::PATCH, &url, Some(rule("", BAN_RULE, "block")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rules = emulator.zone_rules(ZONE);
+    assert_eq!(
+        (rules[1].enabled, rules[1].description.as_str()),
+        (true, "")
+    );
+
+    let bad = rule("x", "ip.src in $missing", "block");
+    let (status, body) = api.call(Method::PATCH, &url, Some(bad)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, 20072)
+    );
+    let (status, _) = api
+        .call(Method::PATCH, &url, Some(rule("x", BAN_RULE, "explode")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut moved = rule("x", BAN_RULE, "block");
+    moved["position"] = json!({"index": 1});
+    let (status, _) = api.call(Method::PATCH, &url, Some(moved)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let missing = format!("{}/{ruleset_id}/rules/{}", api.rulesets, "0".repeat(32));
+    let (status, _) = api
+        .call(Method::PATCH, &missing, Some(rule("x", BAN_RULE, "block")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(emulator.zone_rules(ZONE)[1].expression, BAN_RULE);
+
+    emulator.set_token_permissions(Permissions::Read);
+    let (status, body) = api
+        .call(Method::PATCH, &url, Some(rule("x", carved, "block")))
+        .await;
+    assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, 10000));
+    assert_eq!(emulator.zone_rules(ZONE)[1].expression, BAN_RULE);
+    emulator.shutdown().await;
+}
