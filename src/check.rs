@@ -21,10 +21,50 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// Reaches LAPI and Cloudflare; returns one finding for each.
+/// Reaches LAPI and Cloudflare, and with `[ha]` the Lease API; returns one finding for
+/// each.
 pub async fn run(config: &Config) -> Vec<Finding> {
     crate::install_tls_provider();
-    vec![check_lapi(config).await, check_cloudflare(config).await]
+    let mut findings = vec![check_lapi(config).await, check_cloudflare(config).await];
+    if let Some(ha) = &config.ha {
+        findings.push(check_lease(ha).await);
+    }
+    findings
+}
+
+/// Reads the Lease (a `GET`: it changes nothing, so it may run beside the daemons):
+/// the API server, the token and the Role's `get` on the Lease.
+async fn check_lease(config: &crate::config::HaConfig) -> Finding {
+    use crate::ha::lease::{HttpLeaseApi, LeaseApi};
+    let name = format!("{}/{}", config.namespace, config.lease_name);
+    let read = match HttpLeaseApi::new(config) {
+        Ok(api) => api.get().await.map_err(|err| err.to_string()),
+        Err(err) => Err(err),
+    };
+    let detail = match &read {
+        Ok(None) => format!(
+            "{} answers; the Lease {name} does not exist yet (the first instance creates it)",
+            config.api_server
+        ),
+        Ok(Some(lease)) => {
+            let holder = lease.record().holder;
+            let holder = if holder.is_empty() {
+                "nobody".to_owned()
+            } else {
+                holder
+            };
+            format!(
+                "{} answers; the Lease {name} is held by {holder} (this instance: {})",
+                config.api_server, config.identity
+            )
+        }
+        Err(err) => format!("cannot read the Lease {name}: {err}"),
+    };
+    Finding {
+        what: "lease",
+        ok: read.is_ok(),
+        detail,
+    }
 }
 
 /// Renders findings for a person; the bool is whether all is well.

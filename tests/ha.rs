@@ -713,3 +713,56 @@ async fn a_write_outside_the_leaders_window_is_never_sent() {
         "nothing was sent: {counters:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reads_the_lease() {
+    let world = World::start("t-ha-check").await;
+    let fake = FakeLeases::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sa-check").unwrap();
+    fake.allow("checker", "sa-check");
+    let text = world.config_text()
+        + &format!(
+            "\n[ha]\nlease = \"{NS}/{LEASE}\"\nidentity = \"checker\"\napi_server = \"{}\"\ntoken_file = \"{}\"\n",
+            fake.url(),
+            token_file.display()
+        );
+    let config = dir.path().join("bouncer.toml");
+    std::fs::write(&config, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let check = || async { common::bin::run(&["-c", config.to_str().unwrap(), "check"]).await };
+    let out = check().await;
+    let said = common::bin::text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the Lease crowdsec/cf-bouncer does not exist yet"),
+        "{said}"
+    );
+    assert!(fake.object(NS, LEASE).is_none(), "check creates nothing");
+
+    // Held by someone: check names the holder.
+    fake.allow("other", "sa-other");
+    let other_token = dir.path().join("other");
+    std::fs::write(&other_token, "sa-other").unwrap();
+    let api = HttpLeaseApi::new(&ha_config(&fake, "other", &other_token, FAST)).unwrap();
+    api.create(&record("other")).await.unwrap();
+    let out = check().await;
+    let said = common::bin::text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("is held by other (this instance: checker)"),
+        "{said}"
+    );
+
+    // A refused token fails the check, naming the call.
+    fake.revoke("sa-check");
+    let out = check().await;
+    let said = common::bin::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("FAIL lease") && said.contains("HTTP 401"),
+        "{said}"
+    );
+}
