@@ -201,7 +201,11 @@ async fn faults_of_the_lease_api_never_make_two_writers() {
         })
         .await
     );
-    assert!(!leader.ha.is_leader(), "stepped down");
+    // The fence closes first; the role follows once the hanging renewal gives up.
+    assert!(
+        eventually(Duration::from_secs(5), || async { !leader.ha.is_leader() }).await,
+        "stepped down"
+    );
     assert!(eventually(Duration::from_secs(10), || async { standby.ha.is_leader() }).await);
     watch_one_writer(&[&a, &b], Duration::from_secs(1)).await;
     fake.partition(leader_name, false);
