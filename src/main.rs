@@ -199,6 +199,27 @@ fn test_config(path: &std::path::Path) -> ExitCode {
             ));
         }
     }
+    // A value still the example's `<…>` placeholder would be sent as a key or a token.
+    let placeholders = [
+        (
+            "crowdsec.api_key",
+            config.crowdsec.api_key.as_ref().map(|k| k.expose()),
+            "the bouncer key (`cscli bouncers add NAME` prints it)",
+        ),
+        (
+            "cloudflare.api_token",
+            Some(config.cloudflare.api_token.expose()),
+            "the Cloudflare API token",
+        ),
+    ];
+    for (key, value, what) in placeholders {
+        if let Some(value) = value.filter(|v| v.starts_with('<') && v.ends_with('>')) {
+            problems.push(format!(
+                "{key}: still the placeholder {value:?} from config.toml.example: put {what} there, \
+                 in the `_file` key, or in the environment or a systemd credential"
+            ));
+        }
+    }
     for missing in &config.missing_secrets {
         if under_systemd {
             problems.push(missing.clone());

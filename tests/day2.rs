@@ -274,6 +274,29 @@ async fn test_config_lists_every_problem_and_exits_one() {
     assert!(report.contains("cloudflare.list_id: missing"), "{report}");
     assert!(!report.contains("configuration OK"), "{report}");
 
+    // The example as shipped: its `<…>` placeholders are no key and no token (so the
+    // package's postinst, which asks `-t`, does not start the service).
+    let example = dir.path().join("example.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"),
+        &example,
+    )
+    .expect("copy the example");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&example, std::fs::Permissions::from_mode(0o600))
+    }
+    .expect("chmod");
+    let out = run(&["-t", "-c", path(&example)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for key in ["crowdsec.api_key", "cloudflare.api_token"] {
+        assert!(
+            text(&out).contains(&format!("{key}: still the placeholder")),
+            "{key}: {}",
+            text(&out)
+        );
+    }
+
     // A file the configuration names must be readable.
     let good = format!(
         "[crowdsec]\napi_key = \"k\"\ncert_path = \"{0}/nope.pem\"\nkey_path = \"{0}/nope.key\"\n\
