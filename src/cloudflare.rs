@@ -507,16 +507,8 @@ impl CloudflareClient {
                 comment,
             })
             .collect();
-        let url = format!("{}/rules/lists/{list_id}/items", self.account_url);
-        let (op, _) = self
-            .call::<WireOperationId, _>(
-                "adding list items",
-                reqwest::Method::POST,
-                url,
-                Some(&body),
-            )
-            .await?;
-        Ok(op.operation_id)
+        self.submit_items("adding list items", reqwest::Method::POST, list_id, &body)
+            .await
     }
 
     /// Starts a bulk delete by item id; returns the operation id.
@@ -527,14 +519,26 @@ impl CloudflareClient {
         let body = DeleteItems {
             items: ids.iter().map(|id| ItemId { id }).collect(),
         };
+        self.submit_items(
+            "deleting list items",
+            reqwest::Method::DELETE,
+            list_id,
+            &body,
+        )
+        .await
+    }
+
+    /// Sends one bulk write of a list's items (any kind); returns its operation id.
+    async fn submit_items<B: Serialize>(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        list_id: &str,
+        body: &B,
+    ) -> Result<String, Error> {
         let url = format!("{}/rules/lists/{list_id}/items", self.account_url);
         let (op, _) = self
-            .call::<WireOperationId, _>(
-                "deleting list items",
-                reqwest::Method::DELETE,
-                url,
-                Some(&body),
-            )
+            .call::<WireOperationId, _>(what, method, url, Some(body))
             .await?;
         Ok(op.operation_id)
     }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{encode, CloudflareClient, Error, PageGuard, WireOperationId, MAX_PER_PAGE};
+use super::{encode, CloudflareClient, Error, PageGuard, MAX_PER_PAGE};
 
 /// An item of an ASN list as a read returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,16 +153,8 @@ impl CloudflareClient {
             .iter()
             .map(|(asn, comment)| NewAsnItem { asn: *asn, comment })
             .collect();
-        let url = format!("{}/rules/lists/{list_id}/items", self.account_url);
-        let (op, _) = self
-            .call::<WireOperationId, _>(
-                "adding list items",
-                reqwest::Method::POST,
-                url,
-                Some(&body),
-            )
-            .await?;
-        Ok(op.operation_id)
+        self.submit_items("adding list items", reqwest::Method::POST, list_id, &body)
+            .await
     }
 
     /// Starts a bulk delete of ASN items by id; returns the operation id. The body is the
