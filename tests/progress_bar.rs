@@ -130,13 +130,16 @@ fn assert_moving_bar(what: &str, screen: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bar_moves_on_a_terminal_and_plain_lines_are_logged_on_a_pipe() {
-    // Operations of about half a second: ten of them take several seconds, long enough
-    // for the bar to move and for the plain lines, logged every 5 s, to show.
+    // Ten operations of 1 000 items (batches kept from growing) of 0.6–0.8 s each: over
+    // 6 s, long enough for the bar to move and for the plain lines, logged every 5 s, to
+    // show.
     let settings = Settings {
-        op_latency: (Duration::from_millis(400), Duration::from_millis(600)),
+        op_latency: (Duration::from_millis(600), Duration::from_millis(800)),
         ..Settings::default()
     };
-    let world = World::with_settings("t-progress", settings).await;
+    let mut world = World::with_settings("t-progress", settings).await;
+    world.sync_extra =
+        "reconcile_interval = \"1h\"\nshutdown_grace = \"5s\"\nmax_batch = 1000\n".into();
     let decisions: Vec<NewDecision> = (0..10_000u32)
         .map(|i| NewDecision::ban_ip(&format!("100.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)))
         .collect();
