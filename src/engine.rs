@@ -225,7 +225,9 @@ impl Engine {
                     lease = %format!("{}/{}", ha_config.namespace, ha_config.lease_name),
                     "high availability: electing the writer by the Lease"
                 );
-                if lapi_on_loopback(&self.config.crowdsec.api_url) {
+                if url::Url::parse(&self.config.crowdsec.api_url)
+                    .is_ok_and(|url| crate::net::is_loopback(&url))
+                {
                     warn!(
                         "high availability with LAPI reached on a loopback address: instances that share \
                          a key then share one LAPI row and stream position, and a standby's pulls take the \
@@ -441,19 +443,6 @@ impl Engine {
             writes,
             elapsed: started.elapsed(),
         })
-    }
-}
-
-/// Whether LAPI's URL names a loopback address (or `localhost`).
-fn lapi_on_loopback(api_url: &str) -> bool {
-    match url::Url::parse(api_url)
-        .ok()
-        .and_then(|u| u.host().map(|h| h.to_owned()))
-    {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => false,
     }
 }
 

@@ -270,7 +270,7 @@ impl<A: LeaseApi> Elector<A> {
     async fn round(&mut self, now: Instant) -> Outcome {
         if self.ha.is_leader() {
             if let Some(ours) = self.ours.take() {
-                let record = self.renewed(ours.record(), now);
+                let record = self.renewed(ours.record());
                 match self.api.replace(&ours, &record).await {
                     Ok(object) => return self.wrote(object, now),
                     // Someone wrote since (or our own answer was lost): read it.
@@ -306,14 +306,14 @@ impl<A: LeaseApi> Elector<A> {
         };
         let record = match decide(Some(&observed), &self.ha.identity, now) {
             Action::Wait | Action::Create => return Outcome::Following(observed.record.holder),
-            Action::Renew if self.ha.is_leader() => self.renewed(observed.record, now),
+            Action::Renew if self.ha.is_leader() => self.renewed(observed.record),
             // Ours from an earlier run of this identity (a restarted pod): lead again,
             // waiting out what that run left pending.
             Action::Renew => {
                 let inherited = observed.record.operation.clone();
                 self.ha.inner().inherited = inherited.clone();
                 self.ha.inner().operation = inherited;
-                self.renewed(observed.record, now)
+                self.renewed(observed.record)
             }
             Action::Take => {
                 let previous = observed.record;
@@ -340,7 +340,7 @@ impl<A: LeaseApi> Elector<A> {
     }
 
     /// `previous` renewed now by us, carrying the pending operation.
-    fn renewed(&self, previous: Record, _now: Instant) -> Record {
+    fn renewed(&self, previous: Record) -> Record {
         Record {
             holder: self.ha.identity.clone(),
             lease_duration_s: self.ha.timings.lease_duration.as_secs(),

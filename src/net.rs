@@ -23,6 +23,16 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How much of a `Location` or an error text is kept for a message.
 const MAX_QUOTE: usize = 200;
 
+/// Whether `url` names a loopback address (or `localhost`).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
+}
+
 /// A client builder with the settings both clients share: no redirects, the bouncer's
 /// `User-Agent`, a connect timeout and a total request timeout.
 pub fn client_builder(request_timeout: Duration) -> reqwest::ClientBuilder {

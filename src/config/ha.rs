@@ -210,19 +210,11 @@ fn check_api_server(text: &str) -> Result<String, String> {
             "expected the API server's address without a path, like \"https://10.96.0.1:443\", found {text:?}"
         ));
     }
-    if url.scheme() == "http" {
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(name)) => name == "localhost",
-            None => false,
-        };
-        if !loopback {
-            return Err(format!(
-                "plain http is accepted only to loopback (the service-account token would \
-                 cross the network in the clear): use https, found {text:?}"
-            ));
-        }
+    if url.scheme() == "http" && !crate::net::is_loopback(&url) {
+        return Err(format!(
+            "plain http is accepted only to loopback (the service-account token would \
+             cross the network in the clear): use https, found {text:?}"
+        ));
     }
     Ok(text.trim_end_matches('/').to_owned())
 }

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::envelope::{code, success, ApiError};
 use super::items::parse_json;
-use super::rulesets::{optional, parse_rule, parse_rules, NewRuleset, PHASE};
-use super::state::{lock, Shared};
+use super::rulesets::{optional, parse_rule, parse_rules, NewRule, NewRuleset, PHASE};
+use super::state::{lock, Shared, State as EmulatorState};
 
 type ApiResult = Result<Response, ApiError>;
 type ZonePath = Result<Path<String>, PathRejection>;
@@ -181,19 +181,9 @@ pub(crate) async fn add_rule(
     check_zone(&zone_id)?;
     let mut guard = lock(&shared);
     let state = &mut *guard;
-    state.counters.ruleset_requests += 1;
-    if state.zones.ruleset(&zone_id, &ruleset_id).is_none() {
-        return Err(ApiError::not_found("ruleset"));
-    }
-    let body = parse_json(&body)?;
-    if body.get("position").is_some() {
-        // Cloudflare can place a rule `before`/`after`/at `index`; a setup command has no
-        // need to, so the emulator refuses rather than silently appending.
-        return Err(ApiError::invalid(
-            "position is not emulated: rules are appended",
-        ));
-    }
-    let rule = parse_rule(&body, &state.store)?;
+    // Cloudflare can place a rule `before`/`after`/at `index`; a setup command has no
+    // need to, so the emulator refuses rather than silently appending.
+    let rule = rule_of(state, &zone_id, &ruleset_id, &body, "rules are appended")?;
     let now = state.now_text(Instant::now());
     let ruleset = state.zones.append(&zone_id, &ruleset_id, vec![rule], &now);
     Ok(success(
@@ -201,6 +191,28 @@ pub(crate) async fn add_rule(
             .ok_or_else(|| ApiError::not_found("ruleset"))?
             .json(),
     ))
+}
+
+/// A rule's definition from a request body for an existing ruleset: counted, the ruleset
+/// looked up, `position` refused (`placement` says what the emulator does instead).
+fn rule_of(
+    state: &mut EmulatorState,
+    zone_id: &str,
+    ruleset_id: &str,
+    body: &[u8],
+    placement: &str,
+) -> Result<NewRule, ApiError> {
+    state.counters.ruleset_requests += 1;
+    if state.zones.ruleset(zone_id, ruleset_id).is_none() {
+        return Err(ApiError::not_found("ruleset"));
+    }
+    let body = parse_json(body)?;
+    if body.get("position").is_some() {
+        return Err(ApiError::invalid(format!(
+            "position is not emulated: {placement}"
+        )));
+    }
+    parse_rule(&body, &state.store)
 }
 
 /// PATCH one rule: the body is the rule's whole new definition (fields left out take their
@@ -215,18 +227,14 @@ pub(crate) async fn update_rule(
     check_zone(&zone_id)?;
     let mut guard = lock(&shared);
     let state = &mut *guard;
-    state.counters.ruleset_requests += 1;
-    if state.zones.ruleset(&zone_id, &ruleset_id).is_none() {
-        return Err(ApiError::not_found("ruleset"));
-    }
-    let body = parse_json(&body)?;
-    if body.get("position").is_some() {
-        // Cloudflare can also move a rule; a setup command only rewrites one in place.
-        return Err(ApiError::invalid(
-            "position is not emulated: rules keep their place",
-        ));
-    }
-    let rule = parse_rule(&body, &state.store)?;
+    // Cloudflare can also move a rule; a setup command only rewrites one in place.
+    let rule = rule_of(
+        state,
+        &zone_id,
+        &ruleset_id,
+        &body,
+        "rules keep their place",
+    )?;
     let now = state.now_text(Instant::now());
     let ruleset = (state.zones).update_rule(&zone_id, &ruleset_id, &rule_id, rule, &now)?;
     Ok(success(ruleset.json()))
