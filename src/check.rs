@@ -114,37 +114,88 @@ async fn check_cloudflare(config: &Config) -> Finding {
         Ok(client) => client,
         Err(err) => return finding(false, err.to_string()),
     };
-    let list = match client.find_list(&config.cloudflare.list).await {
-        Ok(list) => list,
+    let all = match client.lists().await {
+        Ok(all) => all,
         Err(err) => return finding(false, err.to_string()),
     };
-    if let Err(err) = client.items_page(&list.id, None, None).await {
-        return finding(false, err.to_string());
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for wanted in &config.cloudflare.lists {
+        let (line, fine) = check_list(&client, &all, wanted).await;
+        ok &= fine;
+        lines.push(line);
+    }
+    finding(ok, lines.join("; "))
+}
+
+/// One configured list: found, of the kind its decisions need, readable, writable. The
+/// line names the list and, when something is wrong, the fix.
+async fn check_list(
+    client: &CloudflareClient,
+    all: &[crate::cloudflare::ListInfo],
+    wanted: &crate::config::ListConfig,
+) -> (String, bool) {
+    let kind = if wanted.asn {
+        crate::cloudflare::ListKind::Asn
+    } else {
+        crate::cloudflare::ListKind::Ip
+    };
+    let takes = wanted.decision_types.join(", ");
+    let list = match crate::cloudflare::choose_list_of_kind(all, &wanted.list, kind) {
+        Ok(list) => list,
+        Err(err @ crate::cloudflare::Error::WrongKind { .. }) => {
+            return (
+                format!(
+                    "{err}: the list for {takes} decisions on {} must be of kind {}; \
+                     name another list, or set scope = \"{}\" for it",
+                    if wanted.asn { "AS numbers" } else { "IPs" },
+                    kind.as_str(),
+                    if wanted.asn { "ip" } else { "as" },
+                ),
+                false,
+            )
+        }
+        Err(err) => return (format!("{err} (for {takes} decisions)"), false),
+    };
+    let read = if wanted.asn {
+        client
+            .asn_items_page(&list.id, None, None)
+            .await
+            .map(|_| ())
+    } else {
+        client.items_page(&list.id, None, None).await.map(|_| ())
+    };
+    if let Err(err) = read {
+        return (format!("list {}: {err}", list.name), false);
     }
     match client.probe_write(&list.id).await {
-        Ok(()) => finding(
-            true,
+        Ok(()) => (
             format!(
-                "token accepted and may write; list {} ({}) is readable and holds {} items",
-                list.name, list.id, list.num_items
+                "token accepted and may write; list {} ({}, kind {}, for {takes}) is readable \
+                 and holds {} items",
+                list.name, list.id, list.kind, list.num_items
             ),
+            true,
         ),
-        Err(err) if err.is_auth() => finding(
-            false,
+        Err(err) if err.is_auth() => (
             format!(
                 "the token may read list {} but not write to it ({err}): give it \
                  Account > Account Filter Lists > Edit, not Read",
                 list.name
             ),
+            false,
         ),
-        Err(err @ crate::cloudflare::Error::RateLimited { .. }) => finding(
-            true,
+        Err(err @ crate::cloudflare::Error::RateLimited { .. }) => (
             format!(
                 "token accepted; list {} ({}) is readable and holds {} items; whether the token \
                  may write is unknown ({err}): run check again later",
                 list.name, list.id, list.num_items
             ),
+            true,
         ),
-        Err(err) => finding(false, format!("the write probe failed: {err}")),
+        Err(err) => (
+            format!("list {}: the write probe failed: {err}", list.name),
+            false,
+        ),
     }
 }

@@ -163,7 +163,9 @@ pub struct CloudflareConfig {
     /// Blank only in a configuration from [`Config::load_offline`] that found no token.
     pub api_token: Secret,
     pub account_id: String,
-    pub list: ListRef,
+    /// The account's lists, at least one: `[[cloudflare.lists]]`, or the one list of
+    /// `list_name`/`list_id` taking `crowdsec.decision_types`.
+    pub lists: Vec<ListConfig>,
     pub batch_size: usize,
     pub ipv6_prefix: u8,
     pub request_timeout: Duration,
@@ -194,6 +196,8 @@ pub enum Manage {
 pub struct SafetyConfig {
     /// Networks never pushed, nor any range overlapping them.
     pub allowlist: Vec<ipnet::IpNet>,
+    /// AS numbers never pushed to an ASN list (allowlist entries like `AS13335`).
+    pub allowlist_asns: Vec<u32>,
     /// Ranges wider than these prefixes are refused.
     pub min_ipv4_prefix: u8,
     pub min_ipv6_prefix: u8,
@@ -221,6 +225,41 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter (`info`, `debug`, `cfbouncer=debug,info`); `RUST_LOG` overrides it.
     pub level: String,
+}
+
+/// Actions a rule `setup` writes may take (Cloudflare's custom rule actions that stop or
+/// mark a request).
+pub const RULE_ACTIONS: [&str; 5] = [
+    "block",
+    "managed_challenge",
+    "js_challenge",
+    "challenge",
+    "log",
+];
+
+/// Most lists one account's configuration may name.
+pub const MAX_LISTS: usize = 16;
+
+/// One list of the account and what goes on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListConfig {
+    pub list: ListRef,
+    /// Decision types the list takes (each type goes to one list per kind).
+    pub decision_types: Vec<String>,
+    /// A list of kind `asn` for `AS` decisions; else kind `ip`, for `Ip` and `Range` ones.
+    pub asn: bool,
+    /// The action of the rule `setup` writes for the list; `None` for the one list of
+    /// `list_name`/`list_id`, whose action is `setup --action`'s.
+    pub action: Option<String>,
+}
+
+impl ListConfig {
+    /// The list's name or id, for messages.
+    pub fn label(&self) -> &str {
+        match &self.list {
+            ListRef::Id(id) | ListRef::Name(id) => id,
+        }
+    }
 }
 
 /// How the list is named in the configuration.
@@ -341,6 +380,10 @@ fn parse(
                 .is_some_and(|table| table.contains_key(spec.key))
         });
     let mut problems = Vec::new();
+    let set_in_crowdsec = |key: &str| {
+        (root.get("crowdsec").and_then(Value::as_table)).is_some_and(|t| t.contains_key(key))
+    };
+    let (types_set, scopes_set) = (set_in_crowdsec("decision_types"), set_in_crowdsec("scopes"));
     let mut crowdsec = Section::take(&mut root, "crowdsec", &mut problems);
     let mut missing_secrets = Vec::new();
     let crowdsec_config = read_crowdsec(&mut crowdsec, env, secrets, &mut missing_secrets);
@@ -384,6 +427,19 @@ fn parse(
              [sync], [admin], [log] and [ha])"
         ));
     }
+    let (crowdsec_config, cloudflare_config) = match (crowdsec_config, cloudflare_config) {
+        (Some(mut crowdsec), Some(mut cloudflare)) => {
+            fit_lists(
+                &mut crowdsec,
+                &mut cloudflare,
+                (types_set, scopes_set),
+                &mut problems,
+                &mut warnings,
+            );
+            (Some(crowdsec), Some(cloudflare))
+        }
+        other => other,
+    };
     match (crowdsec_config, cloudflare_config) {
         (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok((
             Config {
@@ -400,6 +456,62 @@ fn parse(
             holds_secret,
         )),
         _ => Err(problems),
+    }
+}
+
+/// Fits the lists and the LAPI pull together: the one list of `list_name`/`list_id` takes
+/// `crowdsec.decision_types`; with `[[cloudflare.lists]]`, the types come from the lists
+/// (`crowdsec.decision_types` may not be set), and an ASN list needs the `as` scope pulled.
+fn fit_lists(
+    crowdsec: &mut CrowdsecConfig,
+    cloudflare: &mut CloudflareConfig,
+    (types_set, scopes_set): (bool, bool),
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let explicit = cloudflare.lists.iter().any(|list| list.action.is_some());
+    if !explicit {
+        for list in &mut cloudflare.lists {
+            list.decision_types = crowdsec.decision_types.clone();
+        }
+        return;
+    }
+    if types_set {
+        problems.push(
+            "crowdsec.decision_types: with [[cloudflare.lists]], each list names its own \
+             decision_types: remove this key"
+                .into(),
+        );
+    }
+    let mut types: Vec<String> = Vec::new();
+    for kind in cloudflare.lists.iter().flat_map(|l| &l.decision_types) {
+        if !types.contains(kind) {
+            types.push(kind.clone());
+        }
+    }
+    crowdsec.decision_types = types;
+    let pulls_as = crowdsec.scopes.iter().any(|s| s.eq_ignore_ascii_case("as"));
+    if let Some(asn) = cloudflare.lists.iter().find(|l| l.asn) {
+        if !pulls_as && scopes_set {
+            problems.push(format!(
+                "crowdsec.scopes: the list {} holds AS decisions, but scopes leaves them out \
+                 of the pull: add \"as\"",
+                asn.label()
+            ));
+        } else if !pulls_as {
+            crowdsec.scopes.push("as".into());
+        }
+    }
+    for list in &cloudflare.lists {
+        let weak = !list.decision_types.iter().any(|t| t == "ban");
+        if weak && list.action.as_deref() == Some("block") {
+            warnings.push(format!(
+                "cloudflare.lists: {} takes only {} decisions but its rule blocks: a \
+                 suspicion becomes a hard block (use action = \"managed_challenge\")",
+                list.label(),
+                list.decision_types.join(", ")
+            ));
+        }
     }
 }
 
@@ -569,7 +681,18 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
 
 fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig {
     let mut allowlist = Vec::new();
+    let mut allowlist_asns = Vec::new();
     for text in s.strings("allowlist", &[]) {
+        if text.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("as")) {
+            match crate::item::Item::from_asn_decision(&text).map(|item| item.asn()) {
+                Ok(Some(asn)) => allowlist_asns.push(asn),
+                _ => s.problem(
+                    "allowlist",
+                    &format!("{text:?} is not an AS number: write one like \"AS13335\""),
+                ),
+            }
+            continue;
+        }
         let parsed = text
             .parse::<ipnet::IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
@@ -578,7 +701,7 @@ fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig 
             Err(_) => {
                 s.problem(
                     "allowlist",
-                    &format!("{text:?} is not an IP address or CIDR"),
+                    &format!("{text:?} is not an IP address, a CIDR or an AS number (AS13335)"),
                 );
                 continue;
             }
@@ -605,6 +728,7 @@ fn read_safety(s: &mut Section<'_>, warnings: &mut Vec<String>) -> SafetyConfig 
     }
     SafetyConfig {
         allowlist,
+        allowlist_asns,
         min_ipv4_prefix: s.uint("min_ipv4_prefix", 16, 8, 32) as u8,
         min_ipv6_prefix: s.uint("min_ipv6_prefix", 32, u64::from(MIN_IPV6_PREFIX), 128) as u8,
         mass_removal_share: s.float("mass_removal_share", 0.5, 0.0, 1.0),
@@ -723,37 +847,7 @@ fn read_cloudflare(
             "expected the 32-character hexadecimal account ID (dashboard: Account Home > the account's menu > Copy account ID)",
         );
     }
-    let list_id = s.string("list_id", "");
-    let list_name = s.string("list_name", "");
-    let list = match (list_id.is_empty(), list_name.is_empty()) {
-        (false, true) if list_id.len() == 32 => Some(ListRef::Id(list_id)),
-        (false, true) => {
-            s.problem(
-                "list_id",
-                "expected the 32-character list ID (or set list_name instead)",
-            );
-            None
-        }
-        (true, false) if is_list_name(&list_name) => Some(ListRef::Name(list_name)),
-        (true, false) => {
-            s.problem(
-                "list_name",
-                "expected 1 to 50 characters of a-z, 0-9 and _ (e.g. \"crowdsec_ban\")",
-            );
-            None
-        }
-        (true, true) => {
-            s.problem(
-                "list_id",
-                "missing: set list_id, or list_name = \"crowdsec_ban\" to look it up at start",
-            );
-            None
-        }
-        (false, false) => {
-            s.problem("list_id and list_name", "set only one of them");
-            None
-        }
-    };
+    let lists = read_lists(s);
     let batch_size = s.uint("batch_size", 1000, 1, 10_000);
     let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
     let request_timeout = s.duration(
@@ -784,12 +878,12 @@ fn read_cloudflare(
         );
     }
     let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
-    let exclude_hosts = read_exclude_hosts(s, list.as_ref());
+    let exclude_hosts = read_exclude_hosts(s, &lists);
     Some(CloudflareConfig {
         api_url: api_url?,
         api_token: api_token.found()?,
         account_id,
-        list: list?,
+        lists: lists?,
         batch_size: batch_size as usize,
         ipv6_prefix: ipv6_prefix as u8,
         request_timeout,
@@ -805,18 +899,21 @@ fn read_cloudflare(
 /// `exclude_hosts`: each a host name, and the rule they make short enough for Cloudflare
 /// (docs/cloudflare-lists.md §4.5), counted with the list's name or, for a list set by
 /// id, the longest name a list can have.
-fn read_exclude_hosts(s: &mut Section<'_>, list: Option<&ListRef>) -> Vec<String> {
+fn read_exclude_hosts(s: &mut Section<'_>, lists: &Option<Vec<ListConfig>>) -> Vec<String> {
     let hosts = s.strings("exclude_hosts", &[]);
     for host in &hosts {
         if let Err(problem) = crate::cloudflare::check_host(host) {
             s.problem("exclude_hosts", &problem);
         }
     }
-    let name = match list {
-        Some(ListRef::Name(name)) => name.clone(),
-        _ => "x".repeat(50),
-    };
-    let length = crate::cloudflare::rule_expression(&name, &hosts)
+    let longest = (lists.iter().flatten())
+        .map(|list| match &list.list {
+            ListRef::Name(name) => (name.len(), list.asn),
+            ListRef::Id(_) => (50, list.asn),
+        })
+        .max_by_key(|&(len, asn)| (len, asn));
+    let (len, asn) = longest.unwrap_or((50, false));
+    let length = crate::cloudflare::rule_expression(&"x".repeat(len), asn, &hosts)
         .chars()
         .count();
     let max = crate::cloudflare::MAX_EXPRESSION_CHARS;
@@ -830,6 +927,166 @@ fn read_exclude_hosts(s: &mut Section<'_>, list: Option<&ListRef>) -> Vec<String
         );
     }
     hosts
+}
+
+/// The account's lists: `[[cloudflare.lists]]` entries, or the one list of `list_name` /
+/// `list_id` (whose decision types are `crowdsec.decision_types`, filled in later).
+fn read_lists(s: &mut Section<'_>) -> Option<Vec<ListConfig>> {
+    let Some(tables) = s.tables("lists") else {
+        let list = read_list_ref(s, ("list_id", "list_name"))?;
+        return Some(vec![ListConfig {
+            list,
+            decision_types: Vec::new(),
+            asn: false,
+            action: None,
+        }]);
+    };
+    for key in ["list_id", "list_name"] {
+        if s.table.remove(key).is_some() {
+            s.problem(
+                key,
+                "set either [[cloudflare.lists]] or list_name/list_id, not both: \
+                 move this list into a [[cloudflare.lists]] entry",
+            );
+        }
+    }
+    if tables.is_empty() || tables.len() > MAX_LISTS {
+        s.problem(
+            "lists",
+            &format!("expected 1 to {MAX_LISTS} [[cloudflare.lists]] entries"),
+        );
+        return None;
+    }
+    let mut lists = Vec::new();
+    let mut ok = true;
+    for (name, table) in tables {
+        let mut entry = s.sub(name, table);
+        match read_list_entry(&mut entry) {
+            Some(list) => lists.push(list),
+            None => ok = false,
+        }
+        entry.finish();
+    }
+    // Each (type, kind) goes to one list; each list is named once.
+    for (i, list) in lists.iter().enumerate() {
+        for earlier in &lists[..i] {
+            if earlier.list == list.list {
+                s.problem(
+                    "lists",
+                    &format!(
+                        "list {} is named twice: merge the two entries",
+                        list.label()
+                    ),
+                );
+                ok = false;
+            }
+            let shared = (list.decision_types.iter())
+                .find(|t| earlier.asn == list.asn && earlier.decision_types.contains(t));
+            if let Some(kind) = shared {
+                let scope = if list.asn { "AS" } else { "IP" };
+                s.problem(
+                    "lists",
+                    &format!(
+                        "{kind} decisions on {scope} items go to both {} and {}: give each \
+                         decision type one list of each kind",
+                        earlier.label(),
+                        list.label()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(lists)
+}
+
+/// One `[[cloudflare.lists]]` entry.
+fn read_list_entry(s: &mut Section<'_>) -> Option<ListConfig> {
+    let list = read_list_ref(s, ("id", "name"));
+    let decision_types = s.strings("decision_types", &[]);
+    if decision_types.is_empty() {
+        s.problem(
+            "decision_types",
+            "missing: the decision types this list takes, like [\"ban\"] or [\"captcha\"]",
+        );
+    }
+    let asn = match s.string("scope", "ip").to_ascii_lowercase().as_str() {
+        "ip" => false,
+        "as" => true,
+        other => {
+            s.problem(
+                "scope",
+                &format!(
+                    "expected \"ip\" (a list of kind ip, for Ip and Range decisions) or \"as\" \
+                     (a list of kind asn, for AS decisions), found {other:?}"
+                ),
+            );
+            false
+        }
+    };
+    // A ban list blocks; a list of weaker remedies challenges, so that a suspicion
+    // never becomes a hard block by default.
+    let default = if decision_types.iter().any(|t| t == "ban") {
+        "block"
+    } else {
+        "managed_challenge"
+    };
+    let action = s.string("action", default);
+    if !RULE_ACTIONS.contains(&action.as_str()) {
+        s.problem(
+            "action",
+            &format!(
+                "expected one of {}, found {action:?}",
+                RULE_ACTIONS.join(", ")
+            ),
+        );
+    }
+    if decision_types.is_empty() {
+        return None;
+    }
+    Some(ListConfig {
+        list: list?,
+        decision_types,
+        asn,
+        action: Some(action),
+    })
+}
+
+/// A list named by `name` (`list_name` in the section itself) or `id` (`list_id`).
+fn read_list_ref(s: &mut Section<'_>, (id_key, name_key): (&str, &str)) -> Option<ListRef> {
+    let list_id = s.string(id_key, "");
+    let list_name = s.string(name_key, "");
+    match (list_id.is_empty(), list_name.is_empty()) {
+        (false, true) if list_id.len() == 32 => Some(ListRef::Id(list_id)),
+        (false, true) => {
+            s.problem(
+                id_key,
+                &format!("expected the 32-character list ID (or set {name_key} instead)"),
+            );
+            None
+        }
+        (true, false) if is_list_name(&list_name) => Some(ListRef::Name(list_name)),
+        (true, false) => {
+            s.problem(
+                name_key,
+                "expected 1 to 50 characters of a-z, 0-9 and _ (e.g. \"crowdsec_ban\")",
+            );
+            None
+        }
+        (true, true) => {
+            s.problem(
+                id_key,
+                &format!(
+                    "missing: set {id_key}, or {name_key} = \"crowdsec_ban\" to look it up at start"
+                ),
+            );
+            None
+        }
+        (false, false) => {
+            s.problem(&format!("{id_key} and {name_key}"), "set only one of them");
+            None
+        }
+    }
 }
 
 fn is_list_name(name: &str) -> bool {
@@ -897,7 +1154,7 @@ fn without_userinfo(text: &str) -> String {
 /// One `[section]` being read: typed getters that record problems instead of failing,
 /// and [`Section::finish`] to report keys nobody asked for.
 struct Section<'p> {
-    name: &'static str,
+    name: String,
     table: Table,
     problems: &'p mut Vec<String>,
 }
@@ -913,9 +1170,40 @@ impl<'p> Section<'p> {
             None => Table::new(),
         };
         Section {
-            name,
+            name: name.to_owned(),
             table,
             problems,
+        }
+    }
+
+    /// `[[NAME.key]]`: each table of the array, with its name `NAME.key[i]`; `None` when
+    /// the key is absent (or not an array of tables: a problem).
+    fn tables(&mut self, key: &str) -> Option<Vec<(String, Table)>> {
+        let tables = match self.table.remove(key)? {
+            Value::Array(values) if values.iter().all(Value::is_table) => values,
+            other => {
+                let found = other.type_str();
+                let name = self.name.clone();
+                self.problem(
+                    key,
+                    &format!("expected tables ([[{name}.{key}]] sections), found {found}"),
+                );
+                return None;
+            }
+        };
+        let tables = (tables.into_iter().enumerate()).filter_map(|(i, value)| match value {
+            Value::Table(table) => Some((format!("{}.{key}[{i}]", self.name), table)),
+            _ => None,
+        });
+        Some(tables.collect())
+    }
+
+    /// A section for one of [`Section::tables`], reporting to the same problems.
+    fn sub(&mut self, name: String, table: Table) -> Section<'_> {
+        Section {
+            name,
+            table,
+            problems: self.problems,
         }
     }
 

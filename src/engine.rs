@@ -25,7 +25,7 @@ use crate::config::{Config, Manage};
 use crate::ha::lease::HttpLeaseApi;
 use crate::ha::{Elector, Ha, HaStatus, Role, Timings};
 use crate::lapi::{self, LapiClient, Pull};
-use crate::state::{Policy, SyncState};
+use crate::state::{Lane, Policy, SyncState};
 use crate::telemetry::{Snapshot, Telemetry};
 
 mod foreign;
@@ -140,18 +140,22 @@ impl Engine {
     /// TLS setup errors of either client.
     pub fn new(config: Config) -> Result<Engine, Error> {
         crate::install_tls_provider();
-        let policy = Policy {
-            decision_types: config.crowdsec.decision_types.clone(),
-            ipv6_prefix: config.cloudflare.ipv6_prefix,
-            min_ipv4_prefix: config.safety.min_ipv4_prefix,
-            min_ipv6_prefix: config.safety.min_ipv6_prefix,
-            allowlist: config.safety.allowlist.clone(),
-            origin_priority: config.cloudflare.origin_priority.clone(),
-            manage_all: config.cloudflare.manage == Manage::All,
-            tag: config.cloudflare.tag.clone(),
-            mass_removal_share: config.safety.mass_removal_share,
-            mass_removal_min_items: config.safety.mass_removal_min_items,
-        };
+        let lanes = (config.cloudflare.lists.iter())
+            .map(|list| Lane {
+                asn: list.asn,
+                decision_types: list.decision_types.clone(),
+            })
+            .collect();
+        let mut policy = Policy::new(Vec::new(), config.cloudflare.ipv6_prefix).with_lanes(lanes);
+        policy.min_ipv4_prefix = config.safety.min_ipv4_prefix;
+        policy.min_ipv6_prefix = config.safety.min_ipv6_prefix;
+        policy.allowlist = config.safety.allowlist.clone();
+        policy.allowlist_asns = config.safety.allowlist_asns.clone();
+        policy.origin_priority = config.cloudflare.origin_priority.clone();
+        policy.manage_all = config.cloudflare.manage == Manage::All;
+        policy.tag = config.cloudflare.tag.clone();
+        policy.mass_removal_share = config.safety.mass_removal_share;
+        policy.mass_removal_min_items = config.safety.mass_removal_min_items;
         let telemetry = Arc::new(Telemetry::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(SyncState::new(policy)),
@@ -241,10 +245,10 @@ impl Engine {
             }
             _ => None,
         };
-        let list_id = match elected {
+        let lists = match elected {
             Some(_) => None,
-            None => match operate::started_while(self.writer.resolve_list(&token)).await {
-                Some(list_id) => Some(list_id),
+            None => match operate::started_while(self.writer.resolve_lists(&token)).await {
+                Some(lists) => Some(lists),
                 None => return Ok(()),
             },
         };
@@ -276,7 +280,7 @@ impl Engine {
             tasks.spawn(reporter.run(interval, token.clone()));
         }
         tasks.spawn(poller.run(token.clone()));
-        match (elected, list_id) {
+        match (elected, lists) {
             (Some((ha, api)), _) => {
                 // The Lease is released only once the writer has stopped (the guard
                 // fires when the writer's task ends, or is aborted).
@@ -290,9 +294,9 @@ impl Engine {
                 });
                 tasks.spawn(Elector::new(api, ha, telemetry.clone()).run(writer_stopped));
             }
-            (None, Some(list_id)) => {
+            (None, Some(lists)) => {
                 let token = token.clone();
-                tasks.spawn(async move { writer.run(&list_id, token).await });
+                tasks.spawn(async move { writer.run(&lists, token).await });
             }
             (None, None) => {}
         }
@@ -393,11 +397,12 @@ impl Engine {
         confirm_removals: bool,
     ) -> Result<OnceReport, Error> {
         let started = Instant::now();
-        let list = self.writer.look_up_list().await?;
+        let lists = self.writer.look_up_lists().await?;
+        let targets: Vec<writer::Target> = lists.iter().map(writer::Target::from).collect();
         // A snapshot, not a start-up pull: a daemon using the same key keeps its place
         // in the stream.
         self.poller.pull(Pull::Full, Source::Snapshot).await?;
-        self.writer.read_list(&list.id).await?;
+        self.writer.read_list(&targets).await?;
         self.poller.hold_notice();
         self.poller.confirm_removals().await?;
         let held = self.shared.state().held_removals();
@@ -412,9 +417,9 @@ impl Engine {
         } else {
             0
         };
-        let writes = self.writer.drain_once(&list.id, &token).await?;
+        let writes = self.writer.drain_once(&targets, &token).await?;
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
-        self.writer.read_list(&list.id).await?;
+        self.writer.read_list(&targets).await?;
         let state = self.shared.state();
         let desired = state.desired_items();
         let managed = state.managed_listed_items();

@@ -277,11 +277,18 @@ impl LapiClient {
         // same filters are applied here, as the stream applies them.
         let mut request = self.http.get(&url);
         if let Some(item) = item {
-            let net = item.net();
-            request = if net.prefix_len() == net.max_prefix_len() {
-                request.query(&[("ip", net.addr().to_string())])
-            } else {
-                request.query(&[("range", net.to_string()), ("contains", "false".into())])
+            request = match (item.net(), item.asn()) {
+                (Some(net), _) if net.prefix_len() == net.max_prefix_len() => {
+                    request.query(&[("ip", net.addr().to_string())])
+                }
+                (Some(net), _) => {
+                    request.query(&[("range", net.to_string()), ("contains", "false".into())])
+                }
+                // `scope` and `value` filter exactly (docs/lapi.md §5).
+                (None, asn) => request.query(&[
+                    ("scope", "AS".to_string()),
+                    ("value", asn.unwrap_or_default().to_string()),
+                ]),
             };
         }
         let sink = Filtered {

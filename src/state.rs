@@ -46,11 +46,27 @@ pub const DEFAULT_ORIGIN_PRIORITY: [&str; 6] = [
     "CAPI",
 ];
 
+/// One list of an account, as the state sees it: the kind of its items and the decision
+/// types it takes. Its index in [`Policy::lanes`] is the lane of its items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// An `asn` list (AS decisions) rather than an `ip` list (Ip and Range decisions).
+    pub asn: bool,
+    pub decision_types: Vec<String>,
+}
+
 /// Which decisions become items, and which items the bouncer may write.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Decision types pushed to the list (`ban`); others are skipped.
-    pub decision_types: Vec<String>,
+    /// Decision types pushed to the lists (`ban`), strongest first: an item wanted by
+    /// decisions of several types goes to the list of the strongest. Others are skipped.
+    decision_types: Vec<String>,
+    /// The account's lists, in their configured order.
+    lanes: Vec<Lane>,
+    /// The lane of each (decision type, on an AS number), by type index.
+    routes: Vec<[Option<usize>; 2]>,
+    /// AS numbers never pushed (`safety.allowlist` entries like `AS13335`).
+    pub allowlist_asns: Vec<u32>,
     /// IPv6 addresses and narrower networks are widened to this prefix.
     pub ipv6_prefix: u8,
     /// Ranges wider than these are refused.
@@ -71,10 +87,14 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The defaults of the configuration file, for tests and tools.
+    /// The defaults of the configuration file, for tests and tools: one IP list taking
+    /// `decision_types`.
     pub fn new(decision_types: Vec<String>, ipv6_prefix: u8) -> Policy {
         Policy {
-            decision_types,
+            decision_types: Vec::new(),
+            lanes: Vec::new(),
+            routes: Vec::new(),
+            allowlist_asns: Vec::new(),
             ipv6_prefix,
             min_ipv4_prefix: 16,
             min_ipv6_prefix: 32,
@@ -85,6 +105,62 @@ impl Policy {
             mass_removal_share: 0.5,
             mass_removal_min_items: 10,
         }
+        .with_lanes(vec![Lane {
+            asn: false,
+            decision_types,
+        }])
+    }
+
+    /// The account's lists. A decision type's strength: `ban` first, then the order in
+    /// which the lists name the types.
+    #[must_use]
+    pub fn with_lanes(mut self, lanes: Vec<Lane>) -> Policy {
+        let mut types: Vec<String> = Vec::new();
+        let named = lanes.iter().flat_map(|lane| &lane.decision_types);
+        for kind in named.clone().filter(|t| *t == "ban").chain(named) {
+            if !types.contains(kind) {
+                types.push(kind.clone());
+            }
+        }
+        self.routes = (types.iter())
+            .map(|kind| {
+                let lane = |asn: bool| {
+                    (lanes.iter()).position(|l| l.asn == asn && l.decision_types.contains(kind))
+                };
+                [lane(false), lane(true)]
+            })
+            .collect();
+        self.decision_types = types;
+        self.lanes = lanes;
+        self
+    }
+
+    /// Decision types pushed, strongest first.
+    pub fn decision_types(&self) -> &[String] {
+        &self.decision_types
+    }
+
+    pub fn lanes(&self) -> &[Lane] {
+        &self.lanes
+    }
+
+    /// The lane of decision type `kind` (an index in [`Policy::decision_types`]) for IP
+    /// items or, with `asn`, AS numbers; `None`: no list takes it.
+    pub fn route(&self, kind: usize, asn: bool) -> Option<usize> {
+        self.routes.get(kind)?[usize::from(asn)]
+    }
+
+    /// Whether some list holds AS numbers.
+    pub fn has_asn_lane(&self) -> bool {
+        self.lanes.iter().any(|lane| lane.asn)
+    }
+
+    /// The lanes holding items of `item`'s kind.
+    pub fn lanes_for(&self, item: &Item) -> impl Iterator<Item = usize> + '_ {
+        let asn = item.is_asn();
+        (self.lanes.iter().enumerate())
+            .filter(move |(_, lane)| lane.asn == asn)
+            .map(|(i, _)| i)
     }
 
     /// Rank of an origin: 0 is the highest. `cscli-import` ranks as `cscli`.
@@ -242,10 +318,11 @@ impl SyncState {
     pub fn new(policy: Policy) -> SyncState {
         let epoch = Instant::now();
         let ipv6_prefix = policy.ipv6_prefix;
+        let types = policy.decision_types.len();
         SyncState {
             policy: Arc::new(policy),
             epoch,
-            desired: Desired::new(epoch, ipv6_prefix),
+            desired: Desired::new(epoch, ipv6_prefix).with_types(types),
             over_capacity: false,
             capacity: usize::MAX,
             admission_stale: true,
@@ -280,19 +357,71 @@ impl SyncState {
     ) {
         for decision in deleted {
             if let Some(item) = self.desired.forget(&self.policy, &decision) {
-                self.mark_gone(item);
-                self.enqueue(item);
+                self.mark_value_gone(item);
+                self.enqueue_value(item);
             }
             self.admission_stale = true;
         }
         for decision in new {
             if let Some(item) = self.desired.insert(&self.policy, &decision, now) {
-                self.gone.remove(&item);
-                self.enqueue(item);
+                if let Some(lane) = self.lane_of(&item) {
+                    self.gone.remove(&item.on(lane));
+                }
+                self.enqueue_value(item);
             }
             self.admission_stale = true;
         }
+        self.settle_moves();
         self.collect_refusals();
+    }
+
+    /// Items whose strongest decision type changed move to that type's list: the list
+    /// they leave lost them by LAPI's word (a delta, an expiry, or a stronger decision).
+    fn settle_moves(&mut self) {
+        for item in std::mem::take(&mut self.desired.moved) {
+            let lane = self.lane_of(&item);
+            let keys: Vec<Item> = self.keys_of(item).collect();
+            for key in keys {
+                if Some(key.lane()) == lane {
+                    self.gone.remove(&key);
+                } else {
+                    self.mark_gone(key);
+                }
+            }
+            self.enqueue_value(item);
+        }
+    }
+
+    /// `item` on each list that may hold it (the lists of its kind).
+    fn keys_of(&self, item: Item) -> impl Iterator<Item = Item> + '_ {
+        self.policy.lanes_for(&item).map(move |lane| item.on(lane))
+    }
+
+    /// The lane a desired value's decisions put it on; `None` if not desired.
+    fn lane_of(&self, value: &Item) -> Option<usize> {
+        let kind = self.desired.best_type_of(&value.bare())?;
+        self.policy.route(usize::from(kind), value.is_asn())
+    }
+
+    /// Whether decisions want `key` on its lane (within capacity or not).
+    fn desires(&self, key: &Item) -> bool {
+        self.lane_of(key) == Some(key.lane())
+    }
+
+    /// No decision wants `value` any more (a delta or an expiry): on any list.
+    fn mark_value_gone(&mut self, value: Item) {
+        let keys: Vec<Item> = self.keys_of(value).collect();
+        for key in keys {
+            self.mark_gone(key);
+        }
+    }
+
+    /// [`SyncState::enqueue`] for a value, on every list of its kind.
+    fn enqueue_value(&mut self, value: Item) {
+        let keys: Vec<Item> = self.keys_of(value).collect();
+        for key in keys {
+            self.enqueue(key);
+        }
     }
 
     /// Replaces the desired state with a full pull (`startup=true`'s `new`). Items that
@@ -313,6 +442,7 @@ impl SyncState {
     /// thread, while the response arrives), with [`Desired::insert`] and this policy.
     pub fn new_desired(&self) -> Desired {
         Desired::new(self.epoch, self.policy.ipv6_prefix)
+            .with_types(self.policy.decision_types.len())
     }
 
     /// The policy decisions are judged by, for building a [`Desired`].
@@ -328,45 +458,71 @@ impl SyncState {
     pub fn replace_desired_with(&mut self, desired: Desired) {
         self.expire(Instant::now());
         let old = std::mem::replace(&mut self.desired, desired);
+        // Moves while the pull was parsed are no one's word: the comparison below finds them.
+        self.desired.moved.clear();
         self.desired_known = true;
-        let wanted = &self.desired;
-        self.gone.retain(|item| !wanted.contains(item));
+        let gone = std::mem::take(&mut self.gone);
+        self.gone = gone.into_iter().filter(|key| !self.desires(key)).collect();
         // A new desired state carries no admission marks yet: admit now, then queue
         // whatever needs a write, among the items either state wants.
         let was_over = self.over_capacity;
         self.admission_stale = true;
         // What changed is found below, by comparing the two states.
         self.admit(false);
-        let wants = |desired: &Desired, over: bool, item: &Item| {
-            (desired.get(item)).is_some_and(|wanted| !over || wanted.admitted())
+        let policy = self.policy.clone();
+        // The lane an item is wanted on (within capacity), if any.
+        let lane = |desired: &Desired, wanted: &desired::Wanted| {
+            policy.route(
+                usize::from(desired.best_type(wanted)),
+                wanted.item().is_asn(),
+            )
+        };
+        let wanted_on = |desired: &Desired, over: bool, item: &Item| {
+            (desired.get(item))
+                .filter(|wanted| !over || wanted.admitted())
+                .and_then(|wanted| lane(desired, wanted))
         };
         let changed: Vec<Item> = (old.items.items())
             .filter(|item| {
-                wants(&old, was_over, item) != wants(&self.desired, self.over_capacity, item)
+                wanted_on(&old, was_over, item)
+                    != wanted_on(&self.desired, self.over_capacity, item)
             })
             .chain((self.desired.items.items()).filter(|item| {
-                !old.contains(item) && wants(&self.desired, self.over_capacity, item)
+                !old.contains(item) && wanted_on(&self.desired, self.over_capacity, item).is_some()
             }))
             .copied()
             .collect();
-        // Items the old state wanted and this pull lacks are confirmed with LAPI, listed
-        // or not: one not listed yet was an add this pull may have cancelled by mistake.
+        // Items the old state wanted and this pull lacks, or puts on another list, are
+        // confirmed with LAPI, listed or not: one not listed yet was an add this pull may
+        // have cancelled by mistake, and a ban the pull left out beside a captcha would
+        // otherwise weaken to a challenge.
         if !self.trust_full_pulls {
             for wanted in old.items.iter() {
                 let item = wanted.item();
+                let Some(was) = lane(&old, wanted) else {
+                    continue;
+                };
+                let key = item.on(was);
                 match self.desired.get(item) {
-                    None if !self.gone.contains(item) => {
-                        self.awaiting.insert(*item);
+                    None if !self.gone.contains(&key) => {
+                        self.awaiting.insert(key);
+                    }
+                    Some(now)
+                        if lane(&self.desired, now) != Some(was) && !self.gone.contains(&key) =>
+                    {
+                        self.awaiting.insert(key);
                     }
                     Some(now) if now.decisions() < wanted.decisions() => {
-                        self.doubtful.insert(*item);
+                        self.doubtful.insert(key);
                     }
                     _ => {}
                 }
             }
         }
         drop(old);
-        self.enqueue_all(changed);
+        for item in changed {
+            self.enqueue_value(item);
+        }
         self.collect_refusals();
     }
 
@@ -375,10 +531,11 @@ impl SyncState {
     pub fn expire(&mut self, now: Instant) -> usize {
         let (gone, expired) = self.desired.expire(now);
         self.admission_stale |= expired > 0;
-        for &item in &gone {
-            self.mark_gone(item);
+        for item in gone {
+            self.mark_value_gone(item);
+            self.enqueue_value(item);
         }
-        self.enqueue_all(gone);
+        self.settle_moves();
         expired
     }
 
@@ -437,13 +594,17 @@ impl SyncState {
         self.quarantined.clear();
         let listed = &self.listed;
         self.gone.retain(|item| listed.contains(item));
-        let desired = &self.desired;
-        self.doubtful
-            .retain(|item| listed.contains(item) || desired.contains(item));
+        let doubtful = std::mem::take(&mut self.doubtful);
+        self.doubtful = (doubtful.into_iter())
+            .filter(|key| self.listed.contains(key) || self.desires(key))
+            .collect();
         let changed: Vec<Item> = (self.listed.items())
-            .filter(|item| !self.desired.contains(item))
-            .chain((self.desired.items.items()).filter(|item| !self.listed.contains(item)))
+            .filter(|key| !self.desires(key))
             .copied()
+            .chain((self.desired.items.items()).filter_map(|item| {
+                let key = item.on(self.lane_of(item)?);
+                (!self.listed.contains(&key)).then_some(key)
+            }))
             .collect();
         let mut drift = Drift {
             foreign_tagged,
@@ -465,7 +626,8 @@ impl SyncState {
         drift
     }
 
-    /// Takes up to `max` queued items that need the same kind of write, oldest first.
+    /// Takes up to `max` queued items of one list that need the same kind of write, oldest
+    /// first.
     /// Items already in step leave the queue; so do held and quarantined ones. Returns
     /// `None` when nothing needs writing, or while desired state or list are unknown.
     pub fn take_batch(&mut self, max: usize) -> Option<Batch> {
@@ -473,6 +635,7 @@ impl SyncState {
             return None;
         }
         let mut kind = None;
+        let mut lane = None;
         let mut taken = Vec::new();
         let mut skipped_other = Vec::new();
         while let Some(item) = self.queue.pop_front() {
@@ -485,8 +648,12 @@ impl SyncState {
                     }
                     self.unqueue(&item);
                 }
-                Some(intent) if kind.is_none_or(|k| k == intent) => {
+                Some(intent)
+                    if kind.is_none_or(|k| k == intent)
+                        && lane.is_none_or(|l| l == item.lane()) =>
+                {
                     kind = Some(intent);
+                    lane = Some(item.lane());
                     self.unqueue(&item);
                     taken.push(item);
                     if taken.len() == max {
@@ -612,11 +779,12 @@ impl SyncState {
         self.queue = queue;
     }
 
-    /// Items that should be on the list (desired, within capacity), sorted.
+    /// Items that should be on the lists (desired, within capacity), each on its lane,
+    /// sorted.
     pub fn desired_items(&self) -> Vec<Item> {
         let mut items: Vec<Item> = (self.desired.items.iter())
             .filter(|wanted| !self.over_capacity || wanted.admitted())
-            .map(|wanted| *wanted.item())
+            .filter_map(|wanted| Some(wanted.item().on(self.lane_of(wanted.item())?)))
             .collect();
         items.sort();
         items
@@ -698,9 +866,15 @@ impl SyncState {
         std::mem::take(&mut self.notices)
     }
 
-    /// Whether `item` should be on the list: desired, and admitted when over capacity.
-    fn wants(&self, item: &Item) -> bool {
-        (self.desired.get(item)).is_some_and(|wanted| !self.over_capacity || wanted.admitted())
+    /// Whether `key` should be on its list: desired there, and admitted when over capacity.
+    fn wants(&self, key: &Item) -> bool {
+        (self.desired.get(&key.bare())).is_some_and(|wanted| {
+            (!self.over_capacity || wanted.admitted())
+                && self
+                    .policy
+                    .route(usize::from(self.desired.best_type(wanted)), key.is_asn())
+                    == Some(key.lane())
+        })
     }
 
     fn intent(&self, item: &Item) -> Option<Intent> {
@@ -714,7 +888,7 @@ impl SyncState {
     }
 
     fn comment(&self, item: &Item) -> String {
-        let Some(wanted) = self.desired.get(item) else {
+        let Some(wanted) = self.desired.get(&item.bare()) else {
             return String::new();
         };
         let labels = &self.desired.labels;
@@ -755,7 +929,7 @@ impl SyncState {
             self.awaiting.insert(item);
         } else if !self.needs_confirmation(&item)
             && self.awaiting.remove(&item)
-            && self.desired.contains(&item)
+            && self.desires(&item)
         {
             // Wanted again by a decision, but the ones the pull left out are unknown.
             self.doubtful.insert(item);

@@ -12,30 +12,41 @@ const PHASE: &str = "http_request_firewall_custom";
 /// The longest rule expression Cloudflare takes (docs/cloudflare-lists.md §4.5).
 pub const MAX_EXPRESSION_CHARS: usize = 4096;
 
-/// The expression of the rule `setup` writes for `list`: `ip.src in $list`, or with hosts
-/// to carve out, `(ip.src in $list) and not (http.host in {"a.example" "b.example"})`
-/// (docs/cloudflare-lists.md §9), the hosts sorted and each once, so that the order
+/// The expression of the rule `setup` writes for `list`: `ip.src in $list` (an ASN list:
+/// `ip.src.asnum in $list`), or with hosts to carve out,
+/// `(ip.src in $list) and not (http.host in {"a.example" "b.example"})`
+/// (docs/cloudflare-lists.md §9, §13), the hosts sorted and each once, so that the order
 /// they are configured in changes nothing.
-pub fn rule_expression(list: &str, exclude_hosts: &[String]) -> String {
+pub fn rule_expression(list: &str, asn: bool, exclude_hosts: &[String]) -> String {
     let mut hosts: Vec<&str> = exclude_hosts.iter().map(String::as_str).collect();
     hosts.sort_unstable();
     hosts.dedup();
+    let field = field(asn);
     if hosts.is_empty() {
-        return format!("ip.src in ${list}");
+        return format!("{field} in ${list}");
     }
     let set: Vec<String> = hosts.into_iter().map(quote).collect();
     format!(
-        "(ip.src in ${list}) and not (http.host in {{{}}})",
+        "({field} in ${list}) and not (http.host in {{{}}})",
         set.join(" ")
     )
 }
 
+/// The field a list of this kind is matched against.
+fn field(asn: bool) -> &'static str {
+    if asn {
+        "ip.src.asnum"
+    } else {
+        "ip.src"
+    }
+}
+
 /// Whether `expression` is one [`rule_expression`] writes for `list`, with any hosts.
-pub fn is_rule_expression(expression: &str, list: &str) -> bool {
-    if expression == rule_expression(list, &[]) {
+pub fn is_rule_expression(expression: &str, list: &str, asn: bool) -> bool {
+    if expression == rule_expression(list, asn, &[]) {
         return true;
     }
-    let prefix = format!("(ip.src in ${list}) and not (http.host in {{");
+    let prefix = format!("({} in ${list}) and not (http.host in {{", field(asn));
     let Some(set) = expression.strip_prefix(&prefix) else {
         return false;
     };
@@ -49,7 +60,7 @@ pub fn is_rule_expression(expression: &str, list: &str) -> bool {
             check_host(host).ok().map(|()| host.to_owned())
         })
         .collect();
-    hosts.is_some_and(|hosts| rule_expression(list, &hosts) == expression)
+    hosts.is_some_and(|hosts| rule_expression(list, asn, &hosts) == expression)
 }
 
 /// A string literal of the rules language: in double quotes, `\` and `"` escaped.
@@ -134,15 +145,20 @@ struct NewList<'a> {
 }
 
 impl CloudflareClient {
-    /// Creates an IP list.
+    /// Creates a list of kind `ip` or, with `asn`, `asn`.
     ///
     /// # Errors
     /// The request's error.
-    pub async fn create_list(&self, name: &str, description: &str) -> Result<ListInfo, Error> {
+    pub async fn create_list(
+        &self,
+        name: &str,
+        asn: bool,
+        description: &str,
+    ) -> Result<ListInfo, Error> {
         let url = format!("{}/rules/lists", self.account_url);
         let body = NewList {
             name,
-            kind: "ip",
+            kind: if asn { "asn" } else { "ip" },
             description,
         };
         let (list, _) = self
@@ -328,7 +344,7 @@ mod tests {
     #[test]
     fn without_hosts_the_expression_is_the_plain_one() {
         assert_eq!(
-            rule_expression("crowdsec_ban", &[]),
+            rule_expression("crowdsec_ban", false, &[]),
             "ip.src in $crowdsec_ban"
         );
     }
@@ -337,6 +353,7 @@ mod tests {
     fn hosts_are_quoted_sorted_and_given_once() {
         let expression = rule_expression(
             "crowdsec_ban",
+            false,
             &hosts(&["login.example.com", "auth.example.com", "login.example.com"]),
         );
         assert_eq!(
@@ -346,6 +363,7 @@ mod tests {
         );
         let reordered = rule_expression(
             "crowdsec_ban",
+            false,
             &hosts(&["auth.example.com", "login.example.com"]),
         );
         assert_eq!(expression, reordered);
@@ -360,10 +378,11 @@ mod tests {
     #[test]
     fn the_expressions_setup_writes_are_recognised_and_nothing_else() {
         let list = "crowdsec_ban";
-        assert!(is_rule_expression("ip.src in $crowdsec_ban", list));
-        let carved = rule_expression(list, &hosts(&["b.example", "a.example"]));
-        assert!(is_rule_expression(&carved, list));
-        assert!(!is_rule_expression(&carved, "crowdsec"));
+        assert!(is_rule_expression("ip.src in $crowdsec_ban", list, false));
+        let carved = rule_expression(list, false, &hosts(&["b.example", "a.example"]));
+        assert!(is_rule_expression(&carved, list, false));
+        assert!(!is_rule_expression(&carved, "crowdsec", false));
+        assert!(!is_rule_expression(&carved, list, true));
         for other in [
             "ip.src in $crowdsec_ban_v2",
             "ip.src in $crowdsec_ban and http.host eq \"a.example\"",
@@ -372,8 +391,28 @@ mod tests {
             "(ip.src in $crowdsec_ban) and not (http.host in {})",
             "(ip.src in $crowdsec_ban) and not (http.host in {\"a.example\"}) or true",
         ] {
-            assert!(!is_rule_expression(other, list), "{other}");
+            assert!(!is_rule_expression(other, list, false), "{other}");
         }
+    }
+
+    #[test]
+    fn asn_lists_match_the_origin_as_number() {
+        let carved = rule_expression("crowdsec_asn", true, &hosts(&["auth.example.com"]));
+        assert_eq!(
+            carved,
+            "(ip.src.asnum in $crowdsec_asn) and not (http.host in {\"auth.example.com\"})"
+        );
+        assert!(is_rule_expression(&carved, "crowdsec_asn", true));
+        assert!(is_rule_expression(
+            "ip.src.asnum in $crowdsec_asn",
+            "crowdsec_asn",
+            true
+        ));
+        assert!(!is_rule_expression(
+            "ip.src in $crowdsec_asn",
+            "crowdsec_asn",
+            true
+        ));
     }
 
     #[test]

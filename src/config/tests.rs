@@ -27,7 +27,10 @@ fn minimal_config_gets_documented_defaults() {
         config.cloudflare.api_url,
         "https://api.cloudflare.com/client/v4"
     );
-    assert_eq!(config.cloudflare.list, ListRef::Name("crowdsec_ban".into()));
+    assert_eq!(
+        config.cloudflare.lists[0].list,
+        ListRef::Name("crowdsec_ban".into())
+    );
     assert_eq!(config.cloudflare.batch_size, 1000);
     assert_eq!(config.cloudflare.ipv6_prefix, 64);
     assert_eq!(config.sync.reconcile_interval, Duration::from_secs(600));
@@ -42,7 +45,10 @@ fn the_shipped_example_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"))
         .expect("config.toml.example exists");
     let config = Config::parse(&text, &no_env).expect("config.toml.example is valid");
-    assert_eq!(config.cloudflare.list, ListRef::Name("crowdsec_ban".into()));
+    assert_eq!(
+        config.cloudflare.lists[0].list,
+        ListRef::Name("crowdsec_ban".into())
+    );
     assert_eq!(config.crowdsec.request_timeout, Duration::from_secs(120));
 }
 
@@ -110,7 +116,7 @@ list_id = "2c0fc9fa937b11eaa1b71c4d701ab86e"
     );
     assert_eq!(config.cloudflare.api_token.expose(), "file-token");
     assert_eq!(
-        config.cloudflare.list,
+        config.cloudflare.lists[0].list,
         ListRef::Id("2c0fc9fa937b11eaa1b71c4d701ab86e".into())
     );
 }

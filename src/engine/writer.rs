@@ -24,7 +24,7 @@ pub use commands::SetupReport;
 use super::foreign::{ForeignWatch, Verdict};
 use super::{retry_delay, sleep_or_cancel, Error, Shared};
 use crate::budget::WriteBudget;
-use crate::cloudflare::{CloudflareClient, ListInfo};
+use crate::cloudflare::{CloudflareClient, ListInfo, ListKind};
 use crate::cloudflare::{OpStatus, MAX_PER_PAGE};
 use crate::config::Config;
 use crate::item::Item;
@@ -83,6 +83,26 @@ impl Pace {
     }
 }
 
+/// One list the writer keeps in step, as the start-up lookup found it. Its index among
+/// the writer's targets is the lane of its items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: String,
+    pub name: String,
+    /// A list of kind `asn` (items are AS numbers).
+    pub asn: bool,
+}
+
+impl From<&ListInfo> for Target {
+    fn from(list: &ListInfo) -> Target {
+        Target {
+            id: list.id.clone(),
+            name: list.name.clone(),
+            asn: list.kind == ListKind::Asn.as_str(),
+        }
+    }
+}
+
 /// The only code that talks to Cloudflare: it owns the Cloudflare client, and with it
 /// everything only writes need (the poll clock, the write budgets, the watch for another
 /// writer). See the module docs.
@@ -120,33 +140,44 @@ impl Writer {
         }
     }
 
-    /// Looks the configured list up among the account's lists (a read, before any
-    /// write), and keeps those lists for the first list read, which needs the other
-    /// lists' sizes.
-    pub(super) async fn look_up_list(&mut self) -> Result<ListInfo, Error> {
+    /// Looks the configured lists up among the account's lists (a read, before any
+    /// write), each of the kind its configuration says, and keeps those lists for the
+    /// first list read, which needs the other lists' sizes. In configuration order.
+    pub(super) async fn look_up_lists(&mut self) -> Result<Vec<ListInfo>, Error> {
         let lists = self.cloudflare.lists().await?;
-        let found = crate::cloudflare::choose_list(&lists, &self.config.cloudflare.list);
+        let found = (self.config.cloudflare.lists.iter())
+            .map(|list| {
+                let kind = if list.asn {
+                    ListKind::Asn
+                } else {
+                    ListKind::Ip
+                };
+                crate::cloudflare::choose_list_of_kind(&lists, &list.list, kind)
+            })
+            .collect::<Result<Vec<ListInfo>, _>>();
         self.known_lists = Some(lists);
         Ok(found?)
     }
 
-    /// Looks the list up, retrying until it works or the token is cancelled.
-    pub(super) async fn resolve_list(&mut self, token: &CancellationToken) -> Option<String> {
+    /// Looks the lists up, retrying until it works or the token is cancelled.
+    pub(super) async fn resolve_lists(&mut self, token: &CancellationToken) -> Option<Vec<Target>> {
         let mut attempt = 0;
         loop {
             let found = tokio::select! {
                 biased;
                 () = token.cancelled() => return None,
-                found = self.look_up_list() => found,
+                found = self.look_up_lists() => found,
             };
             match found {
-                Ok(list) => {
-                    info!(list = %list.name, list_id = %list.id, items = list.num_items, "using Cloudflare list");
-                    return Some(list.id);
+                Ok(lists) => {
+                    for list in &lists {
+                        info!(list = %list.name, list_id = %list.id, kind = %list.kind, items = list.num_items, "using Cloudflare list");
+                    }
+                    return Some(lists.iter().map(Target::from).collect());
                 }
                 Err(err) => {
                     attempt += 1;
-                    error!(error = %err, "cannot use the Cloudflare list; retrying");
+                    error!(error = %err, "cannot use the Cloudflare lists; retrying");
                     let delay = retry_delay(&err, attempt);
                     if !sleep_or_cancel(delay, token).await {
                         return None;
@@ -157,7 +188,7 @@ impl Writer {
     }
 
     /// The writer task: see the module docs.
-    pub(super) async fn run(&mut self, list_id: &str, token: CancellationToken) {
+    pub(super) async fn run(&mut self, lists: &[Target], token: CancellationToken) {
         let mut pace = Pace {
             cap: self.config.cloudflare.batch_size,
             longest_op: Duration::ZERO,
@@ -174,7 +205,7 @@ impl Writer {
                 let read = tokio::select! {
                     biased;
                     () = token.cancelled() => return,
-                    read = self.read_list(list_id) => read,
+                    read = self.read_list(lists) => read,
                 };
                 if let Err(err) = read {
                     self.shared.refresh_list.store(true, Ordering::SeqCst);
@@ -200,7 +231,7 @@ impl Writer {
             };
             let queued = self.shared.state().counts().queued;
             progress.batch(batch.len(), queued);
-            let result = self.write(list_id, batch, &token, &mut pace).await;
+            let result = self.write(lists, batch, &token, &mut pace).await;
             progress.written(*result.as_ref().unwrap_or(&0));
             if let Some(delay) = self.after_write(result, &mut pace) {
                 if !self.wait(delay, &token).await {
@@ -213,7 +244,7 @@ impl Writer {
     /// `once`'s drain: like the writer task, but gives up after repeated failures.
     pub(super) async fn drain_once(
         &mut self,
-        list_id: &str,
+        lists: &[Target],
         token: &CancellationToken,
     ) -> Result<usize, Error> {
         let mut pace = Pace {
@@ -234,7 +265,7 @@ impl Writer {
             };
             let queued = self.shared.state().counts().queued;
             progress.batch(batch.len(), queued);
-            let result = self.write(list_id, batch, token, &mut pace).await;
+            let result = self.write(lists, batch, token, &mut pace).await;
             progress.written(*result.as_ref().unwrap_or(&0));
             match result {
                 Ok(n) if n > 0 => {
@@ -355,47 +386,65 @@ impl Writer {
         wait
     }
 
-    /// Reads the account's lists (for the capacity left by the others) and the whole
-    /// list, and replaces the list view with it.
-    pub(super) async fn read_list(&mut self, list_id: &str) -> Result<(), Error> {
+    /// Reads the account's lists (for the capacity left by the others) and every list
+    /// the writer keeps, whole, and replaces the list view with them.
+    pub(super) async fn read_list(&mut self, targets: &[Target]) -> Result<(), Error> {
         let started = Instant::now();
         let known = self.known_lists.take();
         let lists = match known {
             Some(lists) => lists,
             None => self.cloudflare.lists().await?,
         };
+        let ours = |id: &str| targets.iter().any(|t| t.id == id);
         let others: u64 = lists
             .iter()
-            .filter(|l| l.id != list_id)
+            .filter(|l| !ours(&l.id))
             .map(|l| l.num_items)
             .sum();
-        let num_items = lists
-            .iter()
-            .find(|l| l.id == list_id)
-            .map_or(0, |l| l.num_items);
-        let mut pages = crate::cloudflare::PageGuard::new(num_items);
         // Page by page into a view of its own: one page in memory at a time, and the
-        // state's view replaced only by a complete read.
+        // state's view replaced only by a complete read of every list.
         let mut view = self.shared.state().new_list_view();
         let (mut n_listed, mut unreadable) = (0, 0);
-        let mut cursor = None;
-        loop {
-            self.turn(Duration::ZERO);
-            let (page, next) = self
-                .cloudflare
-                .items_page(list_id, cursor.as_deref(), None)
-                .await?;
-            pages.next_page(next.as_deref())?;
-            for listed in &page {
-                n_listed += 1;
-                match Item::from_cloudflare(&listed.ip) {
-                    Some(item) => view.insert(item, &listed.id, listed.comment.as_deref()),
-                    None => unreadable += 1,
+        for (lane, target) in targets.iter().enumerate() {
+            let num_items = lists
+                .iter()
+                .find(|l| l.id == target.id)
+                .map_or(0, |l| l.num_items);
+            let mut pages = crate::cloudflare::PageGuard::new(num_items);
+            let mut cursor = None;
+            loop {
+                self.turn(Duration::ZERO);
+                let next = if target.asn {
+                    let page = (self.cloudflare)
+                        .asn_items_page(&target.id, cursor.as_deref(), None)
+                        .await?;
+                    for listed in &page.items {
+                        let item = Item::from_asn(listed.asn).on(lane);
+                        view.insert(item, &listed.id, listed.comment.as_deref());
+                    }
+                    n_listed += page.items.len() + page.unreadable;
+                    unreadable += page.unreadable;
+                    page.next
+                } else {
+                    let (page, next) = (self.cloudflare)
+                        .items_page(&target.id, cursor.as_deref(), None)
+                        .await?;
+                    for listed in &page {
+                        n_listed += 1;
+                        match Item::from_cloudflare(&listed.ip) {
+                            Some(item) => {
+                                view.insert(item.on(lane), &listed.id, listed.comment.as_deref());
+                            }
+                            None => unreadable += 1,
+                        }
+                    }
+                    next
+                };
+                pages.next_page(next.as_deref())?;
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
                 }
-            }
-            match next {
-                Some(next) => cursor = Some(next),
-                None => break,
             }
         }
         let mut state = self.shared.state();
@@ -426,7 +475,7 @@ impl Writer {
         if unreadable > 0 {
             warn!(
                 unreadable,
-                "list items that are not an IP or CIDR were ignored"
+                "list items that are not an IP, a CIDR or an AS number were ignored"
             );
         }
         info!(
@@ -448,14 +497,20 @@ impl Writer {
     /// and a failed one-item operation sets its item aside.
     async fn write(
         &mut self,
-        list_id: &str,
+        targets: &[Target],
         batch: Batch,
         token: &CancellationToken,
         pace: &mut Pace,
     ) -> Result<usize, Error> {
         let items = batch.items();
+        // A batch is of one list (`take_batch`): its lane's.
+        let lane = items.first().map_or(0, Item::lane);
+        let Some(target) = targets.get(lane) else {
+            // No list for this lane: nothing configured writes it; never reached.
+            return Ok(0);
+        };
         let started = Instant::now();
-        let result = self.submit_and_wait(list_id, batch, token).await;
+        let result = self.submit_and_wait(target, targets, batch, token).await;
         match &result {
             Ok(_) => pace.longest_op = pace.longest_op.max(started.elapsed()),
             Err(Error::OperationFailed { message, .. }) if items.len() == 1 => {
@@ -474,10 +529,12 @@ impl Writer {
 
     async fn submit_and_wait(
         &mut self,
-        list_id: &str,
+        target: &Target,
+        targets: &[Target],
         batch: Batch,
         token: &CancellationToken,
     ) -> Result<usize, Error> {
+        let list_id = &target.id;
         let started = Instant::now();
         let telemetry = self.telemetry.clone();
         let unconfirmed = |err: crate::cloudflare::Error| {
@@ -489,6 +546,20 @@ impl Writer {
             }
         };
         let (op_id, outcome, items) = match batch {
+            Batch::Add(adds) if target.asn => {
+                let numbers: Vec<(u32, String)> = (adds.iter())
+                    .filter_map(|(item, comment)| Some((item.asn()?, comment.clone())))
+                    .collect();
+                let op_id = (self.cloudflare)
+                    .add_asn_items(list_id, &numbers)
+                    .await
+                    .map_err(unconfirmed)?;
+                (
+                    op_id,
+                    Confirmed::Added,
+                    adds.into_iter().map(|(item, _)| item).collect(),
+                )
+            }
             Batch::Add(adds) => {
                 let op_id = self
                     .cloudflare
@@ -502,7 +573,7 @@ impl Writer {
                 )
             }
             Batch::Remove(removes) => {
-                let Some((ids, items)) = self.resolve_ids(list_id, removes).await? else {
+                let Some((ids, items)) = self.resolve_ids(target, targets, removes).await? else {
                     return Ok(0);
                 };
                 let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
@@ -571,7 +642,8 @@ impl Writer {
     /// with fresh ids). Returns `None` when nothing is left to send now.
     async fn resolve_ids(
         &mut self,
-        list_id: &str,
+        target: &Target,
+        targets: &[Target],
         removes: Vec<(Item, Option<Box<str>>)>,
     ) -> Result<Option<(Vec<Box<str>>, Vec<Item>)>, Error> {
         let unknown = removes.iter().filter(|(_, id)| id.is_none()).count();
@@ -583,7 +655,7 @@ impl Writer {
                 self.shared
                     .state()
                     .requeue(removes.iter().map(|(item, _)| *item));
-                self.read_list(list_id).await?;
+                self.read_list(targets).await?;
                 return Ok(None);
             }
             debug!(unknown, "resolving item ids by search");
@@ -594,7 +666,12 @@ impl Writer {
             let id = match id {
                 Some(id) => Some(id),
                 None => {
-                    let found = self.cloudflare.find_item(list_id, item).await?;
+                    let found = match item.asn() {
+                        Some(asn) if target.asn => {
+                            self.cloudflare.find_asn_item(&target.id, asn).await?
+                        }
+                        _ => self.cloudflare.find_item(&target.id, item).await?,
+                    };
                     let found = found.map(String::into_boxed_str);
                     self.shared.state().resolve_id(item, found.clone());
                     found

@@ -32,25 +32,29 @@ impl SyncState {
         active: impl IntoIterator<Item = DecisionRef<'a>>,
         now: Instant,
     ) -> usize {
-        let asked_set: HashSet<Item> = asked.iter().copied().collect();
+        // Asked by value: a decision on it may put it on any of its lists.
+        let asked_set: HashSet<Item> = asked.iter().map(|key| key.bare()).collect();
         for decision in active {
-            let item = Item::from_decision(decision.value, self.policy.ipv6_prefix).ok();
+            let item = super::desired::decision_item(&decision, self.policy.ipv6_prefix);
             if item.is_some_and(|item| asked_set.contains(&item)) {
                 self.desired.insert(&self.policy, &decision, now);
                 self.admission_stale = true;
             }
         }
+        // Lists an item moved away from by these decisions lost it by LAPI's word.
+        self.settle_moves();
         self.collect_refusals();
         let mut kept = 0;
-        for &item in asked {
-            self.doubtful.remove(&item);
-            if self.desired.contains(&item) {
+        for &key in asked {
+            self.doubtful.remove(&key);
+            if self.desires(&key) {
                 kept += 1;
             } else {
-                self.gone.insert(item);
+                self.gone.insert(key);
             }
-            self.awaiting.remove(&item);
-            self.enqueue(item);
+            self.awaiting.remove(&key);
+            self.enqueue(key);
+            self.enqueue_value(key.bare());
         }
         kept
     }
@@ -111,6 +115,6 @@ impl SyncState {
     /// nothing but a full pull said so. (An item still desired but left out for
     /// capacity goes at once: that is the bouncer's own choice.)
     pub(super) fn needs_confirmation(&self, item: &Item) -> bool {
-        !self.trust_full_pulls && !self.desired.contains(item) && !self.gone.contains(item)
+        !self.trust_full_pulls && !self.desires(item) && !self.gone.contains(item)
     }
 }

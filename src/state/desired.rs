@@ -41,6 +41,9 @@ impl DecisionKey {
     /// Whether the decision is on an IPv6 address or network (IPv4-mapped ones count
     /// as IPv6 here; they are rare and only feed metrics).
     pub(super) fn is_ipv6(&self) -> bool {
+        if self.scope_kind & AS_SCOPE != 0 {
+            return false;
+        }
         match &self.value {
             Value::Addr(addr) => addr.is_ipv6(),
             Value::Net(net) => matches!(net, IpNet::V6(_)),
@@ -50,6 +53,12 @@ impl DecisionKey {
 
     /// The item this decision maps to.
     pub(super) fn item(&self, ipv6_prefix: u8) -> Option<Item> {
+        if self.scope_kind & AS_SCOPE != 0 {
+            let Value::Text(text) = &self.value else {
+                return None;
+            };
+            return Item::from_asn_decision(text).ok();
+        }
         match &self.value {
             Value::Addr(addr) => Item::from_net(IpNet::from(*addr), ipv6_prefix).ok(),
             Value::Net(net) => Item::from_net(*net, ipv6_prefix).ok(),
@@ -97,10 +106,51 @@ fn displays_as(value: &impl std::fmt::Display, text: &str) -> bool {
     std::fmt::write(&mut matcher, format_args!("{value}")).is_ok() && matcher.rest.is_empty()
 }
 
+/// `DecisionKey::scope_kind`: the decision is on a range.
+const RANGE_SCOPE: u8 = 0x80;
+/// `DecisionKey::scope_kind`: the decision is on an AS number.
+const AS_SCOPE: u8 = 0x40;
+/// `DecisionKey::scope_kind`: the index of the decision's type in `policy.decision_types`.
+const TYPE: u8 = 0x3f;
+
+/// The decision type index of a `scope_kind`.
+fn type_of(scope_kind: u8) -> u8 {
+    scope_kind & TYPE
+}
+
+/// The item a decision value maps to, by its scope.
+fn item_of(scope_kind: u8, value: &str, ipv6_prefix: u8) -> Result<Item, ItemError> {
+    if scope_kind & AS_SCOPE != 0 {
+        Item::from_asn_decision(value)
+    } else {
+        Item::from_decision(value, ipv6_prefix)
+    }
+}
+
+/// Whether a decision's value is its item's own text: `1.2.3.4` for its item, `13335`
+/// for AS13335.
+fn is_own_text(item: &Item, value: &str) -> bool {
+    match item.asn() {
+        Some(asn) => displays_as(&asn, value),
+        None => displays_as(item, value),
+    }
+}
+
+/// The item a decision's value maps to, by its scope (`AS`: an AS number), ignoring the
+/// policy; `None` if it maps to none.
+pub(super) fn decision_item(decision: &DecisionRef<'_>, ipv6_prefix: u8) -> Option<Item> {
+    let scope = if decision.scope.eq_ignore_ascii_case("as") {
+        AS_SCOPE
+    } else {
+        0
+    };
+    item_of(scope, decision.value, ipv6_prefix).ok()
+}
+
 /// (scope, value, type): what LAPI deduplicates on (docs/lapi.md §4.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct DecisionKey {
-    /// Bit 7: range scope; bits 0–6: index in `policy.decision_types`.
+    /// [`RANGE_SCOPE`], [`AS_SCOPE`], and the type index ([`TYPE`]).
     scope_kind: u8,
     value: Value,
 }
@@ -212,6 +262,16 @@ pub struct Desired {
     pub(super) skipped: Skipped,
     /// (value, reason) of refused decisions, for the log.
     pub(super) refusals: Vec<(Box<str>, String)>,
+    /// More than one decision type is configured: an item's best type is tracked, and
+    /// `others` is indexed by (item, type) in `other_types`.
+    multi_type: bool,
+    /// How many decision types the policy has.
+    types: u8,
+    /// How many decisions of each type `others` holds, by (item, type index).
+    other_types: HashMap<(Item, u8), u32>,
+    /// Items still desired whose best type changed (a ban came or went beside a captcha):
+    /// they may move between lists. Taken by the state after each change.
+    pub(super) moved: Vec<Item>,
 }
 
 impl Desired {
@@ -228,6 +288,64 @@ impl Desired {
             earliest_expiry: None,
             skipped: Skipped::default(),
             refusals: Vec::new(),
+            multi_type: false,
+            types: 1,
+            other_types: HashMap::default(),
+            moved: Vec::new(),
+        }
+    }
+
+    /// Tracks each item's best decision type, among `types` configured ones (when
+    /// there is more than one).
+    #[must_use]
+    pub fn with_types(mut self, types: usize) -> Desired {
+        self.multi_type = types > 1;
+        self.types = types.min(usize::from(TYPE)) as u8;
+        self
+    }
+
+    /// The best (lowest-index, strongest) type among `item`'s decisions: its list is
+    /// that type's. 0 when one type is configured.
+    pub(super) fn best_type(&self, wanted: &Wanted) -> u8 {
+        if !self.multi_type {
+            return 0;
+        }
+        let own = (wanted.own != NO_OWN).then(|| type_of(wanted.own));
+        if wanted.others == 0 {
+            return own.unwrap_or(0);
+        }
+        let limit = own.unwrap_or(self.types);
+        let other = (0..limit).find(|&t| self.other_types.contains_key(&(wanted.item, t)));
+        other.or(own).unwrap_or(0)
+    }
+
+    /// `item`'s best type, if it is desired.
+    pub(super) fn best_type_of(&self, item: &Item) -> Option<u8> {
+        self.items.get(item).map(|wanted| self.best_type(wanted))
+    }
+
+    /// Records `item` as moved when its best type is not `before` any more.
+    fn note_move(&mut self, item: &Item, before: Option<u8>) {
+        if self.multi_type {
+            let after = self.best_type_of(item);
+            if before.is_some() && after.is_some() && after != before {
+                self.moved.push(*item);
+            }
+        }
+    }
+
+    fn count_other_type(&mut self, item: Item, scope_kind: u8, up: bool) {
+        if !self.multi_type {
+            return;
+        }
+        let key = (item, type_of(scope_kind));
+        if up {
+            *self.other_types.entry(key).or_default() += 1;
+        } else if let Some(n) = self.other_types.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.other_types.remove(&key);
+            }
         }
     }
 
@@ -271,9 +389,9 @@ impl Desired {
         now: Instant,
     ) -> Option<Item> {
         let scope_kind = self.scope_kind(policy, decision, true)?;
-        let item = match Item::from_decision(decision.value, policy.ipv6_prefix) {
+        let item = match item_of(scope_kind, decision.value, policy.ipv6_prefix) {
             Ok(item) => item,
-            Err(ItemError::Invalid) => {
+            Err(ItemError::Invalid | ItemError::NotAsn) => {
                 self.skipped.value += 1;
                 return None;
             }
@@ -300,7 +418,12 @@ impl Desired {
         self.earliest_expiry = Some(self.earliest_expiry.map_or(expires, |e| e.min(expires)));
         let origin = self.labels.intern(decision.origin);
         let scenario = self.labels.intern(decision.scenario);
-        let is_own = displays_as(&item, decision.value);
+        let is_own = is_own_text(&item, decision.value);
+        let before = if self.multi_type {
+            self.best_type_of(&item)
+        } else {
+            None
+        };
 
         let (wanted, made) = self.items.get_or_insert_with(item, || Wanted {
             item,
@@ -341,7 +464,9 @@ impl Desired {
         } else {
             wanted.others += 1;
             self.others.insert(key(), active);
+            self.count_other_type(item, scope_kind, true);
         }
+        self.note_move(&item, before);
         made.then_some(item)
     }
 
@@ -349,9 +474,9 @@ impl Desired {
     pub(super) fn forget(&mut self, policy: &Policy, decision: &DecisionRef<'_>) -> Option<Item> {
         let scope_kind = self.scope_kind(policy, decision, false)?;
         // Insert derived the item from the same value with the same prefix.
-        let item = Item::from_decision(decision.value, self.ipv6_prefix).ok()?;
+        let item = item_of(scope_kind, decision.value, self.ipv6_prefix).ok()?;
         let wanted = self.items.get(&item)?;
-        if wanted.own == scope_kind && displays_as(&item, decision.value) {
+        if wanted.own == scope_kind && is_own_text(&item, decision.value) {
             return self.forget_own(&item);
         }
         let key = DecisionKey {
@@ -366,22 +491,37 @@ impl Desired {
 
     /// Empties `item`'s own decision slot; returns the item when nothing wants it now.
     fn forget_own(&mut self, item: &Item) -> Option<Item> {
+        let before = if self.multi_type {
+            self.best_type_of(item)
+        } else {
+            None
+        };
         let wanted = self.items.get_mut(item)?;
         if wanted.own == NO_OWN {
             return None;
         }
         wanted.own = NO_OWN;
         self.own -= 1;
-        self.drop_if_unwanted(item)
+        let dropped = self.drop_if_unwanted(item);
+        self.note_move(item, before);
+        dropped
     }
 
     /// Removes a decision from `others`; returns its item when nothing wants it now.
     fn forget_other(&mut self, key: &DecisionKey) -> Option<Item> {
         self.others.remove(key)?;
         let item = key.item(self.ipv6_prefix)?;
+        let before = if self.multi_type {
+            self.best_type_of(&item)
+        } else {
+            None
+        };
+        self.count_other_type(item, key.scope_kind, false);
         let wanted = self.items.get_mut(&item)?;
         wanted.others = wanted.others.saturating_sub(1);
-        self.drop_if_unwanted(&item)
+        let dropped = self.drop_if_unwanted(&item);
+        self.note_move(&item, before);
+        dropped
     }
 
     fn drop_if_unwanted(&mut self, item: &Item) -> Option<Item> {
@@ -431,15 +571,19 @@ impl Desired {
     /// longest first. An item ranks as its best decision; ties go to the lower item.
     /// Returns the items whose mark changed, when `report` asks for them.
     pub(super) fn admit(&mut self, capacity: usize, ranks: &[u32], report: bool) -> Vec<Item> {
-        let priority = |origin: u32, expires: u32| {
+        // The strongest type first (bans before captchas), then origin rank, then the
+        // longest remaining.
+        let priority = |scope_kind: u8, origin: u32, expires: u32| {
             let rank = ranks.get(origin as usize).copied().unwrap_or(u32::MAX);
-            (u64::from(rank) << 32) | u64::from(u32::MAX - expires)
+            (u64::from(type_of(scope_kind)) << 56)
+                | (u64::from(rank.min(0xff_ffff)) << 32)
+                | u64::from(u32::MAX - expires)
         };
         // (priority, position): positions hold until the next removal, and this
         // function removes nothing.
         let mut order: Vec<(u64, u32)> = (self.items.iter().enumerate())
             .map(|(i, w)| {
-                let own = (w.own != NO_OWN).then(|| priority(w.origin, w.expires));
+                let own = (w.own != NO_OWN).then(|| priority(w.own, w.origin, w.expires));
                 (
                     own.unwrap_or(u64::MAX),
                     u32::try_from(i).unwrap_or(u32::MAX),
@@ -449,7 +593,10 @@ impl Desired {
         for (key, active) in &self.others {
             let at = key.item(self.ipv6_prefix);
             if let Some(i) = at.and_then(|item| self.items.position_of(&item)) {
-                order[i].0 = order[i].0.min(priority(active.origin, active.expires));
+                order[i].0 =
+                    order[i]
+                        .0
+                        .min(priority(key.scope_kind, active.origin, active.expires));
             }
         }
         if capacity < order.len() {
@@ -486,29 +633,40 @@ impl Desired {
         decision: &DecisionRef<'_>,
         count: bool,
     ) -> Option<u8> {
-        let range = if decision.scope.eq_ignore_ascii_case("ip") {
+        let scope = if decision.scope.eq_ignore_ascii_case("ip") {
             0
         } else if decision.scope.eq_ignore_ascii_case("range") {
-            0x80
+            RANGE_SCOPE
+        } else if decision.scope.eq_ignore_ascii_case("as") && policy.has_asn_lane() {
+            AS_SCOPE
         } else {
             self.skipped.scope += u64::from(count);
             return None;
         };
-        let Some(kind) = policy
+        let kind = policy
             .decision_types
             .iter()
             .position(|t| t == decision.kind)
-        else {
+            .filter(|&kind| policy.route(kind, scope == AS_SCOPE).is_some());
+        let Some(kind) = kind else {
             self.skipped.kind += u64::from(count);
             return None;
         };
-        // `NO_OWN` (0xff) is a range of type 127: the config allows far fewer types.
-        Some(range | (kind.min(0x7e) as u8))
+        // `NO_OWN` (0xff) has both scope bits: no decision does.
+        Some(scope | (kind.min(usize::from(TYPE)) as u8))
     }
 
     /// The safety rails: broad ranges and the allowlist. Refusals are counted.
     fn passes_rails(&mut self, policy: &Policy, decision: &DecisionRef<'_>, item: Item) -> bool {
-        let net = item.net();
+        let Some(net) = item.net() else {
+            let asn = item.asn().unwrap_or_default();
+            if policy.allowlist_asns.contains(&asn) {
+                self.refuse(decision, format!("AS{asn} is allowlisted"));
+                self.skipped.allowlisted += 1;
+                return false;
+            }
+            return true;
+        };
         let min_prefix = if item.is_ipv6() {
             policy.min_ipv6_prefix
         } else {

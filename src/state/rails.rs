@@ -25,8 +25,11 @@ impl SyncState {
             return;
         };
         // Removals first: at capacity, an add only fits once something left.
+        // Admission is by value; the write is on the value's list.
+        let keys = (changed.into_iter()).filter_map(|item| Some(item.on(self.lane_of(&item)?)));
+        let keys: Vec<Item> = keys.collect();
         let (removals, adds): (Vec<Item>, Vec<Item>) =
-            (changed.into_iter()).partition(|item| self.intent(item) == Some(Intent::Remove));
+            (keys.into_iter()).partition(|item| self.intent(item) == Some(Intent::Remove));
         self.enqueue_all(removals);
         self.enqueue_all(adds);
         if self.over_capacity {

@@ -1,7 +1,8 @@
 //! The `setup` and `cleanup` commands: writes, so the writer's.
 //!
 //! `setup` keeps one custom rule per (list, action) pair in each zone it is given
-//! (docs/cloudflare-lists.md §9; today one pair, the configured list and `--action`), and
+//! (docs/cloudflare-lists.md §9): one per configured list, with the list's action (the
+//! one list of `list_name`/`list_id` takes `--action`), and
 //! `cleanup --rules` removes those rules and no other. A rule is setup's when its
 //! description ends with [`MARK`] and its expression is one [`rule_expression`] writes
 //! for the list: rules made by hand, even with the same expression, are left alone.
@@ -25,6 +26,8 @@ pub type SetupReport = Vec<String>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneRule {
     pub list: String,
+    /// An ASN list: its rule matches `ip.src.asnum`.
+    pub asn: bool,
     pub action: String,
 }
 
@@ -33,7 +36,7 @@ impl ZoneRule {
     fn rule(&self, exclude_hosts: &[String], enabled: bool) -> Rule {
         Rule {
             id: String::new(),
-            expression: rule_expression(&self.list, exclude_hosts),
+            expression: rule_expression(&self.list, self.asn, exclude_hosts),
             action: self.action.clone(),
             description: format!("CrowdSec decisions in list {} {MARK}", self.list),
             enabled,
@@ -42,7 +45,8 @@ impl ZoneRule {
 
     /// Whether `rule` is one `setup` wrote for this rule's list.
     fn is_ours(&self, rule: &Rule) -> bool {
-        rule.description.ends_with(MARK) && is_rule_expression(&rule.expression, &self.list)
+        rule.description.ends_with(MARK)
+            && is_rule_expression(&rule.expression, &self.list, self.asn)
     }
 }
 
@@ -98,27 +102,47 @@ impl Writer {
         action: &str,
     ) -> Result<SetupReport, Error> {
         let mut report = Vec::new();
-        let list = match self.look_up_list().await {
-            Ok(list) => {
-                report.push(format!(
-                    "list {} ({}) exists, {} items",
-                    list.name, list.id, list.num_items
-                ));
-                list
-            }
-            Err(Error::Cloudflare(cloudflare::Error::ListNotFound(name))) => {
-                let description =
-                    "CrowdSec bans, kept in step by crowdsec-cloudflare-iplist-bouncer";
-                let list = self.cloudflare.create_list(&name, description).await?;
-                report.push(format!("created list {} ({})", list.name, list.id));
-                list
-            }
-            Err(err) => return Err(err),
-        };
-        let wanted = [ZoneRule {
-            list: list.name,
-            action: action.to_owned(),
-        }];
+        let all = self.cloudflare.lists().await?;
+        let mut wanted = Vec::new();
+        for config in self.config.cloudflare.lists.clone() {
+            let kind = if config.asn {
+                cloudflare::ListKind::Asn
+            } else {
+                cloudflare::ListKind::Ip
+            };
+            let list = match cloudflare::choose_list_of_kind(&all, &config.list, kind) {
+                Ok(list) => {
+                    report.push(format!(
+                        "list {} ({}, kind {}) exists, {} items",
+                        list.name, list.id, list.kind, list.num_items
+                    ));
+                    list
+                }
+                Err(
+                    cloudflare::Error::ListNotFound(name)
+                    | cloudflare::Error::AsnListNotFound(name),
+                ) if matches!(config.list, crate::config::ListRef::Name(_)) => {
+                    let description = format!(
+                        "CrowdSec {} decisions, kept in step by crowdsec-cloudflare-iplist-bouncer",
+                        config.decision_types.join(", ")
+                    );
+                    let list = (self.cloudflare)
+                        .create_list(&name, config.asn, &description)
+                        .await?;
+                    report.push(format!(
+                        "created list {} ({}, kind {})",
+                        list.name, list.id, list.kind
+                    ));
+                    list
+                }
+                Err(err) => return Err(err.into()),
+            };
+            wanted.push(ZoneRule {
+                list: list.name,
+                asn: config.asn,
+                action: config.action.unwrap_or_else(|| action.to_owned()),
+            });
+        }
         for zone in zones {
             self.keep_zone_rules(zone, &wanted, &mut report).await?;
         }
@@ -198,16 +222,17 @@ impl Writer {
         &mut self,
         token: CancellationToken,
     ) -> Result<usize, Error> {
-        let list = self.look_up_list().await?;
+        let lists = self.look_up_lists().await?;
+        let targets: Vec<super::Target> = lists.iter().map(super::Target::from).collect();
         {
             let mut state = self.shared.state();
             state.disable_mass_removal_guard();
             state.trust_full_pulls();
             state.replace_desired([], std::time::Instant::now());
         }
-        self.read_list(&list.id).await?;
+        self.read_list(&targets).await?;
         let before = self.shared.state().managed_listed_items().len();
-        self.drain_once(&list.id, &token).await?;
+        self.drain_once(&targets, &token).await?;
         let after = self.shared.state().managed_listed_items().len();
         Ok(before - after)
     }
@@ -227,14 +252,23 @@ impl Writer {
         delete_list: bool,
     ) -> Result<SetupReport, Error> {
         let mut report = Vec::new();
-        let list = self.look_up_list().await?;
-        let lists = [list.name.clone()];
+        let lists = self.look_up_lists().await?;
+        let rules: Vec<ZoneRule> = (lists.iter())
+            .map(|list| ZoneRule {
+                list: list.name.clone(),
+                asn: list.kind == cloudflare::ListKind::Asn.as_str(),
+                // The action plays no part in knowing setup's rule.
+                action: String::new(),
+            })
+            .collect();
         for zone in zones {
-            self.remove_zone_rules(zone, &lists, &mut report).await?;
+            self.remove_zone_rules(zone, &rules, &mut report).await?;
         }
         if delete_list {
-            self.cloudflare.delete_list(&list.id).await?;
-            report.push(format!("deleted list {} ({})", list.name, list.id));
+            for list in &lists {
+                self.cloudflare.delete_list(&list.id).await?;
+                report.push(format!("deleted list {} ({})", list.name, list.id));
+            }
         }
         Ok(report)
     }
@@ -245,19 +279,15 @@ impl Writer {
     async fn remove_zone_rules(
         &mut self,
         zone: &str,
-        lists: &[String],
+        lists: &[ZoneRule],
         report: &mut SetupReport,
     ) -> Result<(), Error> {
         let Some(ruleset) = self.cloudflare.custom_rules(zone).await? else {
             report.push(format!("zone {zone}: no custom rules"));
             return Ok(());
         };
-        for list in lists {
-            // The action plays no part in knowing setup's rule.
-            let wanted = ZoneRule {
-                list: list.clone(),
-                action: String::new(),
-            };
+        for wanted in lists {
+            let list = &wanted.list;
             let (ours, others): (Vec<&Rule>, Vec<&Rule>) = (ruleset.rules.iter())
                 .filter(|rule| references(&rule.expression, list))
                 .partition(|rule| wanted.is_ours(rule));
@@ -314,6 +344,7 @@ mod tests {
     fn ban(action: &str) -> ZoneRule {
         ZoneRule {
             list: "crowdsec_ban".into(),
+            asn: false,
             action: action.into(),
         }
     }
@@ -349,7 +380,10 @@ mod tests {
             panic!("expected an update, got {step:?}");
         };
         assert_eq!(id, "r1");
-        assert_eq!(new.expression, rule_expression("crowdsec_ban", &hosts));
+        assert_eq!(
+            new.expression,
+            rule_expression("crowdsec_ban", false, &hosts)
+        );
 
         let mut disabled = old.clone();
         disabled.enabled = false;

@@ -27,7 +27,7 @@ impl Writer {
     /// returns on shutdown.
     pub(in crate::engine) async fn run_terms(&mut self, ha: Arc<Ha>, token: CancellationToken) {
         let mut roles = ha.subscribe();
-        let mut list_id: Option<String> = None;
+        let mut lists: Option<Vec<super::Target>> = None;
         loop {
             let term = loop {
                 if let Role::Leader { term } = *roles.borrow_and_update() {
@@ -59,13 +59,18 @@ impl Writer {
                     health.writer_due = None;
                     health.pending_since = None;
                 }
-                () = self.term(&ha, &mut list_id, &token) => return,
+                () = self.term(&ha, &mut lists, &token) => return,
             }
         }
     }
 
     /// One term, until shutdown (a lost lease drops it from outside).
-    async fn term(&mut self, ha: &Ha, list_id: &mut Option<String>, token: &CancellationToken) {
+    async fn term(
+        &mut self,
+        ha: &Ha,
+        lists: &mut Option<Vec<super::Target>>,
+        token: &CancellationToken,
+    ) {
         self.shared.state().forget_list();
         self.foreign = ForeignWatch::new();
         self.shared.refresh_list.store(true, Ordering::SeqCst);
@@ -78,12 +83,12 @@ impl Writer {
             info!(op_id, outcome = ?outcome, "the previous writer's bulk operation is over");
             ha.record_operation(None);
         }
-        if list_id.is_none() {
-            *list_id = self.resolve_list(token).await;
+        if lists.is_none() {
+            *lists = self.resolve_lists(token).await;
         }
-        let Some(id) = list_id.clone() else {
+        let Some(targets) = lists.clone() else {
             return;
         };
-        self.run(&id, token.clone()).await;
+        self.run(&targets, token.clone()).await;
     }
 }
