@@ -1043,6 +1043,8 @@ pub struct Counts {
 
 mod confirm;
 mod desired;
+#[cfg(test)]
+mod lane_tests;
 mod listed;
 #[cfg(test)]
 mod proptests;

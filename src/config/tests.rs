@@ -716,3 +716,162 @@ fn exclude_hosts_may_not_make_the_rule_longer_than_cloudflare_takes() {
         "{problems:?}"
     );
 }
+
+const ACCOUNT: &str = r#"
+[crowdsec]
+api_key = "lapi-key"
+[cloudflare]
+api_token = "cf-token"
+account_id = "0123456789abcdef0123456789abcdef"
+"#;
+
+#[test]
+fn lists_map_decision_types_to_lists_actions_and_kinds() {
+    let text = format!(
+        r#"{ACCOUNT}
+[[cloudflare.lists]]
+name = "crowdsec_ban"
+decision_types = ["ban"]
+[[cloudflare.lists]]
+name = "crowdsec_challenge"
+decision_types = ["captcha"]
+[[cloudflare.lists]]
+id = "0123456789abcdef0123456789abcdef"
+decision_types = ["ban"]
+scope = "as"
+action = "block"
+[safety]
+allowlist = ["192.0.2.0/24", "AS13335", "as64496"]
+"#
+    );
+    let config = Config::parse(&text, &no_env).expect("valid");
+    let lists = &config.cloudflare.lists;
+    let summary: Vec<(&str, bool, Option<&str>)> = lists
+        .iter()
+        .map(|l| (l.label(), l.asn, l.action.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("crowdsec_ban", false, Some("block")),
+            // A list of captchas challenges by default: a suspicion never hard-blocks.
+            ("crowdsec_challenge", false, Some("managed_challenge")),
+            ("0123456789abcdef0123456789abcdef", true, Some("block")),
+        ]
+    );
+    assert_eq!(config.crowdsec.decision_types, ["ban", "captcha"]);
+    // An ASN list pulls the AS scope too.
+    assert_eq!(config.crowdsec.scopes, ["ip", "range", "as"]);
+    assert_eq!(config.safety.allowlist_asns, [13335, 64496]);
+    assert_eq!(config.safety.allowlist.len(), 1);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn one_list_by_name_keeps_taking_crowdsec_decision_types() {
+    let text = MINIMAL.replace(
+        "[crowdsec]\n",
+        "[crowdsec]\ndecision_types = [\"ban\", \"captcha\"]\n",
+    );
+    let config = Config::parse(&text, &no_env).expect("valid");
+    let list = &config.cloudflare.lists[..];
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].decision_types, ["ban", "captcha"]);
+    assert_eq!((list[0].asn, list[0].action.as_deref()), (false, None));
+}
+
+#[test]
+fn list_mappings_that_cannot_work_are_refused_naming_the_fix() {
+    let cases = [
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\n\
+             [[cloudflare.lists]]\nname = \"b\"\ndecision_types = [\"ban\", \"captcha\"]\n",
+            "ban decisions on IP items go to both a and b",
+        ),
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\nscope = \"country\"\n",
+            "cloudflare.lists[0].scope: expected \"ip\"",
+        ),
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\naction = \"drop\"\n",
+            "cloudflare.lists[0].action: expected one of block",
+        ),
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\n",
+            "cloudflare.lists[0].decision_types: missing",
+        ),
+        (
+            "[[cloudflare.lists]]\ndecision_types = [\"ban\"]\n",
+            "cloudflare.lists[0].id: missing: set id, or name",
+        ),
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\ncolour = 1\n",
+            "cloudflare.lists[0].colour: unknown key",
+        ),
+        (
+            "list_name = \"x\"\n[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\n",
+            "cloudflare.list_name: set either [[cloudflare.lists]] or list_name/list_id",
+        ),
+        (
+            "[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\n\
+             [[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"captcha\"]\n",
+            "list a is named twice",
+        ),
+        ("lists = []\n", "expected 1 to 16"),
+    ];
+    for (lists, want) in cases {
+        let problems = problems_of(&format!("{ACCOUNT}{lists}"), &no_env);
+        assert!(
+            problems.iter().any(|p| p.contains(want)),
+            "{lists}: want {want:?} in {problems:?}"
+        );
+    }
+    // decision_types belongs to the lists once they are given; scopes must pull AS.
+    let text = format!(
+        "{}[[cloudflare.lists]]\nname = \"a\"\ndecision_types = [\"ban\"]\nscope = \"as\"\n",
+        ACCOUNT.replace(
+            "[crowdsec]\n",
+            "[crowdsec]\ndecision_types = [\"ban\"]\nscopes = [\"ip\"]\n"
+        )
+    );
+    let problems = problems_of(&text, &no_env);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("crowdsec.decision_types: with [[cloudflare.lists]]")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("crowdsec.scopes: the list a holds AS decisions")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_challenge_list_that_blocks_is_warned_about() {
+    let text = format!(
+        "{ACCOUNT}[[cloudflare.lists]]\nname = \"c\"\ndecision_types = [\"captcha\"]\naction = \"block\"\n"
+    );
+    let config = Config::parse(&text, &no_env).expect("valid, with a warning");
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("c takes only captcha decisions but its rule blocks")),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn an_allowlist_as_number_must_be_one() {
+    let problems = problems_of(&with_safety("allowlist = [\"AS13x\"]"), &no_env);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"AS13x\" is not an AS number")),
+        "{problems:?}"
+    );
+}

@@ -876,7 +876,7 @@ mod tests {
         fn agrees_with_a_plain_map(ops in prop::collection::vec(op(), 0..120)) {
             let policy = Policy::new(KINDS.map(String::from).to_vec(), 64);
             let epoch = Instant::now();
-            let mut desired = Desired::new(epoch, 64);
+            let mut desired = Desired::new(epoch, 64).with_types(KINDS.len());
             let mut model = Model::new();
             let mut now = 0u64;
             for op in ops {
@@ -915,6 +915,15 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(desired.decision_count(), model.len());
+                // Each item's best type is the strongest (lowest) of its decisions' types.
+                for item in model_items(&model) {
+                    let best = (model.keys())
+                        .filter(|&&(_, _, v)| Item::from_decision(VALUES[v], 64).ok() == Some(item))
+                        .map(|&(_, kind, _)| kind as u8)
+                        .min();
+                    prop_assert_eq!(desired.best_type_of(&item), best, "{}", item);
+                }
+                desired.moved.clear();
                 let items: BTreeSet<Item> = desired.items.items().copied().collect();
                 prop_assert_eq!(items, model_items(&model));
                 prop_assert_eq!(desired.decisions().count(), model.len());

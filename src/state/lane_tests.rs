@@ -1,0 +1,284 @@
+//! Several lists in one account: decisions routed by type and scope, the strongest type's
+//! list winning, moves between lists, capacity shared with bans first.
+
+use super::*;
+use std::time::Duration;
+
+/// Lane 0: bans on IPs; lane 1: captchas on IPs (a challenge list); lane 2: bans on AS
+/// numbers.
+fn policy() -> Policy {
+    let lane = |asn: bool, kind: &str| Lane {
+        asn,
+        decision_types: vec![kind.into()],
+    };
+    let mut policy = Policy::new(Vec::new(), 64).with_lanes(vec![
+        lane(false, "ban"),
+        lane(false, "captcha"),
+        lane(true, "ban"),
+    ]);
+    policy.allowlist_asns = vec![64500];
+    policy
+}
+
+fn decision<'a>(kind: &'a str, scope: &'a str, value: &'a str) -> DecisionRef<'a> {
+    DecisionRef {
+        scope,
+        value,
+        kind,
+        origin: "cscli",
+        scenario: "test/manual",
+        duration: "4h",
+    }
+}
+
+fn ip(text: &str) -> Item {
+    Item::from_decision(text, 64).expect("a test item")
+}
+
+/// A state with both sides known: `desired` pulled, the lists holding `listed`.
+fn primed(desired: &[DecisionRef<'_>], listed: &[Item]) -> SyncState {
+    let mut state = SyncState::new(policy());
+    state.replace_desired(desired.iter().copied(), Instant::now());
+    state.replace_list(
+        (listed.iter().enumerate()).map(|(i, item)| (*item, format!("{i:032x}").into(), None)),
+    );
+    state
+}
+
+/// Drains as a perfect Cloudflare would: (lane, add?, items) per write.
+fn drain(state: &mut SyncState) -> Vec<(usize, bool, Vec<String>)> {
+    let mut writes = Vec::new();
+    while let Some(batch) = state.take_batch(100) {
+        let items = batch.items();
+        let lanes: Vec<usize> = items.iter().map(Item::lane).collect();
+        assert!(lanes.windows(2).all(|w| w[0] == w[1]), "one list per batch");
+        let add = matches!(batch, Batch::Add(_));
+        let outcome = if add {
+            Confirmed::Added
+        } else {
+            Confirmed::Removed
+        };
+        state.confirm(outcome, &items);
+        let texts = items.iter().map(ToString::to_string).collect();
+        writes.push((lanes[0], add, texts));
+    }
+    writes
+}
+
+#[test]
+fn each_type_and_scope_goes_to_its_list() {
+    let mut state = primed(
+        &[
+            decision("ban", "Ip", "192.0.2.1"),
+            decision("captcha", "Ip", "192.0.2.2"),
+            decision("ban", "AS", "13335"),
+            decision("captcha", "AS", "64496"),
+        ],
+        &[],
+    );
+    let writes = drain(&mut state);
+    let mut writes: Vec<_> = writes.into_iter().filter(|(_, add, _)| *add).collect();
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (0, true, vec!["192.0.2.1".to_string()]),
+            (1, true, vec!["192.0.2.2".to_string()]),
+            (2, true, vec!["AS13335".to_string()]),
+        ]
+    );
+    // No list takes captchas on AS numbers: skipped as a type no list takes.
+    assert_eq!(state.skipped().kind, 1);
+    assert_eq!(
+        state.desired_items(),
+        vec![
+            ip("192.0.2.1"),
+            ip("192.0.2.2").on(1),
+            Item::from_asn(13335).on(2)
+        ]
+    );
+}
+
+#[test]
+fn ban_beats_captcha_and_the_captcha_returns_when_the_ban_ends() {
+    let mut state = primed(&[decision("captcha", "Ip", "192.0.2.7")], &[]);
+    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.7".into()])]);
+
+    let now = Instant::now();
+    state.apply_delta([], [decision("ban", "Ip", "192.0.2.7")], now);
+    let mut writes = drain(&mut state);
+    writes.sort();
+    // Onto the ban list, off the challenge list: at once, since a ban is LAPI's word.
+    assert_eq!(
+        writes,
+        vec![
+            (0, true, vec!["192.0.2.7".into()]),
+            (1, false, vec!["192.0.2.7".into()]),
+        ]
+    );
+
+    state.apply_delta([decision("ban", "Ip", "192.0.2.7")], [], now);
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (0, false, vec!["192.0.2.7".into()]),
+            (1, true, vec!["192.0.2.7".into()]),
+        ]
+    );
+    assert_eq!(state.desired_items(), vec![ip("192.0.2.7").on(1)]);
+}
+
+#[test]
+fn a_ban_that_expires_beside_a_captcha_moves_it_back() {
+    let mut state = SyncState::new(policy());
+    let now = Instant::now();
+    let mut short = decision("ban", "Ip", "192.0.2.8");
+    short.duration = "10s";
+    state.replace_desired([short, decision("captcha", "Ip", "192.0.2.8")], now);
+    state.replace_list(std::iter::empty());
+    assert_eq!(drain(&mut state), vec![(0, true, vec!["192.0.2.8".into()])]);
+    assert_eq!(state.expire(now + Duration::from_secs(11)), 1);
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (0, false, vec!["192.0.2.8".into()]),
+            (1, true, vec!["192.0.2.8".into()]),
+        ]
+    );
+}
+
+#[test]
+fn a_cut_full_pull_never_weakens_a_ban_to_a_challenge_on_its_own_word() {
+    // Banned and challenged, on the ban list.
+    let both = [
+        decision("ban", "Ip", "192.0.2.9"),
+        decision("captcha", "Ip", "192.0.2.9"),
+    ];
+    let mut state = primed(&both, &[ip("192.0.2.9")]);
+    assert!(drain(&mut state).is_empty());
+
+    // A pull cut short keeps the captcha and loses the ban: the item is added to the
+    // challenge list, and stays on the ban list until LAPI confirms.
+    state.replace_desired([both[1]], Instant::now());
+    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.9".into()])]);
+    assert_eq!(state.awaiting_confirmation(), vec![ip("192.0.2.9")]);
+
+    // LAPI still holds the ban: it stays, and the challenge list entry goes.
+    let asked = state.awaiting_confirmation();
+    assert_eq!(state.confirm_removals(&asked, [both[0]], Instant::now()), 1);
+    assert_eq!(
+        drain(&mut state),
+        vec![(1, false, vec!["192.0.2.9".into()])]
+    );
+    assert_eq!(state.desired_items(), vec![ip("192.0.2.9")]);
+
+    // Cut again; this time LAPI confirms the ban is gone: off the ban list.
+    state.replace_desired([both[1]], Instant::now());
+    drain(&mut state);
+    let asked = state.awaiting_confirmation();
+    assert_eq!(state.confirm_removals(&asked, [both[1]], Instant::now()), 0);
+    assert_eq!(
+        drain(&mut state),
+        vec![(0, false, vec!["192.0.2.9".into()])]
+    );
+    assert_eq!(state.desired_items(), vec![ip("192.0.2.9").on(1)]);
+}
+
+#[test]
+fn capacity_is_shared_and_bans_come_before_captchas() {
+    let mut state = SyncState::new(policy());
+    let mut captcha = decision("captcha", "Ip", "192.0.2.1");
+    captcha.origin = "cscli";
+    let mut ban = decision("ban", "Ip", "192.0.2.2");
+    ban.origin = "CAPI";
+    let asn = decision("ban", "AS", "13335");
+    state.replace_desired([captcha, ban, asn], Instant::now());
+    state.replace_list(std::iter::empty());
+    // Two places in the account: both bans, though the captcha's origin ranks higher.
+    state.set_capacity(2);
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (0, true, vec!["192.0.2.2".into()]),
+            (2, true, vec!["AS13335".into()]),
+        ]
+    );
+    assert_eq!(state.counts().left_out, 1);
+    state.set_capacity(3);
+    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.1".into()])]);
+}
+
+#[test]
+fn allowlisted_and_malformed_as_numbers_are_refused_and_counted() {
+    let state = primed(
+        &[
+            decision("ban", "AS", "AS64500"),
+            decision("ban", "AS", "not-a-number"),
+            decision("ban", "AS", "0"),
+            decision("ban", "as", "AS64501"),
+        ],
+        &[],
+    );
+    assert_eq!(state.desired_items(), vec![Item::from_asn(64501).on(2)]);
+    let skipped = state.skipped();
+    assert_eq!((skipped.allowlisted, skipped.value), (1, 2));
+    let mut state = state;
+    let notices = state.take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("AS64500") && n.contains("allowlisted")),
+        "{notices:?}"
+    );
+}
+
+#[test]
+fn a_list_read_puts_each_item_on_its_list() {
+    // The challenge list holds an item LAPI bans: it moves to the ban list.
+    let mut state = primed(
+        &[decision("ban", "Ip", "192.0.2.3")],
+        &[ip("192.0.2.3").on(1), Item::from_asn(13335).on(2)],
+    );
+    // A full pull alone never removes: the two extra items wait for LAPI's word.
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(writes, vec![(0, true, vec!["192.0.2.3".into()])]);
+    let asked = state.awaiting_confirmation();
+    state.confirm_removals(&asked, [], Instant::now());
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (1, false, vec!["192.0.2.3".into()]),
+            (2, false, vec!["AS13335".into()]),
+        ]
+    );
+}
+
+#[test]
+fn one_list_of_several_types_keeps_today_s_behaviour() {
+    // The one list of `list_name` taking bans and captchas: both on lane 0.
+    let mut state = SyncState::new(Policy::new(vec!["ban".into(), "captcha".into()], 64));
+    state.replace_desired(
+        [
+            decision("captcha", "Ip", "192.0.2.4"),
+            decision("ban", "Ip", "192.0.2.5"),
+            decision("ban", "AS", "13335"),
+        ],
+        Instant::now(),
+    );
+    state.replace_list(std::iter::empty());
+    assert_eq!(
+        state.desired_items(),
+        vec![ip("192.0.2.4"), ip("192.0.2.5")]
+    );
+    // No ASN list: AS decisions are out of scope, as before.
+    assert_eq!(state.skipped().scope, 1);
+}
