@@ -464,7 +464,8 @@ impl CloudflareClient {
     }
 
     /// Finds one item's id with `search` (a prefix match: `1.2.3.4` also finds
-    /// `1.2.3.40`, so results are compared exactly). `None`: not on the list.
+    /// `1.2.3.40`, so results are compared exactly, whatever lane `item` is on). `None`:
+    /// not on the list.
     ///
     /// # Errors
     /// The request's error.
@@ -480,7 +481,7 @@ impl CloudflareClient {
             pages.next_page(next.as_deref())?;
             let found = items
                 .into_iter()
-                .find(|listed| Item::from_cloudflare(&listed.ip) == Some(item));
+                .find(|listed| Item::from_cloudflare(&listed.ip) == Some(item.bare()));
             if let Some(found) = found {
                 return Ok(Some(found.id));
             }

@@ -282,3 +282,21 @@ fn one_list_of_several_types_keeps_today_s_behaviour() {
     // No ASN list: AS decisions are out of scope, as before.
     assert_eq!(state.skipped().scope, 1);
 }
+
+#[test]
+fn a_move_while_the_add_to_the_old_list_is_in_flight_still_leaves_it() {
+    let mut state = primed(&[decision("captcha", "Ip", "192.0.2.7")], &[]);
+    let batch = state.take_batch(10).expect("the add to the challenge list");
+    // The ban arrives while that add runs.
+    state.apply_delta([], [decision("ban", "Ip", "192.0.2.7")], Instant::now());
+    state.confirm(Confirmed::Added, &batch.items());
+    let mut writes = drain(&mut state);
+    writes.sort();
+    assert_eq!(
+        writes,
+        vec![
+            (0, true, vec!["192.0.2.7".into()]),
+            (1, false, vec!["192.0.2.7".into()]),
+        ]
+    );
+}

@@ -22,6 +22,8 @@ pub struct World {
     /// Extra TOML lines per section, appended by tests (e.g. a short reconcile).
     pub crowdsec_extra: String,
     pub cloudflare_extra: String,
+    /// `[[cloudflare.lists]]` entries replacing `list_name = "crowdsec_ban"`, when set.
+    pub lists: Option<String>,
     pub sync_extra: String,
     /// `crowdsec.update_frequency`; short by default so tests run fast.
     pub update_frequency: String,
@@ -86,6 +88,7 @@ impl World {
             key,
             crowdsec_extra: String::new(),
             cloudflare_extra: String::new(),
+            lists: None,
             sync_extra: "reconcile_interval = \"1h\"\nshutdown_grace = \"5s\"\n".into(),
             update_frequency: "300ms".into(),
             lapi_via: None,
@@ -96,7 +99,7 @@ impl World {
 
     /// The bouncer's configuration file text for this world.
     pub fn config_text(&self) -> String {
-        format!(
+        let text = format!(
             "[crowdsec]\napi_url = \"{}\"\napi_key = \"{}\"\nupdate_frequency = \"{}\"\n{}\n\
              [cloudflare]\napi_url = \"{}\"\napi_token = \"{}\"\naccount_id = \"{}\"\nlist_name = \"crowdsec_ban\"\n{}\n\
              [admin]\nlisten = \"{}\"\n\
@@ -111,7 +114,13 @@ impl World {
             self.cloudflare_extra,
             self.admin_listen,
             self.sync_extra,
-        )
+        );
+        match &self.lists {
+            None => text,
+            Some(lists) => text
+                .replace("list_name = \"crowdsec_ban\"\n", "")
+                .replace("\n[admin]\n", &format!("\n{lists}\n[admin]\n")),
+        }
     }
 
     pub fn config(&self) -> Config {
