@@ -53,9 +53,11 @@ enum Command {
         /// A zone ID to protect; repeat for several zones.
         #[arg(long = "zone", value_name = "ZONE_ID")]
         zones: Vec<String>,
-        /// The rule's action: block, managed_challenge, js_challenge, challenge or log.
-        #[arg(long, default_value = "block")]
-        action: String,
+        /// The rule's action: block, managed_challenge, js_challenge, challenge or log
+        /// (default block). Only for the one list of `list_name`/`list_id`: each
+        /// [[cloudflare.lists]] entry has its own `action`.
+        #[arg(long)]
+        action: Option<String>,
     },
     /// Remove every item this bouncer manages from the list (for uninstall); with
     /// --rules, also the custom rule `setup` added to each --zone; with --delete-list,
@@ -123,7 +125,7 @@ fn main() -> ExitCode {
             Command::Run => run(config).await,
             Command::Check => check(&cli.config, &config).await,
             Command::Once { confirm_removals } => once(config, confirm_removals).await,
-            Command::Setup { zones, action } => setup(config, &zones, &action).await,
+            Command::Setup { zones, action } => setup(config, &zones, action.as_deref()).await,
             Command::Cleanup {
                 zones, delete_list, ..
             } => cleanup(config, &zones, delete_list).await,
@@ -348,18 +350,20 @@ async fn once(config: Config, confirm_removals: bool) -> ExitCode {
     }
 }
 
-async fn setup(config: Config, zones: &[String], action: &str) -> ExitCode {
-    const ACTIONS: [&str; 5] = [
-        "block",
-        "managed_challenge",
-        "js_challenge",
-        "challenge",
-        "log",
-    ];
-    if !ACTIONS.contains(&action) {
+async fn setup(config: Config, zones: &[String], action: Option<&str>) -> ExitCode {
+    let per_list = config.cloudflare.lists.iter().any(|l| l.action.is_some());
+    if let (true, Some(action)) = (per_list, action) {
+        eprintln!(
+            "error: --action {action:?}: with [[cloudflare.lists]], each list's rule takes the \
+             list's own `action`; set it there and run setup without --action"
+        );
+        return ExitCode::from(2);
+    }
+    let action = action.unwrap_or("block");
+    if !cfbouncer::config::RULE_ACTIONS.contains(&action) {
         eprintln!(
             "error: --action {action:?} is not one of {}",
-            ACTIONS.join(", ")
+            cfbouncer::config::RULE_ACTIONS.join(", ")
         );
         return ExitCode::from(2);
     }

@@ -229,3 +229,67 @@ async fn sigterm_lets_the_in_flight_operation_finish_and_exits_zero() {
     assert!(!world.cf.operation_pending());
     world.assert_well_behaved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_explains_a_list_mapping_that_cannot_work() {
+    let mut world = World::start("t-check-lists").await;
+    world.cf.create_list("crowdsec_challenge");
+    // An IP list where an ASN list is configured.
+    world.cf.create_list("crowdsec_asn");
+    world.lists = Some(
+        "[[cloudflare.lists]]\nname = \"crowdsec_ban\"\ndecision_types = [\"ban\"]\n\
+         [[cloudflare.lists]]\nname = \"crowdsec_challenge\"\ndecision_types = [\"captcha\"]\n\
+         [[cloudflare.lists]]\nname = \"crowdsec_asn\"\ndecision_types = [\"ban\"]\nscope = \"as\"\n\
+         [[cloudflare.lists]]\nname = \"crowdsec_throttle\"\ndecision_types = [\"throttle\"]\n"
+            .into(),
+    );
+    let config = world.config_file();
+    let check = || async {
+        let out = output(bouncer(&[
+            "-c",
+            config.to_str().expect("utf-8 path"),
+            "check",
+        ]))
+        .await;
+        (out.status.code(), text(&out))
+    };
+    let (code, report) = check().await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("FAIL cloudflare"), "{report}");
+    assert!(
+        report.contains("list crowdsec_ban (") && report.contains("for ban) is readable"),
+        "{report}"
+    );
+    assert!(
+        report.contains("list \"crowdsec_asn\" is a ip list")
+            && report.contains("must be of kind asn"),
+        "{report}"
+    );
+    assert!(
+        report.contains("no IP list \"crowdsec_throttle\"") && report.contains("for throttle"),
+        "{report}"
+    );
+
+    // A token that may only read: named per list, with the permission to give.
+    world
+        .cf
+        .set_token_permissions(cf_lists_emulator::Permissions::Read);
+    world.lists = Some(
+        "[[cloudflare.lists]]\nname = \"crowdsec_challenge\"\ndecision_types = [\"captcha\"]\n"
+            .into(),
+    );
+    let config = world.config_file();
+    let out = output(bouncer(&[
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "check",
+    ]))
+    .await;
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("may read list crowdsec_challenge but not write to it")
+            && report.contains("Account Filter Lists > Edit"),
+        "{report}"
+    );
+}

@@ -40,10 +40,16 @@ impl Setup {
 
     /// A configuration file with `extra` in `[cloudflare]`. LAPI is never reached.
     fn config(&self, extra: &str) -> PathBuf {
+        // `[[cloudflare.lists]]` in `extra` replaces the one list by name.
+        let list = if extra.contains("[[cloudflare.lists]]") {
+            ""
+        } else {
+            "list_name = \"crowdsec_ban\"\n"
+        };
         let text = format!(
             "[crowdsec]\napi_url = \"http://127.0.0.1:9/\"\napi_key = \"unused\"\n\
              [cloudflare]\napi_url = \"{}\"\napi_token = \"{}\"\naccount_id = \"{}\"\n\
-             list_name = \"crowdsec_ban\"\n{extra}\n[admin]\nlisten = \"\"\n",
+             {list}{extra}\n[admin]\nlisten = \"\"\n",
             self.cf.base_url(),
             self.cf.api_token(),
             self.cf.account_id(),
@@ -258,4 +264,79 @@ async fn exclude_hosts_that_are_no_host_names_are_refused_before_any_request() {
         text(&out)
     );
     assert_eq!(world.cf.counters().ruleset_requests, 0);
+}
+
+const LISTS: &str = "exclude_hosts = [\"auth.example.com\"]\n\
+    [[cloudflare.lists]]\nname = \"crowdsec_ban\"\ndecision_types = [\"ban\"]\n\
+    [[cloudflare.lists]]\nname = \"crowdsec_challenge\"\ndecision_types = [\"captcha\"]\n\
+    [[cloudflare.lists]]\nname = \"crowdsec_asn\"\ndecision_types = [\"ban\"]\nscope = \"as\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_writes_one_rule_per_list_with_its_action_and_cleanup_removes_them() {
+    let world = Setup::start().await;
+    let report = world.ok(LISTS, &["setup", "--zone", ZONE]).await;
+    // The missing lists are created, each of its kind.
+    assert!(report.contains("list crowdsec_ban ("), "{report}");
+    assert!(
+        report.contains("created list crowdsec_challenge ("),
+        "{report}"
+    );
+    assert!(report.contains("kind asn)"), "{report}");
+    let carve = "not (http.host in {\"auth.example.com\"})";
+    let mut rules: Vec<(String, String)> = (world.rules().into_iter())
+        .map(|rule| (rule.expression, rule.action))
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        vec![
+            (
+                format!("(ip.src in $crowdsec_ban) and {carve}"),
+                "block".to_string()
+            ),
+            (
+                format!("(ip.src in $crowdsec_challenge) and {carve}"),
+                "managed_challenge".to_string()
+            ),
+            (
+                format!("(ip.src.asnum in $crowdsec_asn) and {carve}"),
+                "block".to_string()
+            ),
+        ]
+    );
+    // Idempotent: again, nothing changes.
+    let before = world.rules();
+    let report = world.ok(LISTS, &["setup", "--zone", ZONE]).await;
+    assert_eq!(report.matches("is in place").count(), 3, "{report}");
+    assert_eq!(world.rules(), before);
+    assert_eq!(world.cf.counters().ruleset_replacements, 0, "never PUT");
+
+    // --action belongs to the one list of list_name.
+    let config = world.config(LISTS);
+    let out = run(&[
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "setup",
+        "--zone",
+        ZONE,
+        "--action",
+        "block",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("each list's rule takes the list's own `action`"));
+
+    let keep = world
+        .cf
+        .insert_zone_rule(ZONE, "http.host eq \"b.example\"", "block", "");
+    let report = world
+        .ok(LISTS, &["cleanup", "--rules", "--zone", ZONE])
+        .await;
+    assert_eq!(
+        report.matches("removed the custom rule").count(),
+        3,
+        "{report}"
+    );
+    let left: Vec<String> = world.rules().into_iter().map(|rule| rule.id).collect();
+    assert_eq!(left, [keep]);
 }
