@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 use crate::item::Item;
 
-pub use desired::Desired;
+pub use desired::{decision_item, Desired};
 use listed::ListedItems;
 use table::Keyed;
 

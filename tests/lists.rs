@@ -154,3 +154,65 @@ async fn the_account_s_capacity_is_shared_and_bans_come_before_captchas() {
     bouncer.stop().await;
     lists.world.assert_well_behaved();
 }
+
+/// A start-up pull cut short (LAPI 1.7, reproduced by the proxy) keeps only its first
+/// decision: nothing LAPI still holds leaves any list, on the challenge and ASN lists as on
+/// the ban list, once LAPI's confirming read has been asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_full_pull_takes_nothing_off_any_list() {
+    use common::proxy::{Cut, Fault, FaultProxy};
+    let mut lists = Lists::start("t-lists-cut").await;
+    let proxy = FaultProxy::start(&lists.world.lapi.url()).await;
+    lists.world.lapi_via = Some(proxy.url());
+    let lapi = &lists.world.lapi;
+    lapi.add_decisions(&[NewDecision::ban_ip("192.0.2.1")])
+        .await;
+    lapi.add_decisions(&[
+        NewDecision::ban_ip("192.0.2.2").with_kind("captcha"),
+        NewDecision::ban_ip("13335").with_scope("AS"),
+        NewDecision::ban_ip("192.0.2.3"),
+        NewDecision::ban_ip("192.0.2.3").with_kind("captcha"),
+    ])
+    .await;
+    let filler = lists.world.spawn_bouncer();
+    let full = (
+        vec!["192.0.2.1", "192.0.2.3"],
+        vec!["192.0.2.2"],
+        vec![13335],
+    );
+    lists.expect(&full.0, &full.1, &full.2).await;
+    filler.stop().await;
+    let writes = lists.world.cf.counters().writes;
+
+    proxy.set(Fault::CutStartup(Cut::After(1)));
+    let bouncer = lists.world.start_bouncer().await;
+    let admin = bouncer.admin.expect("admin listener");
+    let kept = "cf_iplist_bouncer_removal_confirmations_total{outcome=\"kept\"}";
+    let confirmed = eventually(Duration::from_secs(20), || async {
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let value = (text.lines())
+            .find(|line| line.starts_with(kept))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        value.is_some_and(|v| v >= 3.0)
+    })
+    .await;
+    assert!(
+        confirmed,
+        "the three items the cut pull left out were confirmed"
+    );
+    assert_eq!(proxy.cut_pulls(), 1, "the start-up pull was cut");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lists.expect(&full.0, &full.1, &full.2).await;
+    bouncer.stop().await;
+    assert_eq!(
+        lists.world.cf.counters().writes,
+        writes,
+        "nothing was written"
+    );
+}

@@ -138,7 +138,8 @@ impl Poller {
         }
         let started = Instant::now();
         let mut sink = Confirming {
-            asked: asked.iter().copied().collect(),
+            // By value: the lists an item may be on are the state's business.
+            asked: asked.iter().map(|key| key.bare()).collect(),
             ipv6_prefix,
             found: Packed::default(),
         };
@@ -267,7 +268,8 @@ impl Poller {
 /// than one targeted read each.
 const TARGETED_CONFIRMATIONS: usize = 20;
 
-/// A confirming read: keeps the decisions on the items asked about.
+/// A confirming read: keeps the decisions on the values asked about (IP items on lane 0,
+/// AS numbers).
 struct Confirming {
     asked: rustc_hash::FxHashSet<crate::item::Item>,
     ipv6_prefix: u8,
@@ -276,8 +278,8 @@ struct Confirming {
 
 impl StreamSink for Confirming {
     fn new_decision(&mut self, decision: DecisionRef<'_>) {
-        let item = crate::item::Item::from_decision(decision.value, self.ipv6_prefix);
-        if item.is_ok_and(|item| self.asked.contains(&item)) {
+        let item = crate::state::decision_item(&decision, self.ipv6_prefix);
+        if item.is_some_and(|item| self.asked.contains(&item)) {
             self.found.push(&decision);
         }
     }

@@ -138,7 +138,7 @@ fn is_own_text(item: &Item, value: &str) -> bool {
 
 /// The item a decision's value maps to, by its scope (`AS`: an AS number), ignoring the
 /// policy; `None` if it maps to none.
-pub(super) fn decision_item(decision: &DecisionRef<'_>, ipv6_prefix: u8) -> Option<Item> {
+pub fn decision_item(decision: &DecisionRef<'_>, ipv6_prefix: u8) -> Option<Item> {
     let scope = if decision.scope.eq_ignore_ascii_case("as") {
         AS_SCOPE
     } else {
