@@ -100,7 +100,7 @@ done
 say "Starting the Cloudflare Lists API emulator"
 emu_port="$(free_port)"
 "$bin/cf-lists-emulator" --listen "127.0.0.1:$emu_port" --list-name crowdsec_ban \
-    --op-latency-ms 300..1200 >"$work/emulator.out" 2>"$work/emulator.log" &
+    --list-name crowdsec_challenge --op-latency-ms 300..1200 >"$work/emulator.out" 2>"$work/emulator.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$work/emulator.out" ] && break; sleep 0.1; done
 line="$(head -n1 "$work/emulator.out")"
@@ -119,7 +119,20 @@ update_frequency = "1s"
 api_url = "$(field url)"
 api_token = "$(field token)"
 account_id = "$(field account_id)"
-list_name = "crowdsec_ban"
+exclude_hosts = ["auth.example.com"]
+
+# Bans on the ban list, captchas on a challenge list (a suspicion is never a hard block),
+# AS bans on a list of kind asn.
+[[cloudflare.lists]]
+name = "crowdsec_ban"
+decision_types = ["ban"]
+[[cloudflare.lists]]
+name = "crowdsec_challenge"
+decision_types = ["captcha"]
+[[cloudflare.lists]]
+name = "crowdsec_asn_ban"
+decision_types = ["ban"]
+scope = "as"
 
 [admin]
 listen = "127.0.0.1:$admin_port"
@@ -128,6 +141,9 @@ listen = "127.0.0.1:$admin_port"
 reconcile_interval = "1m"
 EOF
 chmod 600 "$work/bouncer.toml"
+say "Creating the missing list and each zone's rules (setup; one custom rule per list)"
+"$bin/crowdsec-cloudflare-iplist-bouncer" -c "$work/bouncer.toml" setup \
+    --zone 0123456789abcdef0123456789abcd01 | sed 's/^/   /'
 say "Checking the bouncer's configuration and both APIs"
 "$bin/crowdsec-cloudflare-iplist-bouncer" -c "$work/bouncer.toml" check
 say "Starting the bouncer (its log: $work/bouncer.log)"
@@ -139,16 +155,18 @@ show_list() {
 import json, sys, urllib.request
 with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/__emulator/state", timeout=2) as r:
     state = json.load(r)
-lst = state["lists"][0]
 c = state["counters"]
-print(f"   Cloudflare list {lst['name']}: {len(lst['items'])} items   "
-      f"(requests {c['requests']}, bulk writes {c['writes']}, writes while pending {c['writes_while_pending']})")
-for item in lst["items"]:
-    print(f"     {item['ip']:<24} {item.get('comment') or ''}")
+print(f"   Cloudflare (requests {c['requests']}, bulk writes {c['writes']}, "
+      f"writes while pending {c['writes_while_pending']})")
+for lst in state["lists"]:
+    print(f"   list {lst['name']} (kind {lst['kind']}): {len(lst['items'])} items")
+    for item in lst["items"]:
+        value = item["ip"] if "ip" in item else f"AS{item['asn']}"
+        print(f"     {value:<24} {item.get('comment') or ''}")
 PY
 }
 
-# Waits until the list holds exactly the given items (or 15 s), then shows it.
+# Waits until the lists hold exactly the given LIST:ITEM entries (or 15 s), then shows them.
 expect() {
     local want
     want="$(printf '%s\n' "$@" | sort | tr '\n' ' ')"
@@ -156,7 +174,9 @@ expect() {
         got="$(python3 - "$emu_port" <<'PY'
 import json, sys, urllib.request
 with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/__emulator/state", timeout=2) as r:
-    print(" ".join(sorted(i["ip"] for i in json.load(r)["lists"][0]["items"])), end=" ")
+    lists = json.load(r)["lists"]
+entries = [f"{l['name']}:{i['ip'] if 'ip' in i else 'AS' + str(i['asn'])}" for l in lists for i in l["items"]]
+print(" ".join(sorted(entries)), end=" ")
 PY
 )"
         [ "$got" = "$want" ] && break
@@ -168,27 +188,40 @@ PY
 
 step() { printf '\n\033[36m$ cscli %s\033[0m\n' "$*"; cscli "$@" >/dev/null; }
 
-say "Banning an IP, a range and an IPv6 host; a captcha and a Country decision stay off the edge"
+say "Banning an IP, a range and an IPv6 host; a captcha goes to the challenge list, a Country decision stays off the edge"
 step decisions add --ip 192.0.2.10 --duration 1h --reason crowdsecurity/ssh-bf
 step decisions add --range 198.51.100.0/24 --duration 1h --reason crowdsecurity/http-probing
 step decisions add --ip 2001:db8::1 --duration 1h
 step decisions add --ip 203.0.113.5 --duration 1h --type captcha
 step decisions add --scope Country --value FR --duration 1h
-expect 192.0.2.10 198.51.100.0/24 2001:db8::/64
+B=crowdsec_ban C=crowdsec_challenge A=crowdsec_asn_ban
+expect $B:192.0.2.10 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5
+
+say "An AS ban goes to the ASN list"
+step decisions add --scope AS --value 64496 --duration 1h --reason crowdsecurity/http-probing
+expect $B:192.0.2.10 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5 $A:AS64496
+
+say "The challenged address is banned too: the stronger remedy wins, it moves to the ban list"
+step decisions add --ip 203.0.113.5 --duration 1h
+expect $B:192.0.2.10 $B:198.51.100.0/24 $B:2001:db8::/64 $B:203.0.113.5 $A:AS64496
+say "The ban ends: back to the challenge its captcha asks for"
+step decisions delete --ip 203.0.113.5 --type ban
+expect $B:192.0.2.10 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5 $A:AS64496
 
 say "A second IPv6 host in the same /64 shares the item; a short ban expires by itself"
 step decisions add --ip 2001:db8::2 --duration 1h
 step decisions add --ip 192.0.2.99 --duration 6s
-expect 192.0.2.10 192.0.2.99 198.51.100.0/24 2001:db8::/64
+expect $B:192.0.2.10 $B:192.0.2.99 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5 $A:AS64496
 step decisions delete --ip 2001:db8::1
 sleep 2  # two polls later, the /64 is still there: 2001:db8::2 holds it
-expect 192.0.2.10 192.0.2.99 198.51.100.0/24 2001:db8::/64
+expect $B:192.0.2.10 $B:192.0.2.99 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5 $A:AS64496
 echo "   (waiting for 192.0.2.99 to expire)"
-expect 192.0.2.10 198.51.100.0/24 2001:db8::/64
+expect $B:192.0.2.10 $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5 $A:AS64496
 
 say "Unbanning"
 step decisions delete --ip 192.0.2.10
-expect 198.51.100.0/24 2001:db8::/64
+step decisions delete --value 64496
+expect $B:198.51.100.0/24 $B:2001:db8::/64 $C:203.0.113.5
 
 say "What the bouncer logged"
 grep -E "bulk operation|full pull|read the list|using Cloudflare" "$work/bouncer.log" | sed 's/^/   /' | tail -n 12

@@ -617,6 +617,7 @@ impl Writer {
                     Confirmed::Removed => (0, items.len()),
                 };
                 info!(
+                    list = %target.name,
                     added,
                     removed,
                     op_id,

@@ -29,14 +29,22 @@ pub(crate) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// `{"account_id", "lists": [{"id", "name", "items": [...]}], "zones": {zone_id: ruleset},
-/// "counters", "operation_pending", "operation_count"}`.
+/// `{"account_id", "lists": [{"id", "name", "kind", "items": [...]}], "zones": {zone_id:
+/// ruleset}, "counters", "operation_pending", "operation_count"}`. The items of an ASN list
+/// are `{"id", "asn", "comment"}`.
 pub(crate) fn snapshot(state: &EmulatorState) -> Value {
     let lists: Vec<Value> = state
         .store
         .lists
         .iter()
-        .map(|list| json!({"id": list.id, "name": list.name, "items": list.stored_items()}))
+        .map(|list| {
+            let items = if list.kind == "asn" {
+                json!(list.stored_asn_items())
+            } else {
+                json!(list.stored_items())
+            };
+            json!({"id": list.id, "name": list.name, "kind": list.kind, "items": items})
+        })
         .collect();
     let zones: serde_json::Map<String, Value> = state
         .zones
