@@ -113,7 +113,11 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub crowdsec: CrowdsecConfig,
+    /// The account this configuration is about: the first of `accounts`, or the one a
+    /// per-account configuration was made for ([`Config::for_account`]).
     pub cloudflare: CloudflareConfig,
+    /// Every account, the first first (one, unless `[[cloudflare.accounts]]` names more).
+    pub accounts: Vec<CloudflareConfig>,
     pub sync: SyncConfig,
     pub safety: SafetyConfig,
     pub admin: AdminConfig,
@@ -125,6 +129,17 @@ pub struct Config {
     /// Secrets set nowhere this process can see, one line each naming the key
     /// (only from [`Config::load_offline`]; a strict load refuses them instead).
     pub missing_secrets: Vec<String>,
+}
+
+impl Config {
+    /// This configuration as one account's engine sees it: `cloudflare` is that account.
+    pub fn for_account(&self, index: usize) -> Config {
+        let mut config = self.clone();
+        if let Some(account) = self.accounts.get(index) {
+            config.cloudflare = account.clone();
+        }
+        config
+    }
 }
 
 /// Whether a secret set nowhere is a problem ([`Config::load`]) or only noted
@@ -158,6 +173,9 @@ pub struct CrowdsecConfig {
 
 #[derive(Debug, Clone)]
 pub struct CloudflareConfig {
+    /// The account's label in metrics, `/status` and logs: `name` of its
+    /// `[[cloudflare.accounts]]` entry, else its account id.
+    pub name: String,
     /// API base URL without a trailing `/` (`https://api.cloudflare.com/client/v4`).
     pub api_url: String,
     /// Blank only in a configuration from [`Config::load_offline`] that found no token.
@@ -427,24 +445,33 @@ fn parse(
              [sync], [admin], [log] and [ha])"
         ));
     }
-    let (crowdsec_config, cloudflare_config) = match (crowdsec_config, cloudflare_config) {
-        (Some(mut crowdsec), Some(mut cloudflare)) => {
+    let (crowdsec_config, accounts) = match (crowdsec_config, cloudflare_config) {
+        (Some(mut crowdsec), Some(mut accounts)) => {
             fit_lists(
                 &mut crowdsec,
-                &mut cloudflare,
+                &mut accounts,
                 (types_set, scopes_set),
                 &mut problems,
                 &mut warnings,
             );
-            (Some(crowdsec), Some(cloudflare))
+            (Some(crowdsec), Some(accounts))
         }
         other => other,
     };
-    match (crowdsec_config, cloudflare_config) {
-        (Some(crowdsec), Some(cloudflare)) if problems.is_empty() => Ok((
+    if ha_config.is_some() && accounts.as_ref().is_some_and(|a| a.len() > 1) {
+        problems.push(
+            "ha: high availability elects one writer for one account; with several \
+             [[cloudflare.accounts]], run one set of replicas per account (each with its own \
+             configuration and Lease)"
+                .into(),
+        );
+    }
+    match (crowdsec_config, accounts) {
+        (Some(crowdsec), Some(accounts)) if problems.is_empty() && !accounts.is_empty() => Ok((
             Config {
                 crowdsec,
-                cloudflare,
+                cloudflare: accounts[0].clone(),
+                accounts,
                 sync: sync_config,
                 safety: safety_config,
                 admin: admin_config,
@@ -464,34 +491,37 @@ fn parse(
 /// (`crowdsec.decision_types` may not be set), and an ASN list needs the `as` scope pulled.
 fn fit_lists(
     crowdsec: &mut CrowdsecConfig,
-    cloudflare: &mut CloudflareConfig,
+    accounts: &mut [CloudflareConfig],
     (types_set, scopes_set): (bool, bool),
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) {
-    let explicit = cloudflare.lists.iter().any(|list| list.action.is_some());
-    if !explicit {
-        for list in &mut cloudflare.lists {
+    let explicit = |account: &CloudflareConfig| account.lists.iter().any(|l| l.action.is_some());
+    for account in accounts.iter_mut().filter(|a| !explicit(a)) {
+        for list in &mut account.lists {
             list.decision_types = crowdsec.decision_types.clone();
         }
+    }
+    if !accounts.iter().any(explicit) {
         return;
     }
-    if types_set {
+    if types_set && accounts.iter().all(explicit) {
         problems.push(
             "crowdsec.decision_types: with [[cloudflare.lists]], each list names its own \
              decision_types: remove this key"
                 .into(),
         );
     }
+    let all_lists = || accounts.iter().flat_map(|a| &a.lists);
     let mut types: Vec<String> = Vec::new();
-    for kind in cloudflare.lists.iter().flat_map(|l| &l.decision_types) {
+    for kind in all_lists().flat_map(|l| &l.decision_types) {
         if !types.contains(kind) {
             types.push(kind.clone());
         }
     }
     crowdsec.decision_types = types;
     let pulls_as = crowdsec.scopes.iter().any(|s| s.eq_ignore_ascii_case("as"));
-    if let Some(asn) = cloudflare.lists.iter().find(|l| l.asn) {
+    if let Some(asn) = all_lists().find(|l| l.asn) {
         if !pulls_as && scopes_set {
             problems.push(format!(
                 "crowdsec.scopes: the list {} holds AS decisions, but scopes leaves them out \
@@ -502,7 +532,7 @@ fn fit_lists(
             crowdsec.scopes.push("as".into());
         }
     }
-    for list in &cloudflare.lists {
+    for list in all_lists() {
         let weak = !list.decision_types.iter().any(|t| t == "ban");
         if weak && list.action.as_deref() == Some("block") {
             warnings.push(format!(
@@ -820,34 +850,44 @@ fn read_crowdsec(
     })
 }
 
+/// Most accounts one configuration may name.
+pub const MAX_ACCOUNTS: usize = 8;
+
+/// `[cloudflare]`: the settings every account shares, and the accounts: the section's own
+/// (`account_id`, `api_token`, its lists), or `[[cloudflare.accounts]]` entries. Returns
+/// every account's configuration, the first first.
 fn read_cloudflare(
     s: &mut Section<'_>,
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
     missing: &mut Vec<String>,
-) -> Option<CloudflareConfig> {
+) -> Option<Vec<CloudflareConfig>> {
     let api_url = s
         .url("api_url", "https://api.cloudflare.com/client/v4")
         .map(|url| url.trim_end_matches('/').to_owned());
-    let mut api_token = s.secret(&CF_TOKEN, env);
-    if matches!(api_token, SecretRead::Absent) {
-        let fix = format!(
-            "create an API token with the permission Account > Account Filter Lists > Edit \
-             and put it in api_token, in a file named by api_token_file, or in env {ENV_CF_TOKEN}"
-        );
-        s.missing_secret(&CF_TOKEN, &fix, secrets, missing);
-        if secrets == Secrets::Deferred {
-            api_token = SecretRead::Found(Secret::new(String::new()));
+    let entries = s.tables("accounts");
+    let own = match &entries {
+        None => Some(read_account(s, env, secrets, missing)),
+        Some(_) => {
+            for key in [
+                "account_id",
+                "api_token",
+                "api_token_file",
+                "list_name",
+                "list_id",
+                "lists",
+            ] {
+                if s.table.remove(key).is_some() {
+                    s.problem(
+                        key,
+                        "with [[cloudflare.accounts]], each account sets its own: move this key \
+                         into an account's entry",
+                    );
+                }
+            }
+            None
         }
-    }
-    let account_id = s.string("account_id", "");
-    if account_id.len() != 32 || !account_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        s.problem(
-            "account_id",
-            "expected the 32-character hexadecimal account ID (dashboard: Account Home > the account's menu > Copy account ID)",
-        );
-    }
-    let lists = read_lists(s);
+    };
     let batch_size = s.uint("batch_size", 1000, 1, 10_000);
     let ipv6_prefix = s.uint("ipv6_prefix", 64, u64::from(MIN_IPV6_PREFIX), 128);
     let request_timeout = s.duration(
@@ -878,12 +918,12 @@ fn read_cloudflare(
         );
     }
     let max_requests_per_minute = s.uint("max_requests_per_minute", 120, 1, 240) as u32;
-    let exclude_hosts = read_exclude_hosts(s, &lists);
-    Some(CloudflareConfig {
+    let shared = CloudflareConfig {
+        name: String::new(),
         api_url: api_url?,
-        api_token: api_token.found()?,
-        account_id,
-        lists: lists?,
+        api_token: Secret::new(String::new()),
+        account_id: String::new(),
+        lists: Vec::new(),
         batch_size: batch_size as usize,
         ipv6_prefix: ipv6_prefix as u8,
         request_timeout,
@@ -892,8 +932,129 @@ fn read_cloudflare(
         manage,
         tag,
         max_requests_per_minute,
-        exclude_hosts,
-    })
+        exclude_hosts: Vec::new(),
+    };
+    let Some(entries) = entries else {
+        let (api_token, account_id, lists) = own?;
+        let exclude_hosts = read_exclude_hosts(s, &lists);
+        return Some(vec![CloudflareConfig {
+            name: account_id.clone(),
+            api_token: api_token?,
+            account_id,
+            lists: lists?,
+            exclude_hosts,
+            ..shared
+        }]);
+    };
+    if entries.is_empty() || entries.len() > MAX_ACCOUNTS {
+        s.problem(
+            "accounts",
+            &format!("expected 1 to {MAX_ACCOUNTS} [[cloudflare.accounts]] entries"),
+        );
+        return None;
+    }
+    let default_hosts = s.strings("exclude_hosts", &[]);
+    let mut accounts = Vec::new();
+    let mut ok = true;
+    for (name, table) in entries {
+        let mut entry = s.sub(name, table);
+        // A token per account, never from the environment: that one is the section's.
+        let (api_token, account_id, lists) = read_account(&mut entry, &|_| None, secrets, missing);
+        let label = entry.string("name", &account_id);
+        if !is_account_label(&label) {
+            entry.problem(
+                "name",
+                "expected 1 to 32 characters of a-z, A-Z, 0-9, _ and -, like \"main\": it labels \
+                 the account's metrics and status",
+            );
+            ok = false;
+        }
+        let capacity = entry.uint("capacity", shared.capacity as u64, 1, 10_000_000) as usize;
+        let per_minute = u64::from(shared.max_requests_per_minute);
+        let max_requests_per_minute =
+            entry.uint("max_requests_per_minute", per_minute, 1, 240) as u32;
+        let exclude_hosts = if entry.table.contains_key("exclude_hosts") {
+            read_exclude_hosts(&mut entry, &lists)
+        } else {
+            default_hosts.clone()
+        };
+        entry.finish();
+        match (api_token, lists) {
+            (Some(api_token), Some(lists)) => accounts.push(CloudflareConfig {
+                name: label,
+                api_token,
+                account_id,
+                lists,
+                capacity,
+                max_requests_per_minute,
+                exclude_hosts,
+                ..shared.clone()
+            }),
+            _ => ok = false,
+        }
+    }
+    for (i, account) in accounts.iter().enumerate() {
+        for earlier in &accounts[..i] {
+            if earlier.account_id == account.account_id && earlier.api_url == account.api_url {
+                s.problem(
+                    "accounts",
+                    &format!(
+                        "account {} is named twice: one writer per account, so merge its lists \
+                         into one entry",
+                        account.account_id
+                    ),
+                );
+                ok = false;
+            } else if earlier.name == account.name {
+                s.problem(
+                    "accounts",
+                    &format!(
+                        "two accounts are named {:?}: give each its own name",
+                        account.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(accounts)
+}
+
+/// An account's own keys: its token, its id and its lists.
+fn read_account(
+    s: &mut Section<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+    missing: &mut Vec<String>,
+) -> (Option<Secret>, String, Option<Vec<ListConfig>>) {
+    let mut api_token = s.secret(&CF_TOKEN, env);
+    if matches!(api_token, SecretRead::Absent) {
+        let fix = format!(
+            "create an API token with the permission Account > Account Filter Lists > Edit \
+             and put it in api_token, in a file named by api_token_file, or in env {ENV_CF_TOKEN}"
+        );
+        s.missing_secret(&CF_TOKEN, &fix, secrets, missing);
+        if secrets == Secrets::Deferred {
+            api_token = SecretRead::Found(Secret::new(String::new()));
+        }
+    }
+    let account_id = s.string("account_id", "");
+    if account_id.len() != 32 || !account_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        s.problem(
+            "account_id",
+            "expected the 32-character hexadecimal account ID (dashboard: Account Home > the account's menu > Copy account ID)",
+        );
+    }
+    let lists = read_lists(s);
+    (api_token.found(), account_id, lists)
+}
+
+/// A name for an account's label: short, and safe in a metric label and a log line.
+fn is_account_label(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `exclude_hosts`: each a host name, and the rule they make short enough for Cloudflare

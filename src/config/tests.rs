@@ -875,3 +875,91 @@ fn an_allowlist_as_number_must_be_one() {
         "{problems:?}"
     );
 }
+
+const ACCOUNTS: &str = r#"
+[crowdsec]
+api_key = "lapi-key"
+[cloudflare]
+capacity = 5000
+exclude_hosts = ["auth.example.com"]
+[[cloudflare.accounts]]
+name = "main"
+account_id = "0123456789abcdef0123456789abcdef"
+api_token = "token-a"
+list_name = "crowdsec_ban"
+[[cloudflare.accounts]]
+account_id = "fedcba9876543210fedcba9876543210"
+api_token = "token-b"
+capacity = 500000
+exclude_hosts = []
+[[cloudflare.accounts.lists]]
+name = "crowdsec_challenge"
+decision_types = ["captcha"]
+[[cloudflare.accounts.lists]]
+name = "crowdsec_asn"
+decision_types = ["ban"]
+scope = "as"
+"#;
+
+#[test]
+fn several_accounts_each_with_token_lists_and_capacity() {
+    let config = Config::parse(ACCOUNTS, &|key| {
+        // The environment's token is the section's own: never an account's.
+        (key == ENV_CF_TOKEN).then(|| "from-env".to_owned())
+    })
+    .expect("valid");
+    let accounts = &config.accounts;
+    assert_eq!(accounts.len(), 2);
+    let a = &accounts[0];
+    let b = &accounts[1];
+    assert_eq!((a.name.as_str(), a.api_token.expose()), ("main", "token-a"));
+    assert_eq!(
+        (b.name.as_str(), b.api_token.expose()),
+        ("fedcba9876543210fedcba9876543210", "token-b")
+    );
+    assert_eq!((a.capacity, b.capacity), (5000, 500_000));
+    assert_eq!(a.exclude_hosts, ["auth.example.com"]);
+    assert!(b.exclude_hosts.is_empty());
+    assert_eq!(a.lists[0].decision_types, ["ban"]);
+    assert_eq!(b.lists.len(), 2);
+    assert_eq!(config.cloudflare.name, "main");
+    assert_eq!(config.for_account(1).cloudflare.account_id, b.account_id);
+    assert_eq!(config.crowdsec.scopes, ["ip", "range", "as"]);
+    assert!(
+        !format!("{config:?}").contains("token-"),
+        "secrets never in Debug"
+    );
+}
+
+#[test]
+fn accounts_that_cannot_work_are_refused_naming_the_fix() {
+    let cases = [
+        (
+            ACCOUNTS.replace("capacity = 5000\n", "capacity = 5000\naccount_id = \"x\"\n"),
+            "cloudflare.account_id: with [[cloudflare.accounts]], each account sets its own",
+        ),
+        (
+            ACCOUNTS.replace("fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef"),
+            "account 0123456789abcdef0123456789abcdef is named twice",
+        ),
+        (
+            ACCOUNTS.replace("api_token = \"token-b\"\n", ""),
+            "cloudflare.accounts[1].api_token: missing",
+        ),
+        (
+            ACCOUNTS.replace("name = \"main\"", "name = \"main account\""),
+            "cloudflare.accounts[0].name: expected 1 to 32 characters",
+        ),
+        (
+            format!("{ACCOUNTS}[ha]\nlease = \"crowdsec/cf\"\nidentity = \"a\"\napi_server = \"https://10.0.0.1:443\"\ntoken_file = \"/dev/null\"\n"),
+            "ha: high availability elects one writer for one account",
+        ),
+    ];
+    for (text, want) in cases {
+        let problems = problems_of(&text, &no_env);
+        assert!(
+            problems.iter().any(|p| p.contains(want)),
+            "want {want:?} in {problems:?}"
+        );
+    }
+}
