@@ -37,23 +37,48 @@ use crate::telemetry::{Snapshot, StatusReport, Telemetry};
 /// Takes a snapshot of the running bouncer.
 pub type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 
+/// One Cloudflare account as the admin routes see it.
 #[derive(Clone)]
-struct AdminState {
-    telemetry: Arc<Telemetry>,
-    snapshot: SnapshotFn,
+pub struct AccountView {
+    /// Its label; `None` when it is the only account (nothing is labelled then).
+    pub name: Option<String>,
+    pub telemetry: Arc<Telemetry>,
+    pub snapshot: SnapshotFn,
 }
 
-/// The admin routes, for serving or for tests.
+#[derive(Clone)]
+struct AdminState {
+    accounts: Arc<[AccountView]>,
+}
+
+/// The admin routes of a bouncer with one account, for serving or for tests.
 pub fn router(telemetry: Arc<Telemetry>, snapshot: SnapshotFn) -> Router {
+    router_for(vec![AccountView {
+        name: None,
+        telemetry,
+        snapshot,
+    }])
+}
+
+/// The admin routes over every account: alive and ready only if each is; metrics and
+/// status per account (labelled `account` when there are several).
+pub fn router_for(accounts: Vec<AccountView>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(AdminState {
-            telemetry,
-            snapshot,
+            accounts: accounts.into(),
         })
+}
+
+/// `reason`, naming the account when there are several.
+fn of_account(view: &AccountView, reason: String) -> String {
+    match &view.name {
+        Some(name) => format!("account {name}: {reason}"),
+        None => reason,
+    }
 }
 
 /// How the admin listener protects itself from slow, idle or numerous clients.
@@ -404,7 +429,11 @@ impl AcceptErrors {
 
 /// Alive unless the writer is wedged (then 503, so a supervisor restarts the bouncer).
 async fn healthz(State(state): State<AdminState>) -> Response {
-    let live = state.telemetry.health().liveness(std::time::Instant::now());
+    let now = std::time::Instant::now();
+    let live = (state.accounts.iter()).try_for_each(|view| {
+        let live = view.telemetry.health().liveness(now);
+        live.map_err(|why| of_account(view, why))
+    });
     match live {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(reason) => (
@@ -416,7 +445,9 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    match (state.snapshot)().ready {
+    let ready = (state.accounts.iter())
+        .try_for_each(|view| (view.snapshot)().ready.map_err(|why| of_account(view, why)));
+    match ready {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -427,7 +458,18 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.telemetry.metrics.render(&(state.snapshot)());
+    let text = match &state.accounts[..] {
+        [view] => view.telemetry.metrics.render(&(view.snapshot)()),
+        views => {
+            let parts: Vec<(String, String)> = (views.iter())
+                .map(|view| {
+                    let text = view.telemetry.metrics.render(&(view.snapshot)());
+                    (view.name.clone().unwrap_or_default(), text)
+                })
+                .collect();
+            crate::telemetry::label_accounts(&parts)
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,
@@ -439,7 +481,18 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusReport> {
-    Json(StatusReport::from(&(state.snapshot)()))
+    match &state.accounts[..] {
+        [view] => Json(StatusReport::from(&(view.snapshot)())),
+        views => {
+            let parts = (views.iter())
+                .map(|view| {
+                    let report = StatusReport::from(&(view.snapshot)());
+                    (view.name.clone().unwrap_or_default(), report)
+                })
+                .collect();
+            Json(StatusReport::combine(parts))
+        }
+    }
 }
 
 /// Renders a status report for a person (the `status` command).
@@ -523,6 +576,29 @@ pub fn render_status(report: &StatusReport) -> String {
     if let Some(error) = &report.cloudflare_error {
         lines.push(format!("last Cloudflare error: {error}"));
     }
+    for account in &report.accounts {
+        let r = &account.report;
+        let state = if r.ready {
+            "ready".to_owned()
+        } else {
+            format!("NOT READY: {}", r.reason.as_deref().unwrap_or("unknown"))
+        };
+        lines.push(format!(
+            "account {}: {state}; on the list {}  pending +{} -{}  left out {}  last Cloudflare write {}",
+            account.name,
+            r.listed_items,
+            r.pending_adds,
+            r.pending_removes,
+            r.left_out,
+            ago(r.last_cloudflare_write_seconds_ago)
+        ));
+        if let Some(error) = &r.cloudflare_error {
+            lines.push(format!(
+                "account {}: last Cloudflare error: {error}",
+                account.name
+            ));
+        }
+    }
     lines.join("\n") + "\n"
 }
 
@@ -532,6 +608,52 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
+
+    #[test]
+    fn several_accounts_are_reported_each_and_together() {
+        let account = |listed, ready: bool, error: Option<&str>| StatusReport {
+            ready,
+            reason: (!ready).then(|| "Cloudflare failing: HTTP 403".into()),
+            decisions: 3,
+            desired_items: listed,
+            listed_items: listed,
+            last_cloudflare_write_seconds_ago: Some(listed as u64),
+            cloudflare_error: error.map(Into::into),
+            ..StatusReport::default()
+        };
+        let report = StatusReport::combine(vec![
+            ("main".into(), account(2, true, None)),
+            ("second".into(), account(5, false, Some("HTTP 403"))),
+        ]);
+        assert!(!report.ready);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("account second: Cloudflare failing: HTTP 403")
+        );
+        assert_eq!((report.decisions, report.listed_items), (3, 7));
+        assert_eq!(report.last_cloudflare_write_seconds_ago, Some(5));
+        assert_eq!(
+            report.cloudflare_error.as_deref(),
+            Some("account second: HTTP 403")
+        );
+        let names: Vec<&str> = report.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["main", "second"]);
+        // The JSON keeps each account's fields, flat, beside its name.
+        let json = serde_json::to_value(&report).expect("serialises");
+        assert_eq!(json["accounts"][1]["name"], "second");
+        assert_eq!(json["accounts"][1]["listed_items"], 5);
+        let back: StatusReport = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, report);
+        let text = super::render_status(&report);
+        assert!(
+            text.contains("account main: ready; on the list 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("account second: last Cloudflare error: HTTP 403"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn status_names_the_holder_under_high_availability() {
@@ -562,6 +684,7 @@ mod tests {
                 holder: Some("lapi-0".into()),
                 lease_error: None,
             }),
+            accounts: Vec::new(),
         };
         let text = super::render_status(&report);
         assert!(
@@ -676,8 +799,12 @@ mod tests {
     async fn healthz_fails_only_when_the_writer_is_wedged() {
         let telemetry = Arc::new(Telemetry::default());
         let state = AdminState {
-            telemetry: telemetry.clone(),
-            snapshot: Arc::new(|| unreachable!("/healthz takes no snapshot")),
+            accounts: vec![AccountView {
+                name: None,
+                telemetry: telemetry.clone(),
+                snapshot: Arc::new(|| unreachable!("/healthz takes no snapshot")),
+            }]
+            .into(),
         };
         let status = |state: AdminState| async move { healthz(State(state)).await.status() };
         // Idle (nothing due), and a wait still within its promise: alive.

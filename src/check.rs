@@ -25,7 +25,17 @@ pub struct Finding {
 /// each.
 pub async fn run(config: &Config) -> Vec<Finding> {
     crate::install_tls_provider();
-    let mut findings = vec![check_lapi(config).await, check_cloudflare(config).await];
+    let mut findings = vec![check_lapi(config).await];
+    // Each account on its own: one that fails says so, and the others are still checked.
+    let several = config.accounts.len() > 1;
+    for i in 0..config.accounts.len().max(1) {
+        let account = config.for_account(i);
+        let mut finding = check_cloudflare(&account).await;
+        if several {
+            finding.detail = format!("account {}: {}", account.cloudflare.name, finding.detail);
+        }
+        findings.push(finding);
+    }
     if let Some(ha) = &config.ha {
         findings.push(check_lease(ha).await);
     }

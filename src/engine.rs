@@ -125,21 +125,18 @@ impl Shared {
     }
 }
 
-/// The engine: the two actors around their shared state; see the module docs.
-pub struct Engine {
+/// One Cloudflare account: its state, its writer (the account's one writer, for all its
+/// lists) and its telemetry. Accounts share only the poller.
+struct Account {
     shared: Arc<Shared>,
-    poller: Poller,
     writer: Writer,
-    config: Config,
     telemetry: Arc<Telemetry>,
-    admin: Option<TcpListener>,
+    /// The configuration with `cloudflare` = this account.
+    config: Config,
 }
 
-impl Engine {
-    /// # Errors
-    /// TLS setup errors of either client.
-    pub fn new(config: Config) -> Result<Engine, Error> {
-        crate::install_tls_provider();
+impl Account {
+    fn new(config: Config) -> Result<Account, Error> {
         let lanes = (config.cloudflare.lists.iter())
             .map(|list| Lane {
                 asn: list.asn,
@@ -168,13 +165,7 @@ impl Engine {
                 .map(|ha| Arc::new(Ha::new(ha.identity.clone(), Timings::from(ha)))),
         });
         let cloudflare = CloudflareClient::new(&config.cloudflare, telemetry.clone())?;
-        Ok(Engine {
-            poller: Poller::new(
-                shared.clone(),
-                LapiClient::new(&config.crowdsec)?,
-                config.clone(),
-                telemetry.clone(),
-            ),
+        Ok(Account {
             writer: Writer::new(
                 shared.clone(),
                 cloudflare,
@@ -182,8 +173,40 @@ impl Engine {
                 telemetry.clone(),
             ),
             shared,
-            config,
             telemetry,
+            config,
+        })
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        snapshot(&self.shared, &self.telemetry, lapi_stale(&self.config))
+    }
+}
+
+/// The engine: the two actors around their shared state; see the module docs. With
+/// several Cloudflare accounts, one poller feeds each account's state and writer.
+pub struct Engine {
+    accounts: Vec<Account>,
+    poller: Poller,
+    config: Config,
+    admin: Option<TcpListener>,
+}
+
+impl Engine {
+    /// # Errors
+    /// TLS setup errors of either client.
+    pub fn new(config: Config) -> Result<Engine, Error> {
+        crate::install_tls_provider();
+        let accounts = (0..config.accounts.len().max(1))
+            .map(|i| Account::new(config.for_account(i)))
+            .collect::<Result<Vec<Account>, Error>>()?;
+        let fed = (accounts.iter())
+            .map(|a| (a.shared.clone(), a.telemetry.clone()))
+            .collect();
+        Ok(Engine {
+            poller: Poller::new(fed, LapiClient::new(&config.crowdsec)?, config.clone()),
+            accounts,
+            config,
             admin: None,
         })
     }
@@ -206,9 +229,10 @@ impl Engine {
         Ok(self.admin.as_ref().and_then(|l| l.local_addr().ok()))
     }
 
-    /// A point-in-time view of the bouncer, for the admin listener.
+    /// A point-in-time view of the bouncer (of its first account), for the admin
+    /// listener.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.shared, &self.telemetry, lapi_stale(&self.config))
+        self.accounts[0].snapshot()
     }
 
     /// Runs the daemon until `token` is cancelled, then lets an in-flight bulk operation
@@ -219,9 +243,10 @@ impl Engine {
     pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
         self.bind_admin().await?;
         let admin = self.admin.take();
-        // With high availability the list is looked up by the first term, not before:
-        // a standby never talks to Cloudflare.
-        let elected = match (&self.shared.ha, &self.config.ha) {
+        // With high availability (one account, by the configuration) the list is looked
+        // up by the first term, not before: a standby never talks to Cloudflare.
+        let first = &mut self.accounts[0];
+        let elected = match (&first.shared.ha, &self.config.ha) {
             (Some(ha), Some(ha_config)) => {
                 let api = HttpLeaseApi::new(ha_config).map_err(Error::Lease)?;
                 info!(
@@ -239,35 +264,36 @@ impl Engine {
                          (see docs/high-availability.md)"
                     );
                 }
-                self.telemetry.metrics.set_leader(false);
-                self.writer.serve(ha.clone());
+                first.telemetry.metrics.set_leader(false);
+                first.writer.serve(ha.clone());
                 Some((ha.clone(), api))
             }
             _ => None,
         };
-        let lists = match elected {
-            Some(_) => None,
-            None => match operate::started_while(self.writer.resolve_lists(&token)).await {
-                Some(lists) => Some(lists),
-                None => return Ok(()),
-            },
-        };
         let Engine {
-            shared,
+            accounts,
             poller,
-            mut writer,
             config,
-            telemetry,
             ..
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
+        let views: Vec<(Arc<Shared>, Arc<Telemetry>)> = (accounts.iter())
+            .map(|a| (a.shared.clone(), a.telemetry.clone()))
+            .collect();
         if let Some(listener) = admin {
-            let (shared, telemetry) = (shared.clone(), telemetry.clone());
             let stale = lapi_stale(&config);
-            let router = crate::admin::router(
-                telemetry.clone(),
-                Arc::new(move || snapshot(&shared, &telemetry, stale)),
-            );
+            let several = accounts.len() > 1;
+            let views = (accounts.iter())
+                .map(|account| {
+                    let (shared, telemetry) = (account.shared.clone(), account.telemetry.clone());
+                    crate::admin::AccountView {
+                        name: several.then(|| account.config.cloudflare.name.clone()),
+                        telemetry: telemetry.clone(),
+                        snapshot: Arc::new(move || snapshot(&shared, &telemetry, stale)),
+                    }
+                })
+                .collect();
+            let router = crate::admin::router_for(views);
             let token = token.clone();
             tasks.spawn(async move {
                 if let Err(err) = crate::admin::serve(listener, router, token).await {
@@ -276,34 +302,52 @@ impl Engine {
             });
         }
         if let Some(interval) = config.crowdsec.usage_metrics_interval {
-            let reporter = operate::UsageReporter::new(shared.clone(), telemetry.clone(), &config)?;
+            let (shared, telemetry) = views[0].clone();
+            let reporter = operate::UsageReporter::new(shared, telemetry, &config)?;
             tasks.spawn(reporter.run(interval, token.clone()));
         }
         tasks.spawn(poller.run(token.clone()));
-        match (elected, lists) {
-            (Some((ha, api)), _) => {
-                // The Lease is released only once the writer has stopped (the guard
-                // fires when the writer's task ends, or is aborted).
-                let writer_stopped = CancellationToken::new();
-                let guard = writer_stopped.clone().drop_guard();
-                let writer_token = token.clone();
-                let writer_ha = ha.clone();
-                tasks.spawn(async move {
-                    let _guard = guard;
-                    writer.run_terms(writer_ha, writer_token).await;
-                });
-                tasks.spawn(Elector::new(api, ha, telemetry.clone()).run(writer_stopped));
+        let mut elected = elected;
+        for account in accounts {
+            let Account {
+                mut writer,
+                config: account_config,
+                telemetry,
+                ..
+            } = account;
+            match elected.take() {
+                Some((ha, api)) => {
+                    // The Lease is released only once the writer has stopped (the guard
+                    // fires when the writer's task ends, or is aborted).
+                    let writer_stopped = CancellationToken::new();
+                    let guard = writer_stopped.clone().drop_guard();
+                    let writer_token = token.clone();
+                    let writer_ha = ha.clone();
+                    tasks.spawn(async move {
+                        let _guard = guard;
+                        writer.run_terms(writer_ha, writer_token).await;
+                    });
+                    tasks.spawn(Elector::new(api, ha, telemetry).run(writer_stopped));
+                }
+                None => {
+                    let token = token.clone();
+                    let name = account_config.cloudflare.name.clone();
+                    tasks.spawn(async move {
+                        // Each account looks its lists up on its own: one that cannot
+                        // (a bad token, a missing list) never holds another.
+                        let lists = writer.resolve_lists(&token).await;
+                        if let Some(lists) = lists {
+                            writer.run(&lists, token).await;
+                        } else {
+                            info!(account = %name, "stopped before the lists were found");
+                        }
+                    });
+                }
             }
-            (None, Some(lists)) => {
-                let token = token.clone();
-                tasks.spawn(async move { writer.run(&lists, token).await });
-            }
-            (None, None) => {}
         }
         if let Some(period) = sd_notify::watchdog_enabled() {
             let watchdog = operate::Watchdog {
-                shared: shared.clone(),
-                telemetry: telemetry.clone(),
+                accounts: views.clone(),
                 alive_within: period
                     .max(config.crowdsec.request_timeout + Duration::from_secs(120)),
             };
@@ -334,11 +378,8 @@ impl Engine {
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let state = shared.state();
-        info!(
-            queued = state.counts().queued,
-            "stopped; the list is left as it is"
-        );
+        let queued: usize = views.iter().map(|(s, _)| s.state().counts().queued).sum();
+        info!(queued, "stopped; the list is left as it is");
         Ok(())
     }
 
@@ -349,7 +390,13 @@ impl Engine {
     /// # Errors
     /// The first request that fails, or a list configured by id that does not exist.
     pub async fn setup(mut self, zones: &[String], action: &str) -> Result<SetupReport, Error> {
-        self.writer.setup(zones, action).await
+        let several = self.accounts.len() > 1;
+        let mut report = Vec::new();
+        for account in &mut self.accounts {
+            let lines = account.writer.setup(zones, action).await?;
+            report.extend(labelled(several, &account.config, lines));
+        }
+        Ok(report)
     }
 
     /// Removes every item the bouncer manages from the list (all of them with
@@ -359,7 +406,11 @@ impl Engine {
     /// # Errors
     /// The first error that stops it.
     pub async fn cleanup(mut self, token: CancellationToken) -> Result<usize, Error> {
-        self.writer.cleanup(token).await
+        let mut removed = 0;
+        for account in &mut self.accounts {
+            removed += account.writer.cleanup(token.clone()).await?;
+        }
+        Ok(removed)
     }
 
     /// Removes what `setup` added to each zone (the custom rules it wrote for the list,
@@ -373,7 +424,13 @@ impl Engine {
         zones: &[String],
         delete_list: bool,
     ) -> Result<SetupReport, Error> {
-        self.writer.teardown(zones, delete_list).await
+        let several = self.accounts.len() > 1;
+        let mut report = Vec::new();
+        for account in &mut self.accounts {
+            let lines = account.writer.teardown(zones, delete_list).await?;
+            report.extend(labelled(several, &account.config, lines));
+        }
+        Ok(report)
     }
 
     /// One full reconcile: full pull, list read, apply the diff, then read the list
@@ -397,14 +454,49 @@ impl Engine {
         confirm_removals: bool,
     ) -> Result<OnceReport, Error> {
         let started = Instant::now();
-        let lists = self.writer.look_up_lists().await?;
-        let targets: Vec<writer::Target> = lists.iter().map(writer::Target::from).collect();
+        let mut targets = Vec::new();
+        for account in &mut self.accounts {
+            let lists = account.writer.look_up_lists().await?;
+            targets.push(lists.iter().map(writer::Target::from).collect::<Vec<_>>());
+        }
         // A snapshot, not a start-up pull: a daemon using the same key keeps its place
         // in the stream.
         self.poller.pull(Pull::Full, Source::Snapshot).await?;
-        self.writer.read_list(&targets).await?;
+        for (account, targets) in self.accounts.iter_mut().zip(&targets) {
+            account.writer.read_list(targets).await?;
+        }
         self.poller.hold_notice();
         self.poller.confirm_removals().await?;
+        let mut report = OnceReport {
+            items: 0,
+            left_out: 0,
+            removals_confirmed: 0,
+            writes: 0,
+            elapsed: Duration::ZERO,
+        };
+        for (account, targets) in self.accounts.iter_mut().zip(&targets) {
+            let done = account
+                .once_drain(targets, &token, confirm_removals)
+                .await?;
+            report.items += done.items;
+            report.left_out += done.left_out;
+            report.removals_confirmed += done.removals_confirmed;
+            report.writes += done.writes;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+}
+
+impl Account {
+    /// `once` for this account, after the pull and the first list read: releases the held
+    /// removals when asked, drains, reads the list again and checks it matches.
+    async fn once_drain(
+        &mut self,
+        targets: &[writer::Target],
+        token: &CancellationToken,
+        confirm_removals: bool,
+    ) -> Result<OnceReport, Error> {
         let held = self.shared.state().held_removals();
         let held_sample: Vec<String> = held.iter().take(5).map(ToString::to_string).collect();
         let released = if confirm_removals && !held.is_empty() {
@@ -417,9 +509,9 @@ impl Engine {
         } else {
             0
         };
-        let writes = self.writer.drain_once(&targets, &token).await?;
+        let writes = self.writer.drain_once(targets, token).await?;
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
-        self.writer.read_list(&targets).await?;
+        self.writer.read_list(targets).await?;
         let state = self.shared.state();
         let desired = state.desired_items();
         let managed = state.managed_listed_items();
@@ -446,9 +538,21 @@ impl Engine {
             left_out: state.counts().left_out,
             removals_confirmed: released,
             writes,
-            elapsed: started.elapsed(),
+            elapsed: Duration::ZERO,
         })
     }
+}
+
+/// Report lines of one account, prefixed with its name when there are several.
+fn labelled(several: bool, config: &Config, lines: Vec<String>) -> Vec<String> {
+    if !several {
+        return lines;
+    }
+    let name = &config.cloudflare.name;
+    lines
+        .into_iter()
+        .map(|line| format!("account {name}: {line}"))
+        .collect()
 }
 
 /// How old the last successful LAPI pull may be while ready.

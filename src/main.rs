@@ -248,10 +248,20 @@ fn test_config(path: &std::path::Path) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Takes the account's writer lock for a one-shot command, or says why it cannot run:
-/// a daemon (or another command) writes to the same account.
-fn one_shot_lock(config: &Config) -> Result<Option<WriterLock>, ExitCode> {
-    match cfbouncer::lock::acquire(&config.cloudflare) {
+/// Takes every account's writer lock for a one-shot command, or says why it cannot run:
+/// a daemon (or another command) writes to one of the accounts.
+fn one_shot_lock(config: &Config) -> Result<Vec<WriterLock>, ExitCode> {
+    let mut locks = Vec::new();
+    for account in &config.accounts {
+        locks.extend(one_account_lock(account)?);
+    }
+    Ok(locks)
+}
+
+fn one_account_lock(
+    account: &cfbouncer::config::CloudflareConfig,
+) -> Result<Option<WriterLock>, ExitCode> {
+    match cfbouncer::lock::acquire(account) {
         Ok(lock) => Ok(Some(lock)),
         Err(err @ LockError::Held { .. }) => {
             eprintln!(
@@ -272,25 +282,25 @@ fn one_shot_lock(config: &Config) -> Result<Option<WriterLock>, ExitCode> {
 async fn run(config: Config) -> ExitCode {
     // With high availability the Lease elects the one writer, and standbys on this host
     // must run beside it: the host lock is not taken.
-    let host_lock = if config.ha.is_some() {
-        Ok(None)
+    let accounts = if config.ha.is_some() {
+        &[][..]
     } else {
-        cfbouncer::lock::acquire(&config.cloudflare).map(Some)
+        &config.accounts[..]
     };
-    let _lock = match host_lock {
-        Ok(lock) => lock,
-        Err(err @ LockError::Held { .. }) => {
-            error!(
-                "{err}: a one-shot command (once, cleanup, setup) or a second daemon; one \
-                 writer per account, so this daemon does not start (systemd retries it)"
-            );
-            return ExitCode::FAILURE;
+    let mut _locks = Vec::new();
+    for account in accounts {
+        match cfbouncer::lock::acquire(account) {
+            Ok(lock) => _locks.push(lock),
+            Err(err @ LockError::Held { .. }) => {
+                error!(
+                    "{err}: a one-shot command (once, cleanup, setup) or a second daemon; one \
+                     writer per account, so this daemon does not start (systemd retries it)"
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(err) => warn!("{err}; going on without it"),
         }
-        Err(err) => {
-            warn!("{err}; going on without it");
-            None
-        }
-    };
+    }
     let token = cancel_on_signal();
     let result = match Engine::new(config) {
         Ok(engine) => engine.run(token).await,

@@ -515,7 +515,7 @@ pub struct Snapshot {
 }
 
 /// What `/status` serves and `status` prints.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct StatusReport {
     pub version: String,
     pub ready: bool,
@@ -542,6 +542,114 @@ pub struct StatusReport {
     /// With high availability: who holds the Lease, and this instance's part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaReport>,
+    /// With several Cloudflare accounts: each account's own report (the fields above
+    /// then sum or combine them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountReport>,
+}
+
+/// One account's part of `/status`, with several accounts.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AccountReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub report: StatusReport,
+}
+
+impl StatusReport {
+    /// The report of several accounts: ready when each is (else the first reason, naming
+    /// its account); counts summed; the LAPI side (the same for all) from the first; a
+    /// Cloudflare error or a suspected writer from the first account that has one.
+    pub fn combine(parts: Vec<(String, StatusReport)>) -> StatusReport {
+        let Some((_, first)) = parts.first() else {
+            return StatusReport::default();
+        };
+        let mut all = first.clone();
+        let named = |name: &str, text: &Option<String>| {
+            text.as_ref().map(|text| format!("account {name}: {text}"))
+        };
+        let not_ready = parts.iter().find(|(_, r)| !r.ready);
+        all.ready = not_ready.is_none();
+        all.reason = not_ready.and_then(|(name, r)| named(name, &r.reason));
+        let sum = |f: fn(&StatusReport) -> usize| parts.iter().map(|(_, r)| f(r)).sum();
+        all.decisions = first.decisions;
+        all.desired_items = sum(|r| r.desired_items);
+        all.listed_items = sum(|r| r.listed_items);
+        all.pending_adds = sum(|r| r.pending_adds);
+        all.pending_removes = sum(|r| r.pending_removes);
+        all.left_out = sum(|r| r.left_out);
+        all.removals_held = sum(|r| r.removals_held);
+        all.removals_awaiting_confirmation = sum(|r| r.removals_awaiting_confirmation);
+        all.quarantined = sum(|r| r.quarantined);
+        // The oldest write or reconcile of any account: the one to worry about.
+        let oldest = |f: fn(&StatusReport) -> Option<u64>| {
+            (parts.iter().map(|(_, r)| f(r))).try_fold(0, |max, ago| ago.map(|a| a.max(max)))
+        };
+        all.last_cloudflare_write_seconds_ago = oldest(|r| r.last_cloudflare_write_seconds_ago);
+        all.last_reconcile_seconds_ago = oldest(|r| r.last_reconcile_seconds_ago);
+        all.cloudflare_error = (parts.iter()).find_map(|(n, r)| named(n, &r.cloudflare_error));
+        all.foreign_writer = (parts.iter()).find_map(|(n, r)| named(n, &r.foreign_writer));
+        all.accounts = (parts.into_iter())
+            .map(|(name, report)| AccountReport { name, report })
+            .collect();
+        all
+    }
+}
+
+/// One `/metrics` text from each account's: every sample gets an `account` label, and each
+/// family's metadata is given once (each account registers the same families, in the same
+/// order).
+pub fn label_accounts(parts: &[(String, String)]) -> String {
+    // Family name → (metadata lines, samples), in first-seen order.
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (account, text) in parts {
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            if let Some(meta) = line.strip_prefix("# ") {
+                let name = meta.split_whitespace().nth(1).unwrap_or_default();
+                let at = match families.iter().position(|(n, _, _)| n == name) {
+                    Some(at) => at,
+                    None => {
+                        families.push((name.to_owned(), Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                if !families[at].1.iter().any(|m| m == line) {
+                    families[at].1.push(line.to_owned());
+                }
+                current = Some(at);
+                continue;
+            }
+            let Some(at) = current else {
+                continue;
+            };
+            families[at].2.push(with_account(line, account));
+        }
+    }
+    let mut out = String::new();
+    for (_, meta, samples) in families {
+        for line in meta.iter().chain(&samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A sample line with `account="NAME"` as its first label. Account names are checked by
+/// the configuration: letters, digits, `_` and `-`, nothing to escape.
+fn with_account(line: &str, account: &str) -> String {
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    match rest.strip_prefix('{') {
+        Some(labels) if labels.starts_with('}') => format!("{name}{{account=\"{account}\"{labels}"),
+        Some(labels) => format!("{name}{{account=\"{account}\",{labels}"),
+        None => format!("{name}{{account=\"{account}\"}}{rest}"),
+    }
 }
 
 /// The election in `/status`.
@@ -586,6 +694,7 @@ impl From<&Snapshot> for StatusReport {
                 holder: ha.holder.clone(),
                 lease_error: ha.lease_error.clone(),
             }),
+            accounts: Vec::new(),
         }
     }
 }
@@ -593,6 +702,40 @@ impl From<&Snapshot> for StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_accounts_metrics_are_labelled_and_each_family_described_once() {
+        let metrics = Metrics::new();
+        metrics.cloudflare_request("items_add", "2xx");
+        let one = metrics.render(&Snapshot::for_tests());
+        let other = Metrics::new();
+        let two = other.render(&Snapshot::for_tests());
+        let merged = label_accounts(&[("main".into(), one.clone()), ("b-2".into(), two)]);
+        assert_eq!(merged.matches("# EOF").count(), 1);
+        assert!(merged.ends_with("# EOF\n"));
+        for line in one.lines().filter(|l| l.starts_with("# HELP")) {
+            assert_eq!(merged.matches(&format!("{line}\n")).count(), 1, "{line}");
+        }
+        assert!(
+            merged.contains(
+                "cf_iplist_bouncer_cloudflare_requests_total{account=\"main\",endpoint=\"items_add\",status=\"2xx\"} 1"
+            ),
+            "{merged}"
+        );
+        assert!(
+            merged.contains("cf_iplist_bouncer_list_items{account=\"b-2\"} 0"),
+            "{merged}"
+        );
+        // Every sample carries the label; samples of one family stay together.
+        for line in merged.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{account=\""), "{line}");
+        }
+        assert_eq!(
+            with_account("x_bucket{le=\"0.1\"} 0", "a"),
+            "x_bucket{account=\"a\",le=\"0.1\"} 0"
+        );
+        assert_eq!(with_account("x{} 1", "a"), "x{account=\"a\"} 1");
+    }
 
     #[test]
     fn readiness_names_the_reason() {
@@ -628,6 +771,38 @@ mod tests {
             .readiness(start + Duration::from_secs(101), stale)
             .expect_err("stuck");
         assert_eq!(pending, "a bulk operation has been pending for 71s");
+    }
+
+    impl Snapshot {
+        fn for_tests() -> Snapshot {
+            Snapshot {
+                ready: Ok(()),
+                uptime: Duration::from_secs(5),
+                counts: Counts {
+                    decisions: 0,
+                    desired_items: 0,
+                    listed_items: 0,
+                    listed_without_id: 0,
+                    queued: 0,
+                    left_out: 0,
+                    held: 0,
+                    quarantined: 0,
+                    awaiting_confirmation: 0,
+                    capacity: None,
+                },
+                skipped: Skipped::default(),
+                pending_adds: 0,
+                pending_removes: 0,
+                active_by_origin: Vec::new(),
+                lapi_poll_ago: None,
+                cloudflare_write_ago: None,
+                reconcile_ago: None,
+                lapi_error: None,
+                cloudflare_error: None,
+                foreign_writer: None,
+                ha: None,
+            }
+        }
     }
 
     #[test]

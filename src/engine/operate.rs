@@ -24,8 +24,8 @@ pub(super) struct UsageReporter {
 
 /// Feeds the systemd watchdog while the engine is alive.
 pub(super) struct Watchdog {
-    pub shared: Arc<Shared>,
-    pub telemetry: Arc<Telemetry>,
+    /// Every account's state and telemetry: one wedged account starves the watchdog.
+    pub accounts: Vec<(Arc<Shared>, Arc<Telemetry>)>,
     /// How recently a task loop must have gone round.
     pub alive_within: Duration,
 }
@@ -106,27 +106,6 @@ impl UsageReporter {
     }
 }
 
-/// Tells systemd the daemon has started, then awaits `starting` (the list look-up, which
-/// retries while Cloudflare is down) feeding the watchdog meanwhile: a Cloudflare that is
-/// down at boot is waited for by the daemon's own retries, not by systemd's start
-/// timeout restarting the unit. Readiness to serve is `/readyz`'s business.
-pub(super) async fn started_while<T>(starting: impl std::future::Future<Output = T>) -> T {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let Some(period) = sd_notify::watchdog_enabled() else {
-        return starting.await;
-    };
-    tokio::pin!(starting);
-    let mut ping = tokio::time::interval(period / 2);
-    loop {
-        tokio::select! {
-            done = &mut starting => return done,
-            _ = ping.tick() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        }
-    }
-}
-
 impl Watchdog {
     /// Pings the systemd watchdog while the engine's state can be locked (no deadlock),
     /// its loops went round recently, and the writer is not wedged.
@@ -136,14 +115,15 @@ impl Watchdog {
             if !sleep_or_cancel(period / 2, &token).await {
                 return;
             }
-            let (responsive, live) = {
-                let _state = self.shared.state();
-                let health = self.telemetry.health();
-                (
-                    self.shared.last_beat().elapsed() < alive_within,
-                    health.liveness(std::time::Instant::now()),
-                )
-            };
+            let (mut responsive, mut live) = (true, Ok(()));
+            for (shared, telemetry) in &self.accounts {
+                let _state = shared.state();
+                let health = telemetry.health();
+                responsive &= shared.last_beat().elapsed() < alive_within;
+                if live.is_ok() {
+                    live = health.liveness(std::time::Instant::now());
+                }
+            }
             match live {
                 Ok(()) if responsive => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -197,8 +177,8 @@ mod tests {
         let config = crate::config::Config::parse(text, &|_| None).expect("valid");
         let engine = super::super::Engine::new(config).expect("engine");
         let reporter = UsageReporter::new(
-            engine.shared.clone(),
-            engine.telemetry.clone(),
+            engine.accounts[0].shared.clone(),
+            engine.accounts[0].telemetry.clone(),
             &engine.config,
         )
         .expect("reporter");
@@ -210,7 +190,7 @@ mod tests {
             scenario: "s",
             duration: "1h",
         };
-        engine.shared.state().apply_delta(
+        engine.accounts[0].shared.state().apply_delta(
             [],
             [
                 decision("1.2.3.4", "cscli"),

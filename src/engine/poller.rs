@@ -2,7 +2,8 @@
 //! pulls (a full pull at start, after any failed pull, and every `reconcile_interval`;
 //! deltas in between), updates the desired state, expires decisions, confirms the
 //! removals a full pull implied (docs/hardening.md §7), and after a full pull asks the
-//! writer for a fresh list read.
+//! writer for a fresh list read. With several Cloudflare accounts, every pull fans out
+//! to each account's state (its own lists and policy); one stream, one key.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,28 +21,30 @@ use crate::telemetry::Telemetry;
 /// The only code that reads the decision stream: it owns the LAPI client. See the
 /// module docs.
 pub(super) struct Poller {
-    shared: Arc<Shared>,
+    /// Each account's state and telemetry, the first first.
+    accounts: Vec<(Arc<Shared>, Arc<Telemetry>)>,
     lapi: LapiClient,
     config: Config,
-    telemetry: Arc<Telemetry>,
     /// How many held removals were last reported, so the log says it once.
     hold_said: usize,
 }
 
 impl Poller {
     pub(super) fn new(
-        shared: Arc<Shared>,
+        accounts: Vec<(Arc<Shared>, Arc<Telemetry>)>,
         lapi: LapiClient,
         config: Config,
-        telemetry: Arc<Telemetry>,
     ) -> Poller {
         Poller {
-            shared,
+            accounts,
             lapi,
             config,
-            telemetry,
             hold_said: 0,
         }
+    }
+
+    fn shares(&self) -> impl Iterator<Item = &Arc<Shared>> {
+        self.accounts.iter().map(|(shared, _)| shared)
     }
 
     /// The poller task: see the module docs.
@@ -82,9 +85,9 @@ impl Poller {
                 }
             }
             let kind = if pull == Pull::Full { "full" } else { "delta" };
-            self.telemetry.metrics.lapi_poll(kind, result.is_ok());
-            {
-                let mut health = self.telemetry.health();
+            for (shared, telemetry) in &self.accounts {
+                telemetry.metrics.lapi_poll(kind, result.is_ok());
+                let mut health = telemetry.health();
                 match &result {
                     Ok(()) => {
                         health.lapi_ok = Some(Instant::now());
@@ -92,8 +95,9 @@ impl Poller {
                     }
                     Err(err) => health.lapi_error = Some(err.to_string()),
                 }
+                drop(health);
+                shared.heartbeat();
             }
-            self.shared.heartbeat();
             let delay = match result {
                 Ok(()) => {
                     if failures > 0 {
@@ -127,55 +131,68 @@ impl Poller {
 
     /// Confirms the removals full pulls implied, through a read of LAPI's active
     /// decisions that fails as a whole (docs/lapi.md §9.1): what LAPI still holds stays,
-    /// the rest goes. Nothing to do when no removal waits.
+    /// the rest goes. Nothing to do when no removal waits. One read serves every account.
     pub(super) async fn confirm_removals(&self) -> Result<(), Error> {
-        let (asked, ipv6_prefix) = {
-            let state = self.shared.state();
-            (state.awaiting_confirmation(), state.policy().ipv6_prefix)
-        };
-        if asked.is_empty() {
+        let asked: Vec<Vec<crate::item::Item>> = self
+            .shares()
+            .map(|shared| shared.state().awaiting_confirmation())
+            .collect();
+        let ipv6_prefix = self.config.cloudflare.ipv6_prefix;
+        // By value: the lists an item may be on are each state's business.
+        let values: rustc_hash::FxHashSet<crate::item::Item> =
+            asked.iter().flatten().map(|key| key.bare()).collect();
+        if values.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let mut sink = Confirming {
-            // By value: the lists an item may be on are the state's business.
-            asked: asked.iter().map(|key| key.bare()).collect(),
+            asked: values.clone(),
             ipv6_prefix,
             found: Packed::default(),
         };
-        let targeted = asked.len() <= TARGETED_CONFIRMATIONS;
+        let targeted = values.len() <= TARGETED_CONFIRMATIONS;
         if targeted {
-            for item in &asked {
+            let mut values: Vec<crate::item::Item> = values.into_iter().collect();
+            values.sort();
+            for item in &values {
                 (sink, _) = self.lapi.active_into(Some(item), sink).await?;
             }
         } else {
             (sink, _) = self.lapi.active_into(None, sink).await?;
         }
-        let kept = {
-            let mut state = self.shared.state();
-            let kept = state.confirm_removals(&asked, sink.found.iter(), Instant::now());
-            state.rebalance();
-            kept
-        };
-        self.telemetry
-            .metrics
-            .removal_confirmations(asked.len() - kept, kept);
-        if kept > 0 {
+        let (mut total, mut total_kept) = (0, 0);
+        for ((shared, telemetry), asked) in self.accounts.iter().zip(&asked) {
+            if asked.is_empty() {
+                continue;
+            }
+            let kept = {
+                let mut state = shared.state();
+                let kept = state.confirm_removals(asked, sink.found.iter(), Instant::now());
+                state.rebalance();
+                kept
+            };
+            telemetry
+                .metrics
+                .removal_confirmations(asked.len() - kept, kept);
+            total += asked.len();
+            total_kept += kept;
+            shared.wake.notify_one();
+        }
+        if total_kept > 0 {
             warn!(
-                asked = asked.len(),
-                still_active = kept,
+                asked = total,
+                still_active = total_kept,
                 "a full pull from LAPI left out decisions LAPI still holds (an answer cut short?); they stay on the list"
             );
         }
         info!(
-            asked = asked.len(),
-            removed = asked.len() - kept,
-            kept,
+            asked = total,
+            removed = total - total_kept,
+            kept = total_kept,
             targeted,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "LAPI confirmed the removals a full pull implied"
         );
-        self.shared.wake.notify_one();
         Ok(())
     }
 
@@ -191,7 +208,7 @@ impl Poller {
 
     /// Says once how many removals wait for LAPI's confirmation, when that changes.
     pub(super) fn hold_notice(&mut self) {
-        let awaiting = self.shared.state().awaiting_count();
+        let awaiting = self.shares().map(|s| s.state().awaiting_count()).sum();
         if awaiting > 0 && self.hold_said != awaiting {
             info!(
                 removals = awaiting,
@@ -206,12 +223,13 @@ impl Poller {
     pub(super) async fn pull(&self, pull: Pull, source: Source) -> Result<(), Error> {
         let (n_new, n_deleted, size) = match pull {
             Pull::Full => {
-                let (policy, desired) = {
-                    let state = self.shared.state();
-                    (state.policy(), state.new_desired())
-                };
+                let desired = (self.shares())
+                    .map(|shared| {
+                        let state = shared.state();
+                        (state.policy(), state.new_desired())
+                    })
+                    .collect();
                 let sink = FullPull {
-                    policy,
                     desired,
                     now: Instant::now(),
                     new: 0,
@@ -220,9 +238,10 @@ impl Poller {
                     Source::Stream => self.lapi.stream_into(Pull::Full, sink).await?,
                     Source::Snapshot => self.lapi.active_into(None, sink).await?,
                 };
-                let mut state = self.shared.state();
-                state.replace_desired_with(sink.desired);
-                self.shared.refresh_list.store(true, Ordering::SeqCst);
+                for (shared, (_, desired)) in self.shares().zip(sink.desired) {
+                    shared.state().replace_desired_with(desired);
+                    shared.refresh_list.store(true, Ordering::SeqCst);
+                }
                 (sink.new, 0, size)
             }
             Pull::Delta => {
@@ -231,35 +250,48 @@ impl Poller {
                     .stream_into(Pull::Delta, DeltaPull::default())
                     .await?;
                 let now = Instant::now();
-                let mut state = self.shared.state();
-                state.apply_delta(sink.deleted.iter(), sink.new.iter(), now);
+                for shared in self.shares() {
+                    let mut state = shared.state();
+                    state.apply_delta(sink.deleted.iter(), sink.new.iter(), now);
+                }
                 (sink.new.len(), sink.deleted.len(), size)
             }
         };
-        let mut state = self.shared.state();
-        let expired = state.expire(Instant::now());
-        state.rebalance();
-        let counts = state.counts();
-        let skipped = state.skipped();
-        drop(state);
-        match pull {
-            Pull::Full => info!(
-                source = source.name(),
-                decisions = counts.decisions,
-                items = counts.desired_items,
-                left_out = counts.left_out,
-                skipped = skipped.total(),
-                received = n_new,
-                bytes = size,
-                "full pull from LAPI"
-            ),
-            Pull::Delta if n_new + n_deleted + expired > 0 => {
-                debug!(new = n_new, deleted = n_deleted, expired, "delta from LAPI");
+        for ((shared, _), account) in self.accounts.iter().zip(&self.config.accounts) {
+            let mut state = shared.state();
+            let expired = state.expire(Instant::now());
+            state.rebalance();
+            let counts = state.counts();
+            let skipped = state.skipped();
+            drop(state);
+            // One account: no label, as before.
+            let label = (self.accounts.len() > 1).then_some(account.name.as_str());
+            match pull {
+                Pull::Full => info!(
+                    account = label,
+                    source = source.name(),
+                    decisions = counts.decisions,
+                    items = counts.desired_items,
+                    left_out = counts.left_out,
+                    skipped = skipped.total(),
+                    received = n_new,
+                    bytes = size,
+                    "full pull from LAPI"
+                ),
+                Pull::Delta if n_new + n_deleted + expired > 0 => {
+                    debug!(
+                        account = label,
+                        new = n_new,
+                        deleted = n_deleted,
+                        expired,
+                        "delta from LAPI"
+                    );
+                }
+                Pull::Delta => {}
             }
-            Pull::Delta => {}
+            shared.log_notices();
+            shared.wake.notify_one();
         }
-        self.shared.log_notices();
-        self.shared.wake.notify_one();
         Ok(())
     }
 }
@@ -307,10 +339,9 @@ impl Source {
     }
 }
 
-/// A full pull being parsed straight into a new desired state.
+/// A full pull being parsed straight into a new desired state, one per account.
 struct FullPull {
-    policy: Arc<Policy>,
-    desired: Desired,
+    desired: Vec<(Arc<Policy>, Desired)>,
     now: Instant,
     new: usize,
 }
@@ -318,7 +349,9 @@ struct FullPull {
 impl StreamSink for FullPull {
     fn new_decision(&mut self, decision: DecisionRef<'_>) {
         self.new += 1;
-        self.desired.insert(&self.policy, &decision, self.now);
+        for (policy, desired) in &mut self.desired {
+            desired.insert(policy, &decision, self.now);
+        }
     }
 
     // A full pull's `deleted` lists every expired decision still in LAPI's database:
