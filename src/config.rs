@@ -960,6 +960,15 @@ fn read_cloudflare(
         let mut entry = s.sub(name, table);
         // A token per account, never from the environment: that one is the section's.
         let (api_token, account_id, lists) = read_account(&mut entry, &|_| None, secrets, missing);
+        // Another API URL for this account: a proxy in front of Cloudflare, or a test's
+        // emulator (one account each).
+        let api_url = if entry.table.contains_key("api_url") {
+            entry
+                .url("api_url", &shared.api_url)
+                .map(|url| url.trim_end_matches('/').to_owned())
+        } else {
+            Some(shared.api_url.clone())
+        };
         let label = entry.string("name", &account_id);
         if !is_account_label(&label) {
             entry.problem(
@@ -979,9 +988,10 @@ fn read_cloudflare(
             default_hosts.clone()
         };
         entry.finish();
-        match (api_token, lists) {
-            (Some(api_token), Some(lists)) => accounts.push(CloudflareConfig {
+        match (api_token, lists, api_url) {
+            (Some(api_token), Some(lists), Some(api_url)) => accounts.push(CloudflareConfig {
                 name: label,
+                api_url,
                 api_token,
                 account_id,
                 lists,
