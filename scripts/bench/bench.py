@@ -3,7 +3,7 @@
 
 Usage: bench.py [SCENARIO ...] [--op-latency-ms MIN..MAX] [--keep]
 Scenarios: latency burst cold100k cold100k_sized once100k restart100k pacing million
-million_v6 predecessor micro (default: all).
+million_v6 lists accounts predecessor micro (default: all).
 Writes BENCHMARKS.json and BENCHMARKS.md at the repository root; a partial run replaces
 only the rows of the scenarios it ran. Exit 0 when every selected scenario ran (whether
 or not it met its targets), 1 when one broke, 2 on bad arguments.
@@ -30,11 +30,12 @@ sys.dont_write_bytecode = True  # no __pycache__ in the tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+import lanes  # noqa: E402
 import scenarios as sc  # noqa: E402
 from harness import REPO, log  # noqa: E402
 
 ORDER = ["latency", "burst", "cold100k", "cold100k_sized", "once100k", "restart100k", "pacing",
-         "million", "million_v6", "predecessor", "micro"]
+         "million", "million_v6", "lists", "accounts", "predecessor", "micro"]
 TITLES = {
     "latency": "1. latency",
     "burst": "2. burst",
@@ -45,6 +46,8 @@ TITLES = {
     "pacing": "4b. pacing",
     "million": "5. million",
     "million_v6": "5b. million_v6",
+    "lists": "7. lists",
+    "accounts": "8. accounts",
     "predecessor": "6. predecessor",
     "micro": "micro",
 }
@@ -186,6 +189,9 @@ def main() -> int:
         sc.group_a(ctx)
         sc.group_b(ctx)
         sc.group_c(ctx)
+        for name, fn in (("lists", lanes.lists), ("accounts", lanes.accounts)):
+            if name in selected:
+                sc.run_scenario(ctx, name, lambda fn=fn: fn(ctx))
         if "predecessor" in selected:
             rec = sc.predecessor_record(ctx)
             if rec is not None:
