@@ -34,7 +34,7 @@ impl Lists {
         let mut world = World::start(name).await;
         let challenge = world.cf.create_list("crowdsec_challenge");
         let asn = world.cf.create_list_of_kind("crowdsec_asn", "asn");
-        world.lists = Some(LISTS.into());
+        world.lists = Some(format!("{LISTS}[safety]\nallowlist = [\"AS64500\"]\n"));
         Lists {
             world,
             challenge,
@@ -86,6 +86,8 @@ async fn each_decision_lands_on_its_list_and_the_stronger_remedy_wins() {
         NewDecision::ban_ip("64496")
             .with_scope("AS")
             .with_kind("captcha"),
+        // The operator's own provider, allowlisted: refused.
+        NewDecision::ban_ip("AS64500").with_scope("AS"),
     ])
     .await;
     let bouncer = lists.world.spawn_bouncer();
