@@ -812,8 +812,6 @@ mod tests {
         metrics.bulk_operation("completed", Some(Duration::from_millis(700)));
         metrics.lapi_poll("delta", false);
         let snapshot = Snapshot {
-            ready: Ok(()),
-            uptime: Duration::from_secs(5),
             counts: Counts {
                 decisions: 3,
                 desired_items: 2,
@@ -834,12 +832,7 @@ mod tests {
             pending_removes: 1,
             active_by_origin: vec![("cscli", "ipv4", 3)],
             lapi_poll_ago: Some(Duration::from_secs(2)),
-            cloudflare_write_ago: None,
-            reconcile_ago: None,
-            lapi_error: None,
-            cloudflare_error: None,
-            foreign_writer: None,
-            ha: None,
+            ..Snapshot::for_tests()
         };
         let text = metrics.render(&snapshot);
         for line in [

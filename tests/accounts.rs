@@ -35,6 +35,13 @@ impl Two {
             .expect("emulator starts");
         let b_ban = b.create_list("crowdsec_ban");
         let b_challenge = b.create_list("crowdsec_challenge");
+        world
+            .lapi
+            .add_decisions(&[
+                NewDecision::ban_ip("192.0.2.1"),
+                NewDecision::ban_ip("192.0.2.2").with_kind("captcha"),
+            ])
+            .await;
         Two {
             world,
             b,
@@ -68,6 +75,23 @@ impl Two {
         cfbouncer::config::Config::parse(&text, &|_| None).expect("valid configuration")
     }
 
+    /// Runs the bouncer with `b_token` for account second: its admin address, the token
+    /// that stops it, and its task.
+    async fn run(
+        &self,
+        b_token: &str,
+    ) -> (
+        std::net::SocketAddr,
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Result<(), cfbouncer::engine::Error>>,
+    ) {
+        let mut engine = cfbouncer::engine::Engine::new(self.config(b_token)).expect("builds");
+        let admin = engine.bind_admin().await.expect("binds").expect("admin on");
+        let token = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn(engine.run(token.clone()));
+        (admin, token, running)
+    }
+
     fn ips(cf: &Emulator, list: &str) -> Vec<String> {
         let mut ips: Vec<String> = cf.items(list).into_iter().map(|i| i.ip).collect();
         ips.sort();
@@ -92,17 +116,7 @@ async fn get(admin: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_on_one_account_holds_no_other() {
     let two = Two::start("t-accounts-token").await;
-    two.world
-        .lapi
-        .add_decisions(&[
-            NewDecision::ban_ip("192.0.2.1"),
-            NewDecision::ban_ip("192.0.2.2").with_kind("captcha"),
-        ])
-        .await;
-    let mut engine = cfbouncer::engine::Engine::new(two.config("a-wrong-token")).expect("builds");
-    let admin = engine.bind_admin().await.expect("binds").expect("admin on");
-    let token = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(engine.run(token.clone()));
+    let (admin, token, running) = two.run("a-wrong-token").await;
 
     let main_list = two.world.list_id.clone();
     two.until("account main syncs beside a failing account", || {
@@ -162,19 +176,9 @@ async fn a_refused_token_on_one_account_holds_no_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_account_catches_up_and_the_other_never_waits_for_it() {
     let two = Two::start("t-accounts-limit").await;
-    two.world
-        .lapi
-        .add_decisions(&[
-            NewDecision::ban_ip("192.0.2.1"),
-            NewDecision::ban_ip("192.0.2.2").with_kind("captcha"),
-        ])
-        .await;
     // Account second may make 3 requests in 10 s: the lookup, and little more.
     two.b.set_rate_limit(Some(3), Duration::from_secs(10));
-    let mut engine = cfbouncer::engine::Engine::new(two.config("token-of-b")).expect("builds");
-    let _admin = engine.bind_admin().await.expect("binds");
-    let token = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(engine.run(token.clone()));
+    let (_admin, token, running) = two.run("token-of-b").await;
 
     let main_list = two.world.list_id.clone();
     for ip in ["192.0.2.3", "192.0.2.4"] {

@@ -243,8 +243,7 @@ async fn check_explains_a_list_mapping_that_cannot_work() {
          [[cloudflare.lists]]\nname = \"crowdsec_throttle\"\ndecision_types = [\"throttle\"]\n"
             .into(),
     );
-    let config = world.config_file();
-    let check = || async {
+    let check = |config: std::path::PathBuf| async move {
         let out = output(bouncer(&[
             "-c",
             config.to_str().expect("utf-8 path"),
@@ -253,7 +252,7 @@ async fn check_explains_a_list_mapping_that_cannot_work() {
         .await;
         (out.status.code(), text(&out))
     };
-    let (code, report) = check().await;
+    let (code, report) = check(world.config_file()).await;
     assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("FAIL cloudflare"), "{report}");
     assert!(
@@ -278,15 +277,8 @@ async fn check_explains_a_list_mapping_that_cannot_work() {
         "[[cloudflare.lists]]\nname = \"crowdsec_challenge\"\ndecision_types = [\"captcha\"]\n"
             .into(),
     );
-    let config = world.config_file();
-    let out = output(bouncer(&[
-        "-c",
-        config.to_str().expect("utf-8 path"),
-        "check",
-    ]))
-    .await;
-    let report = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{report}");
+    let (code, report) = check(world.config_file()).await;
+    assert_eq!(code, Some(1), "{report}");
     assert!(
         report.contains("may read list crowdsec_challenge but not write to it")
             && report.contains("Account Filter Lists > Edit"),

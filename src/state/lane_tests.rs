@@ -45,7 +45,8 @@ fn primed(desired: &[DecisionRef<'_>], listed: &[Item]) -> SyncState {
     state
 }
 
-/// Drains as a perfect Cloudflare would: (lane, add?, items) per write.
+/// Drains as a perfect Cloudflare would: (lane, add?, items) per write, sorted (the order
+/// of writes to different lists is the writer's business).
 fn drain(state: &mut SyncState) -> Vec<(usize, bool, Vec<String>)> {
     let mut writes = Vec::new();
     while let Some(batch) = state.take_batch(100) {
@@ -62,7 +63,13 @@ fn drain(state: &mut SyncState) -> Vec<(usize, bool, Vec<String>)> {
         let texts = items.iter().map(ToString::to_string).collect();
         writes.push((lanes[0], add, texts));
     }
+    writes.sort();
     writes
+}
+
+/// One write of [`drain`]: to `lane`, an add or a removal, of `item`.
+fn write(lane: usize, add: bool, item: &str) -> (usize, bool, Vec<String>) {
+    (lane, add, vec![item.to_owned()])
 }
 
 #[test]
@@ -76,15 +83,15 @@ fn each_type_and_scope_goes_to_its_list() {
         ],
         &[],
     );
-    let writes = drain(&mut state);
-    let mut writes: Vec<_> = writes.into_iter().filter(|(_, add, _)| *add).collect();
-    writes.sort();
+    let adds: Vec<_> = (drain(&mut state).into_iter())
+        .filter(|(_, add, _)| *add)
+        .collect();
     assert_eq!(
-        writes,
+        adds,
         vec![
-            (0, true, vec!["192.0.2.1".to_string()]),
-            (1, true, vec!["192.0.2.2".to_string()]),
-            (2, true, vec!["AS13335".to_string()]),
+            write(0, true, "192.0.2.1"),
+            write(1, true, "192.0.2.2"),
+            write(2, true, "AS13335"),
         ]
     );
     // No list takes captchas on AS numbers: skipped as a type no list takes.
@@ -102,30 +109,20 @@ fn each_type_and_scope_goes_to_its_list() {
 #[test]
 fn ban_beats_captcha_and_the_captcha_returns_when_the_ban_ends() {
     let mut state = primed(&[decision("captcha", "Ip", "192.0.2.7")], &[]);
-    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.7".into()])]);
+    assert_eq!(drain(&mut state), vec![write(1, true, "192.0.2.7")]);
 
     let now = Instant::now();
     state.apply_delta([], [decision("ban", "Ip", "192.0.2.7")], now);
-    let mut writes = drain(&mut state);
-    writes.sort();
     // Onto the ban list, off the challenge list: at once, since a ban is LAPI's word.
     assert_eq!(
-        writes,
-        vec![
-            (0, true, vec!["192.0.2.7".into()]),
-            (1, false, vec!["192.0.2.7".into()]),
-        ]
+        drain(&mut state),
+        vec![write(0, true, "192.0.2.7"), write(1, false, "192.0.2.7")]
     );
 
     state.apply_delta([decision("ban", "Ip", "192.0.2.7")], [], now);
-    let mut writes = drain(&mut state);
-    writes.sort();
     assert_eq!(
-        writes,
-        vec![
-            (0, false, vec!["192.0.2.7".into()]),
-            (1, true, vec!["192.0.2.7".into()]),
-        ]
+        drain(&mut state),
+        vec![write(0, false, "192.0.2.7"), write(1, true, "192.0.2.7")]
     );
     assert_eq!(state.desired_items(), vec![ip("192.0.2.7").on(1)]);
 }
@@ -138,16 +135,11 @@ fn a_ban_that_expires_beside_a_captcha_moves_it_back() {
     short.duration = "10s";
     state.replace_desired([short, decision("captcha", "Ip", "192.0.2.8")], now);
     state.replace_list(std::iter::empty());
-    assert_eq!(drain(&mut state), vec![(0, true, vec!["192.0.2.8".into()])]);
+    assert_eq!(drain(&mut state), vec![write(0, true, "192.0.2.8")]);
     assert_eq!(state.expire(now + Duration::from_secs(11)), 1);
-    let mut writes = drain(&mut state);
-    writes.sort();
     assert_eq!(
-        writes,
-        vec![
-            (0, false, vec!["192.0.2.8".into()]),
-            (1, true, vec!["192.0.2.8".into()]),
-        ]
+        drain(&mut state),
+        vec![write(0, false, "192.0.2.8"), write(1, true, "192.0.2.8")]
     );
 }
 
@@ -164,16 +156,13 @@ fn a_cut_full_pull_never_weakens_a_ban_to_a_challenge_on_its_own_word() {
     // A pull cut short keeps the captcha and loses the ban: the item is added to the
     // challenge list, and stays on the ban list until LAPI confirms.
     state.replace_desired([both[1]], Instant::now());
-    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.9".into()])]);
+    assert_eq!(drain(&mut state), vec![write(1, true, "192.0.2.9")]);
     assert_eq!(state.awaiting_confirmation(), vec![ip("192.0.2.9")]);
 
     // LAPI still holds the ban: it stays, and the challenge list entry goes.
     let asked = state.awaiting_confirmation();
     assert_eq!(state.confirm_removals(&asked, [both[0]], Instant::now()), 1);
-    assert_eq!(
-        drain(&mut state),
-        vec![(1, false, vec!["192.0.2.9".into()])]
-    );
+    assert_eq!(drain(&mut state), vec![write(1, false, "192.0.2.9")]);
     assert_eq!(state.desired_items(), vec![ip("192.0.2.9")]);
 
     // Cut again; this time LAPI confirms the ban is gone: off the ban list.
@@ -181,10 +170,7 @@ fn a_cut_full_pull_never_weakens_a_ban_to_a_challenge_on_its_own_word() {
     drain(&mut state);
     let asked = state.awaiting_confirmation();
     assert_eq!(state.confirm_removals(&asked, [both[1]], Instant::now()), 0);
-    assert_eq!(
-        drain(&mut state),
-        vec![(0, false, vec!["192.0.2.9".into()])]
-    );
+    assert_eq!(drain(&mut state), vec![write(0, false, "192.0.2.9")]);
     assert_eq!(state.desired_items(), vec![ip("192.0.2.9").on(1)]);
 }
 
@@ -200,18 +186,13 @@ fn capacity_is_shared_and_bans_come_before_captchas() {
     state.replace_list(std::iter::empty());
     // Two places in the account: both bans, though the captcha's origin ranks higher.
     state.set_capacity(2);
-    let mut writes = drain(&mut state);
-    writes.sort();
     assert_eq!(
-        writes,
-        vec![
-            (0, true, vec!["192.0.2.2".into()]),
-            (2, true, vec!["AS13335".into()]),
-        ]
+        drain(&mut state),
+        vec![write(0, true, "192.0.2.2"), write(2, true, "AS13335")]
     );
     assert_eq!(state.counts().left_out, 1);
     state.set_capacity(3);
-    assert_eq!(drain(&mut state), vec![(1, true, vec!["192.0.2.1".into()])]);
+    assert_eq!(drain(&mut state), vec![write(1, true, "192.0.2.1")]);
 }
 
 #[test]
@@ -246,19 +227,12 @@ fn a_list_read_puts_each_item_on_its_list() {
         &[ip("192.0.2.3").on(1), Item::from_asn(13335).on(2)],
     );
     // A full pull alone never removes: the two extra items wait for LAPI's word.
-    let mut writes = drain(&mut state);
-    writes.sort();
-    assert_eq!(writes, vec![(0, true, vec!["192.0.2.3".into()])]);
+    assert_eq!(drain(&mut state), vec![write(0, true, "192.0.2.3")]);
     let asked = state.awaiting_confirmation();
     state.confirm_removals(&asked, [], Instant::now());
-    let mut writes = drain(&mut state);
-    writes.sort();
     assert_eq!(
-        writes,
-        vec![
-            (1, false, vec!["192.0.2.3".into()]),
-            (2, false, vec!["AS13335".into()]),
-        ]
+        drain(&mut state),
+        vec![write(1, false, "192.0.2.3"), write(2, false, "AS13335")]
     );
 }
 
@@ -290,13 +264,8 @@ fn a_move_while_the_add_to_the_old_list_is_in_flight_still_leaves_it() {
     // The ban arrives while that add runs.
     state.apply_delta([], [decision("ban", "Ip", "192.0.2.7")], Instant::now());
     state.confirm(Confirmed::Added, &batch.items());
-    let mut writes = drain(&mut state);
-    writes.sort();
     assert_eq!(
-        writes,
-        vec![
-            (0, true, vec!["192.0.2.7".into()]),
-            (1, false, vec!["192.0.2.7".into()]),
-        ]
+        drain(&mut state),
+        vec![write(0, true, "192.0.2.7"), write(1, false, "192.0.2.7")]
     );
 }
