@@ -4,15 +4,19 @@
 //!   iterated (throughput in bytes);
 //! - `canonicalise/values_100k`: 100 000 decision values to list items;
 //! - `diff/items_100k`: desired state and list view of 100 000 items each, half shared,
-//!   drained into batches of 1000.
+//!   drained into batches of 1000;
+//! - `restart/full_pull_100k`: the same body in 16 KiB chunks, as the daemon parses a
+//!   stream while it arrives, into a new desired state;
+//! - `restart/list_pages_200`: 200 answers of 500 items each in Cloudflare's shape, decoded
+//!   into a list view and swapped in against that desired state.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cfbouncer::item::Item;
-use cfbouncer::lapi::StreamBody;
-use cfbouncer::state::{DecisionRef, Policy, SyncState};
+use cfbouncer::lapi::{StreamBody, StreamSink};
+use cfbouncer::state::{DecisionRef, Desired, Policy, SyncState};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const N: usize = 100_000;
@@ -154,6 +158,113 @@ fn diff(c: &mut Criterion) {
     group.finish();
 }
 
+/// Hands out a body in chunks of 16 KiB, as a response arrives.
+struct Chunks<'a>(&'a [u8]);
+
+impl std::io::Read for Chunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len()).min(16 * 1024);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+/// What a full pull does with each decision: a new desired state.
+struct IntoDesired<'p> {
+    policy: &'p Policy,
+    desired: Desired,
+    now: Instant,
+}
+
+impl StreamSink for IntoDesired<'_> {
+    fn new_decision(&mut self, decision: DecisionRef<'_>) {
+        self.desired.insert(self.policy, &decision, self.now);
+    }
+    fn deleted_decision(&mut self, _: DecisionRef<'_>) {}
+}
+
+/// 200 answers of 500 items in Cloudflare's shape, holding `values`' items.
+fn list_pages(values: &[String]) -> Vec<Vec<u8>> {
+    values
+        .chunks(cfbouncer::cloudflare::MAX_PER_PAGE)
+        .enumerate()
+        .map(|(page, chunk)| {
+            let items: Vec<serde_json::Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, value)| {
+                    let item = Item::from_decision(value, 64).expect("valid value");
+                    serde_json::json!({
+                        "id": format!("{:032x}", page * 1000 + i),
+                        "ip": item.to_string(),
+                        "comment": "crowdsec crowdsec: crowdsecurity/http-probing (crowdsec-cloudflare-iplist-bouncer)",
+                        "created_on": "2026-12-01T08:00:00Z",
+                        "modified_on": "2026-12-01T08:00:00Z",
+                    })
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({
+                "result": items, "success": true, "errors": [], "messages": [],
+                "result_info": {"cursors": {"after": format!("cursor{page}"), "before": "x"}},
+            }))
+            .expect("serialises")
+        })
+        .collect()
+}
+
+fn restart(c: &mut Criterion) {
+    let values = values();
+    let body = stream_body(&values);
+    let pages = list_pages(&values);
+    let policy = Policy::new(vec!["ban".into()], 64);
+    let mut group = c.benchmark_group("restart");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("full_pull_100k", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let mut sink = IntoDesired {
+                policy: &policy,
+                desired: Desired::new(now, 64),
+                now,
+            };
+            cfbouncer::lapi::parse_reader(Chunks(&body), &mut sink).expect("valid body");
+            sink.desired
+        })
+    });
+    group.throughput(Throughput::Elements(N as u64));
+    group.bench_function("list_pages_200", |b| {
+        let now = Instant::now();
+        let mut state = SyncState::new(policy.clone());
+        state.replace_desired(
+            values.iter().map(|value| DecisionRef {
+                scope: if value.contains('/') { "Range" } else { "Ip" },
+                value,
+                kind: "ban",
+                origin: "crowdsec",
+                scenario: "crowdsecurity/http-probing",
+                duration: "3h59m54.447176566s",
+            }),
+            now,
+        );
+        b.iter(|| {
+            let mut view = state.new_list_view();
+            for page in &pages {
+                let (items, _next) =
+                    cfbouncer::cloudflare::decode_items_page(page).expect("a page");
+                for listed in &items {
+                    if let Some(item) = Item::from_cloudflare(&listed.ip) {
+                        view.insert(item, &listed.id, listed.comment.as_deref());
+                    }
+                }
+            }
+            black_box(state.replace_list_with(view))
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -163,6 +274,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = parse, canonicalise, diff
+    targets = parse, canonicalise, diff, restart
 }
 criterion_main!(micro);

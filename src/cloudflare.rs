@@ -446,21 +446,7 @@ impl CloudflareClient {
         let (items, info) = self
             .call::<Vec<WireItem>, ()>("reading list items", reqwest::Method::GET, url, None)
             .await?;
-        let next = info
-            .and_then(|info| info.cursors)
-            .and_then(|cursors| cursors.after)
-            .filter(|after| !after.is_empty() && !items.is_empty());
-        let items = items
-            .into_iter()
-            .filter_map(|item| {
-                Some(ListedItem {
-                    id: item.id,
-                    ip: item.ip?,
-                    comment: item.comment,
-                })
-            })
-            .collect();
-        Ok((items, next))
+        Ok(page_of(items, info))
     }
 
     /// Finds one item's id with `search` (a prefix match: `1.2.3.4` also finds
@@ -726,6 +712,44 @@ impl CloudflareClient {
         })?;
         Ok((result, envelope.result_info))
     }
+}
+
+/// A page's items (those with an `ip`) and the cursor of the next page, if any.
+fn page_of(items: Vec<WireItem>, info: Option<ResultInfo>) -> (Vec<ListedItem>, Option<String>) {
+    let next = info
+        .and_then(|info| info.cursors)
+        .and_then(|cursors| cursors.after)
+        .filter(|after| !after.is_empty() && !items.is_empty());
+    let items = items
+        .into_iter()
+        .filter_map(|item| {
+            Some(ListedItem {
+                id: item.id,
+                ip: item.ip?,
+                comment: item.comment,
+            })
+        })
+        .collect();
+    (items, next)
+}
+
+/// Decodes a successful answer to a page read as [`CloudflareClient::items_page`] does
+/// (for benchmarks and tools).
+///
+/// # Errors
+/// [`Error::Decode`] for an answer that is not a page of items.
+pub fn decode_items_page(body: &[u8]) -> Result<(Vec<ListedItem>, Option<String>), Error> {
+    let what = "reading list items";
+    let envelope: Envelope<Vec<WireItem>> =
+        serde_json::from_slice(body).map_err(|err| Error::Decode {
+            what,
+            detail: err.to_string(),
+        })?;
+    let items = envelope.result.ok_or_else(|| Error::Decode {
+        what,
+        detail: "success without a result".into(),
+    })?;
+    Ok(page_of(items, envelope.result_info))
 }
 
 impl From<WireList> for ListInfo {

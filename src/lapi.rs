@@ -311,17 +311,9 @@ impl LapiClient {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let parser = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            // serde_json reads byte by byte: std's BufReader makes that cheap. Strings
-            // are cut while they arrive, so one absurd field costs nothing.
-            let reader = io::BufReader::with_capacity(
-                64 * 1024,
-                StringCap::new(ChunkReader::new(rx), MAX_STREAM_STRING),
-            );
-            match shape {
-                BodyShape::Stream => parse_reader(reader, &mut sink),
-                BodyShape::List => parse_list(reader, &mut sink),
-            }
-            .map(|()| sink)
+            Framer::new(ChunkFeed(rx))
+                .run(shape, &mut sink)
+                .map(|()| sink)
         });
         let mut size = 0u64;
         let mut failed = None;
@@ -599,13 +591,14 @@ impl<R: io::Read> StringCap<R> {
     }
 }
 
-/// Parses a decision stream from a reader, handing each decision to `sink`.
+/// Parses a decision stream from a reader, handing each decision to `sink` (as
+/// [`LapiClient::stream_into`] parses an answer: strings cut to [`MAX_STREAM_STRING`]).
 ///
 /// # Errors
 /// [`Error::Decode`] when the input is not a complete decision stream; `sink` may then
 /// have seen part of it.
 pub fn parse_reader<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Result<(), Error> {
-    parse(serde_json::Deserializer::from_reader(reader), sink)
+    Framer::new(ReadFeed(reader)).run(BodyShape::Stream, sink)
 }
 
 /// Parses a decision stream held in memory, with borrowed strings where it can.
@@ -622,14 +615,7 @@ pub fn parse_slice<S: StreamSink>(body: &[u8], sink: &mut S) -> Result<(), Error
 /// # Errors
 /// As [`parse_reader`].
 pub fn parse_list<R: io::Read, S: StreamSink>(reader: R, sink: &mut S) -> Result<(), Error> {
-    let mut deserializer = serde_json::Deserializer::from_reader(reader);
-    Decisions {
-        sink,
-        deleted: false,
-    }
-    .deserialize(&mut deserializer)
-    .map_err(Error::Decode)?;
-    deserializer.end().map_err(Error::Decode)
+    Framer::new(ReadFeed(reader)).run(BodyShape::List, sink)
 }
 
 /// What an answer holds: a stream object, or a plain list of decisions.
@@ -734,33 +720,469 @@ impl<'de, S: StreamSink> Visitor<'de> for Decisions<'_, S> {
     }
 }
 
-/// Feeds a parser on a blocking thread from the chunks of a response.
-struct ChunkReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
-    current: bytes::Bytes,
+/// Where the bytes of an answer come from, chunk by chunk.
+trait Feed {
+    /// Appends the next chunk to `buf`; false at the end of the answer.
+    fn fill(&mut self, buf: &mut Vec<u8>) -> io::Result<bool>;
 }
 
-impl ChunkReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> ChunkReader {
-        ChunkReader {
-            rx,
-            current: bytes::Bytes::new(),
+/// The chunks of a response, sent by the task that reads it.
+struct ChunkFeed(tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>);
+
+impl Feed for ChunkFeed {
+    fn fill(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        loop {
+            match self.0.blocking_recv() {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    return Ok(true);
+                }
+                Some(Err(err)) => return Err(err),
+                None => return Ok(false),
+            }
         }
     }
 }
 
-impl io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(err)) => return Err(err),
-                None => return Ok(0),
+/// Any reader, 64 KiB at a time.
+struct ReadFeed<R>(R);
+
+impl<R: io::Read> Feed for ReadFeed<R> {
+    fn fill(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let start = buf.len();
+        buf.resize(start + 64 * 1024, 0);
+        let read = loop {
+            match self.0.read(&mut buf[start..]) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                read => break read,
+            }
+        };
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        Ok(read? > 0)
+    }
+}
+
+/// A decision's raw JSON up to this size, with no string longer than
+/// [`FAST_STRING`], is parsed in place; anything else goes through [`StringCap`].
+const FAST_ELEMENT: usize = 64 * 1024;
+/// The longest raw string [`StringCap`] would surely pass whole: it counts an escape as
+/// 6 bytes (the longest raw form is 2 bytes a character, `\n`) and stops 12 bytes short.
+const FAST_STRING: usize = (MAX_STREAM_STRING - 12) / 3;
+
+/// The streaming parser of LAPI's answers. It follows the answer's outer structure (the
+/// stream's object with `new` and `deleted`, or `GET /v1/decisions`'s list) itself, and
+/// hands serde_json each decision's raw JSON as one slice, found by a scan that tracks
+/// only strings and nesting: decisions are parsed with borrowed strings, at the speed of
+/// an answer held in memory, while the answer is held only a chunk (and one decision)
+/// at a time. A decision with a long string, or a huge one, is parsed byte by byte
+/// through a [`StringCap`] instead, and an unknown key's value is skipped the same way,
+/// so neither is ever held whole.
+struct Framer<F> {
+    feed: F,
+    buf: Vec<u8>,
+    /// Where the unparsed bytes of `buf` start.
+    pos: usize,
+    eof: bool,
+}
+
+/// A top-level key of the stream object.
+enum Key {
+    New,
+    Deleted,
+    Other,
+}
+
+/// How far a [`Scan`] got.
+enum Scanned {
+    /// The decision's raw JSON is this long.
+    Complete(usize),
+    /// It goes on past the bytes at hand.
+    More,
+    /// It is too long, or holds a long string: parse it with a cap.
+    Slow,
+}
+
+/// Finds where a JSON object ends, across reads: nesting outside strings, and the end of
+/// each string (escapes skipped).
+#[derive(Default)]
+struct Scan {
+    /// Bytes scanned from the object's start.
+    at: usize,
+    depth: u32,
+    in_string: bool,
+    string_len: usize,
+}
+
+impl Scan {
+    /// Scans on in `bytes`, the object from its first byte (a `{`).
+    fn run(&mut self, bytes: &[u8]) -> Scanned {
+        while self.at < bytes.len() {
+            if self.at > FAST_ELEMENT {
+                return Scanned::Slow;
+            }
+            if self.in_string {
+                match memchr::memchr2(b'"', b'\\', &bytes[self.at..]) {
+                    None => {
+                        self.string_len += bytes.len() - self.at;
+                        self.at = bytes.len();
+                    }
+                    Some(run) => {
+                        self.string_len += run;
+                        self.at += run;
+                        if bytes[self.at] == b'"' {
+                            self.at += 1;
+                            self.in_string = false;
+                        } else if self.at + 1 < bytes.len() {
+                            self.at += 2;
+                            self.string_len += 2;
+                        } else {
+                            // A backslash last: look at it again with what follows.
+                            break;
+                        }
+                    }
+                }
+                if self.string_len > FAST_STRING {
+                    return Scanned::Slow;
+                }
+                continue;
+            }
+            match bytes[self.at] {
+                b'"' => (self.in_string, self.string_len) = (true, 0),
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Scanned::Complete(self.at + 1);
+                    }
+                }
+                _ => {}
+            }
+            self.at += 1;
+        }
+        Scanned::More
+    }
+}
+
+fn syntax(what: &str) -> Error {
+    Error::Decode(serde::de::Error::custom(what))
+}
+
+fn truncated() -> Error {
+    syntax("the answer ends part-way (EOF while parsing)")
+}
+
+impl<F: Feed> Framer<F> {
+    fn new(feed: F) -> Framer<F> {
+        Framer {
+            feed,
+            buf: Vec::with_capacity(64 * 1024),
+            pos: 0,
+            eof: false,
+        }
+    }
+
+    /// Reads the next chunk, dropping the bytes parsed so far (`pos` becomes 0: offsets
+    /// from `pos` stay valid); false at the end of the answer.
+    fn more(&mut self) -> Result<bool, Error> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let more = (self.feed.fill(&mut self.buf))
+            .map_err(|err| Error::Decode(serde_json::Error::io(err)))?;
+        self.eof = !more;
+        Ok(more)
+    }
+
+    /// The next byte after whitespace, not consumed; `None` at the end of the answer.
+    fn peek(&mut self) -> Result<Option<u8>, Error> {
+        loop {
+            while let Some(&byte) = self.buf.get(self.pos) {
+                if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                    return Ok(Some(byte));
+                }
+                self.pos += 1;
+            }
+            if !self.more()? {
+                return Ok(None);
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        bytes::Buf::advance(&mut self.current, n);
+    }
+
+    /// At least `n` bytes from `pos`, unless the answer ends first.
+    fn want(&mut self, n: usize) -> Result<bool, Error> {
+        while self.buf.len() - self.pos < n {
+            if !self.more()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn run<S: StreamSink>(&mut self, shape: BodyShape, sink: &mut S) -> Result<(), Error> {
+        match shape {
+            BodyShape::Stream => self.object(sink)?,
+            BodyShape::List => self.decisions(sink, false)?,
+        }
+        match self.peek()? {
+            None => Ok(()),
+            Some(_) => Err(syntax("trailing characters after the answer")),
+        }
+    }
+
+    /// The stream's object: `new` and `deleted` to the sink, other keys skipped.
+    fn object<S: StreamSink>(&mut self, sink: &mut S) -> Result<(), Error> {
+        if self.peek()? != Some(b'{') {
+            return Err(syntax("expected a decision stream object"));
+        }
+        self.pos += 1;
+        if self.peek()? == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.key()?;
+            if self.peek()? != Some(b':') {
+                return Err(syntax("expected `:` after a key"));
+            }
+            self.pos += 1;
+            match key {
+                Key::New => self.decisions(sink, false)?,
+                Key::Deleted => self.decisions(sink, true)?,
+                Key::Other => self.skip_value()?,
+            }
+            match self.peek()? {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(syntax("expected `,` or `}` in the stream object")),
+                None => return Err(truncated()),
+            }
+        }
+    }
+
+    /// A key of the stream object. One longer than any key the bouncer reads is passed
+    /// over without being kept.
+    fn key(&mut self) -> Result<Key, Error> {
+        const LONGEST: usize = 64;
+        match self.peek()? {
+            Some(b'"') => {}
+            Some(_) => return Err(syntax("expected a key")),
+            None => return Err(truncated()),
+        }
+        let mut off = 1;
+        let mut long = false;
+        loop {
+            let bytes = &self.buf[self.pos + off..];
+            match memchr::memchr2(b'"', b'\\', bytes) {
+                Some(run) if bytes[run] == b'"' => {
+                    off += run + 1;
+                    break;
+                }
+                Some(run) if run + 1 < bytes.len() => {
+                    off += run + 2;
+                    continue;
+                }
+                Some(run) => off += run,
+                None => off += bytes.len(),
+            }
+            if off > LONGEST {
+                (self.pos, off, long) = (self.pos + off, 0, true);
+            }
+            if !self.more()? {
+                return Err(truncated());
+            }
+        }
+        let raw = &self.buf[self.pos..self.pos + off];
+        self.pos += off;
+        if long {
+            return Ok(Key::Other);
+        }
+        let key: Cow<'_, str> = serde_json::from_slice(raw).map_err(Error::Decode)?;
+        Ok(match &*key {
+            "new" => Key::New,
+            "deleted" => Key::Deleted,
+            _ => Key::Other,
+        })
+    }
+
+    /// `null` or a list of decisions, each handed to `sink`.
+    fn decisions<S: StreamSink>(&mut self, sink: &mut S, deleted: bool) -> Result<(), Error> {
+        match self.peek()? {
+            Some(b'n') => {
+                if !self.want(4)? {
+                    return Err(truncated());
+                }
+                if &self.buf[self.pos..self.pos + 4] != b"null" {
+                    return Err(syntax("expected null or a list of decisions"));
+                }
+                self.pos += 4;
+                return Ok(());
+            }
+            Some(b'[') => self.pos += 1,
+            Some(_) => return Err(syntax("expected null or a list of decisions")),
+            None => return Err(truncated()),
+        }
+        if self.peek()? == Some(b']') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.decision(sink, deleted)?;
+            match self.peek()? {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(syntax("expected `,` or `]` in a list of decisions")),
+                None => return Err(truncated()),
+            }
+        }
+    }
+
+    /// One decision, handed to `sink`.
+    fn decision<S: StreamSink>(&mut self, sink: &mut S, deleted: bool) -> Result<(), Error> {
+        let deliver = |sink: &mut S, wire: &WireDecision<'_>| {
+            if deleted {
+                sink.deleted_decision(wire.as_ref());
+            } else {
+                sink.new_decision(wire.as_ref());
+            }
+        };
+        match self.peek()? {
+            Some(b'{') => {}
+            Some(b'"' | b'[') => {
+                let wire = self.capped::<WireDecision<'static>>()?;
+                deliver(sink, &wire);
+                return Ok(());
+            }
+            Some(_) => {
+                let len = self.scalar()?;
+                let raw = &self.buf[self.pos..self.pos + len];
+                let wire: WireDecision<'_> = serde_json::from_slice(raw).map_err(Error::Decode)?;
+                deliver(sink, &wire);
+                self.pos += len;
+                return Ok(());
+            }
+            None => return Err(truncated()),
+        }
+        let mut scan = Scan::default();
+        loop {
+            match scan.run(&self.buf[self.pos..]) {
+                Scanned::Complete(len) => {
+                    let raw = &self.buf[self.pos..self.pos + len];
+                    let wire: WireDecision<'_> =
+                        serde_json::from_slice(raw).map_err(Error::Decode)?;
+                    deliver(sink, &wire);
+                    self.pos += len;
+                    return Ok(());
+                }
+                Scanned::Slow => {
+                    let wire = self.capped::<WireDecision<'static>>()?;
+                    deliver(sink, &wire);
+                    return Ok(());
+                }
+                Scanned::More => {
+                    if !self.more()? {
+                        return Err(truncated());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The value of a key the bouncer does not read, passed over without being kept.
+    fn skip_value(&mut self) -> Result<(), Error> {
+        match self.peek()? {
+            Some(b'{' | b'[' | b'"') => self.capped::<IgnoredAny>().map(|_| ()),
+            Some(_) => {
+                let len = self.scalar()?;
+                let raw = &self.buf[self.pos..self.pos + len];
+                serde_json::from_slice::<IgnoredAny>(raw).map_err(Error::Decode)?;
+                self.pos += len;
+                Ok(())
+            }
+            None => Err(truncated()),
+        }
+    }
+
+    /// The length of the number, `true`, `false` or `null` (or garbage) at `pos`: up to
+    /// the next delimiter.
+    fn scalar(&mut self) -> Result<usize, Error> {
+        const LONGEST: usize = 4096;
+        let mut len = 0;
+        loop {
+            let bytes = &self.buf[self.pos + len..];
+            match bytes
+                .iter()
+                .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                Some(end) => return Ok(len + end),
+                None => len += bytes.len(),
+            }
+            if len > LONGEST {
+                return Err(syntax(
+                    "a value of over 4 KiB where a decision was expected",
+                ));
+            }
+            if !self.more()? {
+                return Ok(len);
+            }
+        }
+    }
+
+    /// Parses one value with `parse` from the bytes at `pos` on, byte by byte, every
+    /// string cut to [`MAX_STREAM_STRING`] while it passes: nothing of it is kept but
+    /// what `parse` keeps.
+    fn capped<T: Deserialize<'static>>(&mut self) -> Result<T, Error> {
+        let mut failed = None;
+        let reader = StringCap::new(
+            Consume {
+                framer: self,
+                failed: &mut failed,
+            },
+            MAX_STREAM_STRING,
+        );
+        let mut deserializer = serde_json::Deserializer::from_reader(reader);
+        let parsed = T::deserialize(&mut deserializer);
+        drop(deserializer);
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        parsed.map_err(Error::Decode)
+    }
+}
+
+/// Reads a [`Framer`]'s bytes from `pos` on, consuming them, exactly as many as asked.
+struct Consume<'a, F> {
+    framer: &'a mut Framer<F>,
+    /// An error of the feed, kept whole.
+    failed: &'a mut Option<Error>,
+}
+
+impl<F: Feed> io::Read for Consume<'_, F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let framer = &mut *self.framer;
+        if framer.pos == framer.buf.len() {
+            match framer.more() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(err) => {
+                    *self.failed = Some(err);
+                    return Err(io::Error::other("the answer could not be read"));
+                }
+            }
+        }
+        let n = out.len().min(framer.buf.len() - framer.pos);
+        out[..n].copy_from_slice(&framer.buf[framer.pos..framer.pos + n]);
+        framer.pos += n;
         Ok(n)
     }
 }
@@ -981,6 +1403,218 @@ mod tests {
             );
         }
         assert!(parse_reader(&b"{\"new\":null} trailing"[..], &mut Collect::default()).is_err());
+    }
+
+    /// Every field of every decision a sink saw, in order.
+    #[derive(Default, Debug, PartialEq)]
+    struct Everything(Vec<(bool, [String; 6])>);
+
+    impl Everything {
+        fn push(&mut self, deleted: bool, d: &DecisionRef<'_>) {
+            let fields = [d.scope, d.value, d.kind, d.origin, d.scenario, d.duration];
+            self.0.push((deleted, fields.map(str::to_owned)));
+        }
+    }
+
+    impl StreamSink for Everything {
+        fn new_decision(&mut self, d: DecisionRef<'_>) {
+            self.push(false, &d);
+        }
+        fn deleted_decision(&mut self, d: DecisionRef<'_>) {
+            self.push(true, &d);
+        }
+    }
+
+    /// Hands out a body in chunks of the given sizes, round and round.
+    struct Chunked<'a> {
+        body: &'a [u8],
+        sizes: Vec<usize>,
+        n: usize,
+    }
+
+    impl io::Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let size = self.sizes[self.n % self.sizes.len()];
+            self.n += 1;
+            let n = buf.len().min(self.body.len()).min(size);
+            buf[..n].copy_from_slice(&self.body[..n]);
+            self.body = &self.body[n..];
+            Ok(n)
+        }
+    }
+
+    /// The parse as it was before the framer: serde_json reading through a
+    /// [`StringCap`], byte by byte.
+    fn reference(body: &[u8], shape: BodyShape) -> Result<Everything, ()> {
+        let mut sink = Everything::default();
+        let mut deserializer =
+            serde_json::Deserializer::from_reader(StringCap::new(body, MAX_STREAM_STRING));
+        let parsed = match shape {
+            BodyShape::Stream => Body { sink: &mut sink }.deserialize(&mut deserializer),
+            BodyShape::List => Decisions {
+                sink: &mut sink,
+                deleted: false,
+            }
+            .deserialize(&mut deserializer),
+        };
+        parsed.and_then(|()| deserializer.end()).map_err(|_| ())?;
+        Ok(sink)
+    }
+
+    fn framed(body: &[u8], sizes: Vec<usize>, shape: BodyShape) -> Result<Everything, ()> {
+        let mut sink = Everything::default();
+        let feed = ReadFeed(Chunked { body, sizes, n: 0 });
+        Framer::new(feed).run(shape, &mut sink).map_err(|_| ())?;
+        Ok(sink)
+    }
+
+    /// A string for a decision field: short mostly, sometimes past the cap, with escapes
+    /// and characters of every width.
+    fn field() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => "[a-z0-9./:]{0,12}",
+            2 => "\\PC{0,20}",
+            1 => ("[a-z\"\\\\é😀\u{1}]{1,4}", 1000usize..2000).prop_map(|(s, n)| s.repeat(n)),
+        ]
+    }
+
+    fn decision() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(field(), 6),
+            any::<u32>(),
+            any::<bool>(),
+        )
+            .prop_map(|(f, id, extra)| {
+                let mut d = serde_json::json!({
+                    "duration": f[0], "id": id, "origin": f[1], "scenario": f[2],
+                    "scope": f[3], "type": f[4], "value": f[5],
+                });
+                if extra {
+                    d["uuid"] =
+                        serde_json::json!({"nested": [1, "two", {"three": null}], "s": f[2]});
+                }
+                d
+            })
+    }
+
+    fn decisions() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => Just(serde_json::Value::Null),
+            4 => proptest::collection::vec(decision(), 0..6).prop_map(serde_json::Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        // Bodies with strings past the cap are large: fewer cases than the default.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Whatever the chunks, the framer sees what serde_json saw through the cap:
+        /// the same decisions, strings cut the same way, unknown keys skipped.
+        #[test]
+        fn the_framer_agrees_with_serde_through_the_cap(
+            new in decisions(),
+            deleted in decisions(),
+            other in proptest::option::of(prop_oneof_values()),
+            pretty in proptest::bool::ANY,
+            sizes in proptest::collection::vec(1usize..300, 1..5),
+        ) {
+            let mut body = serde_json::Map::new();
+            body.insert("deleted".into(), deleted);
+            if let Some(other) = other {
+                body.insert("later".into(), other);
+            }
+            body.insert("new".into(), new.clone());
+            let body = serde_json::Value::Object(body);
+            let text = if pretty {
+                serde_json::to_string_pretty(&body)
+            } else {
+                serde_json::to_string(&body)
+            }
+            .expect("serialises")
+            .replace('😀', "\\ud83d\\ude00");
+            let expected = reference(text.as_bytes(), BodyShape::Stream).expect("valid");
+            proptest::prop_assert_eq!(&framed(text.as_bytes(), sizes.clone(), BodyShape::Stream), &Ok(expected));
+            let list = serde_json::to_string(&new).expect("serialises");
+            proptest::prop_assert_eq!(
+                framed(list.as_bytes(), sizes, BodyShape::List),
+                reference(list.as_bytes(), BodyShape::List)
+            );
+        }
+
+        /// Cut anywhere, or garbled, an answer fails as it did (or parses the same).
+        #[test]
+        fn the_framer_fails_where_serde_failed(
+            new in decisions(),
+            cut in proptest::num::usize::ANY,
+            garble in proptest::option::of((proptest::num::usize::ANY, proptest::num::u8::ANY)),
+            size in 1usize..100,
+        ) {
+            let mut text = serde_json::to_vec(&serde_json::json!({"deleted": null, "new": new}))
+                .expect("serialises");
+            match garble {
+                Some((at, byte)) => {
+                    let at = at % text.len();
+                    text[at] = byte;
+                }
+                None => text.truncate(cut % text.len()),
+            }
+            let (framed, reference) = (framed(&text, vec![size], BodyShape::Stream), reference(&text, BodyShape::Stream));
+            if let Ok(expected) = reference {
+                proptest::prop_assert_eq!(framed, Ok(expected));
+            } else {
+                proptest::prop_assert!(framed.is_err(), "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+    }
+
+    fn prop_oneof_values() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(serde_json::json!(null)),
+            Just(serde_json::json!(12.5e3)),
+            Just(serde_json::json!(true)),
+            field().prop_map(serde_json::Value::from),
+            decision(),
+            Just(serde_json::json!([[[]], {"a": [1, 2, {"b": "c"}]}])),
+        ]
+    }
+
+    #[test]
+    fn the_framer_keeps_nothing_of_huge_fields_and_skips_unknown_keys() {
+        let huge = "x".repeat(1 << 20);
+        let body = format!(
+            r#"{{"{huge}":1,"other":{{"k":["{huge}"]}},"new":[{{"value":"1.2.3.4","scenario":"{huge}","scope":"Ip","id":1}},{{"value":"5.6.7.8"}}]}}"#
+        );
+        let got = framed(body.as_bytes(), vec![4096], BodyShape::Stream).expect("valid");
+        assert_eq!(
+            got,
+            reference(body.as_bytes(), BodyShape::Stream).expect("valid")
+        );
+        assert_eq!(got.0.len(), 2);
+        assert_eq!(got.0[0].1[1], "1.2.3.4");
+        assert!(got.0[0].1[4].len() <= MAX_STREAM_STRING, "cut to the cap");
+        assert_eq!(got.0[1].1[1], "5.6.7.8");
+        for bad in [
+            &b"[]"[..],
+            b"{\"new\":[1]}",
+            b"{\"new\":[{}],}",
+            b"{\"new\":[{},]}",
+            b"null",
+            b"{} {}",
+        ] {
+            assert!(
+                framed(bad, vec![7], BodyShape::Stream).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            framed(b" null ", vec![2], BodyShape::List),
+            Ok(Everything::default())
+        );
     }
 
     #[test]

@@ -47,18 +47,19 @@ pub(super) struct ListedItems {
 
 impl ListedItems {
     /// Records `item` as listed, with its id if known, replacing what was recorded.
+    /// One probe of the table.
     pub fn insert(&mut self, item: Item, id: Option<&str>, ours: bool) {
         let listed = Listed {
             item,
             id: [0; 16],
             flags: if ours { OURS } else { 0 },
         };
-        let old = self.table.insert(listed);
+        let (i, old) = self.table.insert_at(listed);
         if old.is_some_and(|old| old.flags & TEXT_ID != 0) {
             self.text_ids.remove(&item);
         }
         if let Some(id) = id {
-            self.set_id(&item, id);
+            record_id(&mut self.table.entries_mut()[i], &mut self.text_ids, id);
         }
     }
 
@@ -67,20 +68,7 @@ impl ListedItems {
         let Some(listed) = self.table.get_mut(item) else {
             return false;
         };
-        listed.flags |= HAS_ID;
-        match parse_hex_id(id) {
-            Some(bytes) => {
-                listed.id = bytes;
-                if listed.flags & TEXT_ID != 0 {
-                    listed.flags &= !TEXT_ID;
-                    self.text_ids.remove(item);
-                }
-            }
-            None => {
-                listed.flags |= TEXT_ID;
-                self.text_ids.insert(*item, id.into());
-            }
-        }
+        record_id(listed, &mut self.text_ids, id);
         true
     }
 
@@ -130,6 +118,24 @@ impl ListedItems {
 
     pub fn items(&self) -> impl Iterator<Item = &Item> {
         self.table.items()
+    }
+}
+
+/// Records `id` as `listed`'s: packed when it has Cloudflare's shape, else in `text_ids`.
+fn record_id(listed: &mut Listed, text_ids: &mut HashMap<Item, Box<str>>, id: &str) {
+    listed.flags |= HAS_ID;
+    match parse_hex_id(id) {
+        Some(bytes) => {
+            listed.id = bytes;
+            if listed.flags & TEXT_ID != 0 {
+                listed.flags &= !TEXT_ID;
+                text_ids.remove(&listed.item);
+            }
+        }
+        None => {
+            listed.flags |= TEXT_ID;
+            text_ids.insert(listed.item, id.into());
+        }
     }
 }
 

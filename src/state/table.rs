@@ -9,6 +9,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
@@ -70,36 +71,70 @@ impl<E: Keyed> ItemTable<E> {
 
     /// The entry for `item`, made by `make` if there is none; and whether it was made.
     pub fn get_or_insert_with(&mut self, item: Item, make: impl FnOnce() -> E) -> (&mut E, bool) {
-        match self.position_of(&item) {
-            Some(i) => (&mut self.entries[i], false),
-            None => {
-                let i = self.push(make());
+        self.make_room();
+        let entries = &self.entries;
+        let slot = self.index.entry(
+            hash(&item),
+            |&i| entries[i as usize].item() == &item,
+            |&j| hash(entries[j as usize].item()),
+        );
+        match slot {
+            Entry::Occupied(found) => (&mut self.entries[*found.get() as usize], false),
+            Entry::Vacant(vacant) => {
+                let i = self.entries.len();
+                vacant.insert(position(i));
+                self.entries.push(make());
                 (&mut self.entries[i], true)
             }
         }
     }
 
     /// Inserts `entry`, replacing (and returning) the entry for the same item.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn insert(&mut self, entry: E) -> Option<E> {
-        match self.position_of(entry.item()) {
-            Some(i) => Some(std::mem::replace(&mut self.entries[i], entry)),
-            None => {
-                self.push(entry);
-                None
+        self.insert_at(entry).1
+    }
+
+    /// Inserts `entry`, replacing (and returning) the entry for the same item; and where
+    /// it now is. One hash and one probe.
+    pub fn insert_at(&mut self, entry: E) -> (usize, Option<E>) {
+        self.make_room();
+        let entries = &self.entries;
+        let slot = self.index.entry(
+            hash(entry.item()),
+            |&i| entries[i as usize].item() == entry.item(),
+            |&j| hash(entries[j as usize].item()),
+        );
+        match slot {
+            Entry::Occupied(found) => {
+                let i = *found.get() as usize;
+                (i, Some(std::mem::replace(&mut self.entries[i], entry)))
+            }
+            Entry::Vacant(vacant) => {
+                let i = self.entries.len();
+                vacant.insert(position(i));
+                self.entries.push(entry);
+                (i, None)
             }
         }
     }
 
-    /// Appends an entry whose item is not in the table; returns its position.
-    fn push(&mut self, entry: E) -> usize {
-        let i = self.entries.len();
-        let item_hash = hash(entry.item());
-        self.entries.push(entry);
+    /// Makes room in the index for one more entry. A full index is built anew at twice
+    /// the size from the entries in order, rather than grown in place: growing in place
+    /// rehashes in bucket order, one cache miss into the entries for each; in order, the
+    /// entries stream through the cache and only the (small) index is written at random.
+    fn make_room(&mut self) {
+        if self.index.len() < self.index.capacity() {
+            return;
+        }
         let entries = &self.entries;
-        self.index.insert_unique(item_hash, position(i), |&j| {
-            hash(entries[j as usize].item())
-        });
-        i
+        let mut index = HashTable::with_capacity((entries.len() * 2).max(16));
+        for (i, entry) in entries.iter().enumerate() {
+            index.insert_unique(hash(entry.item()), position(i), |&j| {
+                hash(entries[j as usize].item())
+            });
+        }
+        self.index = index;
     }
 
     /// Removes and returns `item`'s entry.
