@@ -4,7 +4,8 @@
 # scenarios below, and writes BENCHMARKS.md and BENCHMARKS.json at the repository root.
 #
 # Usage: scripts/bench.sh [SCENARIO...] [--op-latency-ms MIN..MAX] [--keep]
-#   SCENARIO: latency burst cold100k restart100k million predecessor micro (default: all;
+#   SCENARIO: latency burst cold100k cold100k_sized once100k restart100k pacing million
+#             million_v6 lists accounts predecessor micro (default: all;
 #             a partial run replaces only those scenarios' rows)
 #   --op-latency-ms: emulator bulk-operation latency (default 300..1200)
 #   --keep: keep the temp dir with every log and database

@@ -77,7 +77,20 @@ enum Command {
     Status,
 }
 
+/// Blocks this large or larger come straight from the kernel and go back to it when freed.
+/// glibc's default threshold rises to the size of every large block freed (up to 32 MiB),
+/// so the tables' later doublings came from the heap, where a `realloc` copies and the old
+/// block stays resident: at a million decisions that was about 20 MiB of peak, 40 of it
+/// during a reconcile (BENCHMARKS.md, "Profiles behind the changes").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
     let cli = Cli::parse();
     if cli.test_config {
         return test_config(&cli.config);

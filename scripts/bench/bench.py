@@ -90,7 +90,7 @@ def render_md(doc: dict) -> str:
         "",
         "Produced by `scripts/bench.sh` (all scenarios, about 25 minutes on a 2-core machine) or",
         "`scripts/bench.sh SCENARIO...` (only those rows are replaced). Scenarios: `latency`, `burst`,",
-        "`cold100k`, `cold100k_sized`, `once100k`, `restart100k`, `pacing`, `million`, `million_v6`,",
+        "`cold100k`, `cold100k_sized`, `once100k`, `restart100k`, `pacing`, `million`, `million_v6`, `lists`, `accounts`,",
         "`predecessor`, `micro`. It builds in release mode, runs a real LAPI (Debian's crowdsec,",
         "API-only, SQLite in a temp dir) and `cf-lists-emulator` (bulk operations take",
         "`--op-latency-ms`, default `300..1200`: uniformly 0.3–1.2 s, plus `--op-item-cost-us` per",
