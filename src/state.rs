@@ -630,11 +630,29 @@ impl SyncState {
     /// first.
     /// Items already in step leave the queue; so do held and quarantined ones. Returns
     /// `None` when nothing needs writing, or while desired state or list are unknown.
+    ///
+    /// When the adds queued would not fit in what the account has left, removals go
+    /// first (an admission change queues both: the removals make the room), and an add
+    /// batch takes no more than the room there is.
     pub fn take_batch(&mut self, max: usize) -> Option<Batch> {
         if !self.is_primed() || max == 0 {
             return None;
         }
-        let mut kind = None;
+        let room = self.capacity.saturating_sub(self.listed.len());
+        if self.queued_removes > 0 && self.queued_adds > room {
+            if let Some(batch) = self.take_batch_of(max, Some(Intent::Remove)) {
+                return Some(batch);
+            }
+        }
+        self.take_batch_of(max, None)
+    }
+
+    /// [`SyncState::take_batch`] of `only` that intent, or of the first one found; adds no
+    /// more than the account's room (when there is any: else Cloudflare says why).
+    fn take_batch_of(&mut self, max: usize, only: Option<Intent>) -> Option<Batch> {
+        let room = self.capacity.saturating_sub(self.listed.len());
+        let max_adds = if room > 0 { max.min(room) } else { max };
+        let mut kind = only;
         let mut lane = None;
         let mut taken = Vec::new();
         let mut skipped_other = Vec::new();
@@ -656,7 +674,8 @@ impl SyncState {
                     lane = Some(item.lane());
                     self.unqueue(&item);
                     taken.push(item);
-                    if taken.len() == max {
+                    let cap = if intent == Intent::Add { max_adds } else { max };
+                    if taken.len() >= cap {
                         break;
                     }
                 }
@@ -670,6 +689,9 @@ impl SyncState {
             // A big sync is over: give the memory back.
             self.queue = VecDeque::new();
             self.queued = HashMap::default();
+        }
+        if taken.is_empty() {
+            return None;
         }
         match kind? {
             Intent::Add => Some(Batch::Add(

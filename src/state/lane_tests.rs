@@ -269,3 +269,41 @@ fn a_move_while_the_add_to_the_old_list_is_in_flight_still_leaves_it() {
         vec![write(0, true, "192.0.2.7"), write(1, false, "192.0.2.7")]
     );
 }
+
+#[test]
+fn when_bans_displace_captchas_the_removals_make_room_before_the_adds() {
+    let mut state = SyncState::new(policy());
+    let now = Instant::now();
+    let captchas = [
+        decision("captcha", "Ip", "192.0.2.1"),
+        decision("captcha", "Ip", "192.0.2.2"),
+    ];
+    state.replace_desired(captchas, now);
+    state.set_capacity(2);
+    state.replace_list(
+        [ip("192.0.2.1").on(1), ip("192.0.2.2").on(1)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| (item, format!("{i:032x}").into(), None)),
+    );
+    assert!(drain(&mut state).is_empty());
+    // A ban arrives: one captcha makes room for it; the removal is in flight when a
+    // second ban arrives.
+    state.apply_delta([], [decision("ban", "Ip", "198.51.100.1")], now);
+    state.rebalance();
+    let first = state.take_batch(100).expect("a write");
+    assert!(matches!(first, Batch::Remove(_)), "{first:?}");
+    state.apply_delta([], [decision("ban", "Ip", "198.51.100.2")], now);
+    state.rebalance();
+    state.confirm(Confirmed::Removed, &first.items());
+    // One place free, two bans queued: the other captcha goes before any add, and then
+    // both bans fit.
+    let next = state.take_batch(100).expect("a write");
+    assert!(matches!(next, Batch::Remove(_)), "{next:?}");
+    state.confirm(Confirmed::Removed, &next.items());
+    assert_eq!(
+        drain(&mut state),
+        vec![(0, true, vec!["198.51.100.1".into(), "198.51.100.2".into()])]
+    );
+    assert_eq!(state.counts().listed_items, 2);
+}
