@@ -135,15 +135,6 @@ impl Policy {
         self
     }
 
-    /// Decision types pushed, strongest first.
-    pub fn decision_types(&self) -> &[String] {
-        &self.decision_types
-    }
-
-    pub fn lanes(&self) -> &[Lane] {
-        &self.lanes
-    }
-
     /// The lane of decision type `kind` (an index in [`Policy::decision_types`]) for IP
     /// items or, with `asn`, AS numbers; `None`: no list takes it.
     pub fn route(&self, kind: usize, asn: bool) -> Option<usize> {
@@ -380,8 +371,8 @@ impl SyncState {
     fn settle_moves(&mut self) {
         for item in std::mem::take(&mut self.desired.moved) {
             let lane = self.lane_of(&item);
-            let keys: Vec<Item> = self.keys_of(item).collect();
-            for key in keys {
+            let policy = Arc::clone(&self.policy);
+            for key in policy.lanes_for(&item).map(|l| item.on(l)) {
                 if Some(key.lane()) == lane {
                     self.gone.remove(&key);
                 } else {
@@ -390,11 +381,6 @@ impl SyncState {
             }
             self.enqueue_value(item);
         }
-    }
-
-    /// `item` on each list that may hold it (the lists of its kind).
-    fn keys_of(&self, item: Item) -> impl Iterator<Item = Item> + '_ {
-        self.policy.lanes_for(&item).map(move |lane| item.on(lane))
     }
 
     /// The lane a desired value's decisions put it on; `None` if not desired.
@@ -410,17 +396,18 @@ impl SyncState {
 
     /// No decision wants `value` any more (a delta or an expiry): on any list.
     fn mark_value_gone(&mut self, value: Item) {
-        let keys: Vec<Item> = self.keys_of(value).collect();
-        for key in keys {
-            self.mark_gone(key);
+        let policy = Arc::clone(&self.policy);
+        for lane in policy.lanes_for(&value) {
+            self.mark_gone(value.on(lane));
         }
     }
 
     /// [`SyncState::enqueue`] for a value, on every list of its kind.
     fn enqueue_value(&mut self, value: Item) {
-        let keys: Vec<Item> = self.keys_of(value).collect();
-        for key in keys {
-            self.enqueue(key);
+        // A shared handle, not a list of keys: this runs for every decision of a pull.
+        let policy = Arc::clone(&self.policy);
+        for lane in policy.lanes_for(&value) {
+            self.enqueue(value.on(lane));
         }
     }
 
