@@ -123,12 +123,13 @@ fn parse_term(input: &str) -> Option<(u128, &str)> {
     if int_part.is_empty() && frac_part.is_empty() {
         return None;
     }
+    // Digits and `.` are ASCII: a byte position is a char boundary.
     let unit_end = rest
-        .char_indices()
-        .find(|(_, c)| c.is_ascii_digit() || *c == '.')
-        .map_or(rest.len(), |(i, _)| i);
+        .bytes()
+        .position(|b| b.is_ascii_digit() || b == b'.')
+        .unwrap_or(rest.len());
     let (unit, tail) = rest.split_at(unit_end);
-    let scale: u128 = match unit {
+    let scale: u64 = match unit {
         "ns" => 1,
         "us" | "µs" | "μs" => 1_000,
         "ms" => 1_000_000,
@@ -138,15 +139,12 @@ fn parse_term(input: &str) -> Option<(u128, &str)> {
         _ => return None,
     };
     // Digits beyond 30 overflow any sane duration; refuse them instead of wrapping.
+    // Thirty digits fit a u128 (10³⁰ < 2¹²⁸), so the sum below cannot overflow.
     if int_part.len() > 30 {
         return None;
     }
-    let whole: u128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
-    let mut nanos = whole.checked_mul(scale)?;
+    let whole = (int_part.bytes()).fold(0u128, |n, digit| n * 10 + u128::from(digit - b'0'));
+    let mut nanos = whole.checked_mul(u128::from(scale))?;
     // Fractions beyond nanosecond precision are truncated, as Go does.
     let mut place = scale;
     for digit in frac_part.bytes().take(30) {
@@ -154,7 +152,7 @@ fn parse_term(input: &str) -> Option<(u128, &str)> {
         if place == 0 {
             break;
         }
-        nanos += u128::from(digit - b'0') * place;
+        nanos += u128::from(u64::from(digit - b'0') * place);
     }
     Some((nanos, tail))
 }

@@ -868,6 +868,17 @@ fn syntax(what: &str) -> Error {
     Error::Decode(serde::de::Error::custom(what))
 }
 
+/// Parses one decision's JSON. The slice is checked as UTF-8 once, whole, and parsed as
+/// text; serde_json's slice reader would check every string on its own. Invalid UTF-8
+/// goes to the slice reader, for its error.
+fn from_utf8_slice<'a>(raw: &'a [u8]) -> Result<WireDecision<'a>, Error> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(raw),
+    }
+    .map_err(Error::Decode)
+}
+
 fn truncated() -> Error {
     syntax("the answer ends part-way (EOF while parsing)")
 }
@@ -1078,8 +1089,7 @@ impl<F: Feed> Framer<F> {
             match scan.run(&self.buf[self.pos..]) {
                 Scanned::Complete(len) => {
                     let raw = &self.buf[self.pos..self.pos + len];
-                    let wire: WireDecision<'_> =
-                        serde_json::from_slice(raw).map_err(Error::Decode)?;
+                    let wire: WireDecision<'_> = from_utf8_slice(raw)?;
                     deliver(sink, &wire);
                     self.pos += len;
                     return Ok(());

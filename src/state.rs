@@ -252,6 +252,16 @@ enum Intent {
     Remove,
 }
 
+/// What decides an item's write, looked up once ([`SyncState::look`]).
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    /// Decisions want the item on this lane (within capacity or not).
+    desires: bool,
+    /// ... and it is admitted when over capacity: it should be on the list.
+    wants: bool,
+    intent: Option<Intent>,
+}
+
 /// Desired state, list view and pending queue. See the module docs.
 #[derive(Debug)]
 pub struct SyncState {
@@ -645,10 +655,11 @@ impl SyncState {
         let mut skipped_other = Vec::new();
         while let Some(item) = self.queue.pop_front() {
             // Held, paused, unconfirmed and quarantined items leave the queue too.
-            match self.pending(&item) {
+            let look = self.look(&item);
+            let unconfirmed = self.unconfirmed(&item, &look);
+            match self.pending_of(&item, &look, unconfirmed) {
                 None => {
-                    if self.intent(&item) == Some(Intent::Remove) && self.needs_confirmation(&item)
-                    {
+                    if look.intent == Some(Intent::Remove) && unconfirmed {
                         self.awaiting.insert(item);
                     }
                     self.unqueue(&item);
@@ -877,23 +888,38 @@ impl SyncState {
 
     /// Whether `key` should be on its list: desired there, and admitted when over capacity.
     fn wants(&self, key: &Item) -> bool {
-        (self.desired.get(&key.bare())).is_some_and(|wanted| {
-            (!self.over_capacity || wanted.admitted())
-                && self
-                    .policy
-                    .route(usize::from(self.desired.best_type(wanted)), key.is_asn())
-                    == Some(key.lane())
-        })
+        self.look(key).wants
     }
 
-    fn intent(&self, item: &Item) -> Option<Intent> {
-        match (self.wants(item), self.listed.get(item)) {
+    /// What decides `key`'s write, from one lookup in each table.
+    fn look(&self, key: &Item) -> Look {
+        let (desires, wants) = match self.desired.get(&key.bare()) {
+            Some(wanted) => {
+                let kind = usize::from(self.desired.best_type(wanted));
+                let desires = self.policy.route(kind, key.is_asn()) == Some(key.lane());
+                (
+                    desires,
+                    desires && (!self.over_capacity || wanted.admitted()),
+                )
+            }
+            None => (false, false),
+        };
+        let intent = match (wants, self.listed.get(key)) {
             (true, None) => Some(Intent::Add),
             (false, Some(listed)) if self.policy.manage_all || listed.ours() => {
                 Some(Intent::Remove)
             }
             _ => None,
+        };
+        Look {
+            desires,
+            wants,
+            intent,
         }
+    }
+
+    fn intent(&self, item: &Item) -> Option<Intent> {
+        self.look(item).intent
     }
 
     fn comment(&self, item: &Item) -> String {
@@ -913,11 +939,19 @@ impl SyncState {
     }
 
     /// The write `item` needs and may get now: its intent, unless held or quarantined.
+    #[cfg(test)]
     fn pending(&self, item: &Item) -> Option<Intent> {
-        match self.intent(item)? {
+        let look = self.look(item);
+        self.pending_of(item, &look, self.unconfirmed(item, &look))
+    }
+
+    /// [`SyncState::pending`] from a look already taken; `unconfirmed` is
+    /// [`SyncState::unconfirmed`] (whether a removal waits for LAPI's word).
+    fn pending_of(&self, item: &Item, look: &Look, unconfirmed: bool) -> Option<Intent> {
+        match look.intent? {
             _ if self.quarantined.contains(item) => None,
             Intent::Remove if self.held.contains(item) || self.removals_paused => None,
-            Intent::Remove if self.needs_confirmation(item) => None,
+            Intent::Remove if unconfirmed => None,
             intent => Some(intent),
         }
     }
@@ -930,16 +964,12 @@ impl SyncState {
 
     /// [`SyncState::enqueue`], at the back of the queue or, for a retry, at the front.
     fn enqueue_at(&mut self, item: Item, front: bool) {
-        let pending = self.pending(&item);
-        if pending.is_none()
-            && self.intent(&item) == Some(Intent::Remove)
-            && self.needs_confirmation(&item)
-        {
+        let look = self.look(&item);
+        let unconfirmed = self.unconfirmed(&item, &look);
+        let pending = self.pending_of(&item, &look, unconfirmed);
+        if pending.is_none() && look.intent == Some(Intent::Remove) && unconfirmed {
             self.awaiting.insert(item);
-        } else if !self.needs_confirmation(&item)
-            && self.awaiting.remove(&item)
-            && self.desires(&item)
-        {
+        } else if !unconfirmed && self.awaiting.remove(&item) && look.desires {
             // Wanted again by a decision, but the ones the pull left out are unknown.
             self.doubtful.insert(item);
         }

@@ -114,7 +114,8 @@ impl SyncState {
     /// Whether removing `item` waits for LAPI to confirm: no decision wants it, and
     /// nothing but a full pull said so. (An item still desired but left out for
     /// capacity goes at once: that is the bouncer's own choice.)
-    pub(super) fn needs_confirmation(&self, item: &Item) -> bool {
-        !self.trust_full_pulls && !self.desires(item) && !self.gone.contains(item)
+    /// `look` is [`SyncState::look`]'s, for `item`.
+    pub(super) fn unconfirmed(&self, item: &Item, look: &super::Look) -> bool {
+        !self.trust_full_pulls && !look.desires && !self.gone.contains(item)
     }
 }

@@ -130,10 +130,18 @@ fn item_of(scope_kind: u8, value: &str, ipv6_prefix: u8) -> Result<Item, ItemErr
 /// Whether a decision's value is its item's own text: `1.2.3.4` for its item, `13335`
 /// for AS13335.
 fn is_own_text(item: &Item, value: &str) -> bool {
-    match item.asn() {
-        Some(asn) => displays_as(&asn, value),
-        None => displays_as(item, value),
+    if let Some(asn) = item.asn() {
+        return displays_as(&asn, value);
     }
+    // Dotted-quad text parses back only when canonical (Rust's parser refuses leading
+    // zeros and anything else), so a parse and a compare stand in for printing the item.
+    if value.len() <= 15 && value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return match (value.parse::<std::net::Ipv4Addr>(), item.net()) {
+            (Ok(addr), Some(IpNet::V4(net))) => net.prefix_len() == 32 && net.addr() == addr,
+            _ => false,
+        };
+    }
+    displays_as(item, value)
 }
 
 /// The item a decision's value maps to, by its scope (`AS`: an AS number), ignoring the
@@ -683,10 +691,8 @@ impl Desired {
             self.skipped.not_client += 1;
             return false;
         }
-        let allowed = policy
-            .allowlist
-            .iter()
-            .find(|allow| allow.contains(&net) || net.contains(*allow));
+        let spanned = span(&net);
+        let allowed = (policy.allowlist.iter()).find(|allow| overlaps(span(allow), spanned));
         if let Some(allow) = allowed {
             self.refuse(decision, format!("it overlaps the allowlisted {allow}"));
             self.skipped.allowlisted += 1;
@@ -718,17 +724,94 @@ const NEVER_A_CLIENT: [(&str, &str); 7] = [
     ("ff00::/8", "multicast"),
 ];
 
+/// `net`'s family (4 or 6) and its first and last address.
+fn span(net: &IpNet) -> (u8, u128, u128) {
+    match net {
+        IpNet::V4(v4) => (
+            4,
+            u32::from(v4.network()).into(),
+            u32::from(v4.broadcast()).into(),
+        ),
+        IpNet::V6(v6) => (6, u128::from(v6.network()), u128::from(v6.broadcast())),
+    }
+}
+
+/// Whether one of two networks contains the other: for CIDR blocks, whether they are
+/// of one family and share an address. Three comparisons of their spans, where
+/// `contains` both ways masks four times.
+fn overlaps(a: (u8, u128, u128), b: (u8, u128, u128)) -> bool {
+    a.0 == b.0 && a.1 <= b.2 && b.1 <= a.2
+}
+
 /// What kind of never-a-client network `net` overlaps, if any.
 fn never_a_client(net: &IpNet) -> Option<&'static str> {
-    NEVER_A_CLIENT.iter().find_map(|(text, kind)| {
-        let special: IpNet = text.parse().ok()?;
-        (special.contains(net) || net.contains(&special)).then_some(*kind)
-    })
+    static SPANS: std::sync::LazyLock<Vec<((u8, u128, u128), &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            NEVER_A_CLIENT
+                .iter()
+                .filter_map(|(text, kind)| Some((span(&text.parse().ok()?), *kind)))
+                .collect()
+        });
+    let net = span(net);
+    SPANS
+        .iter()
+        .find_map(|&(special, kind)| overlaps(special, net).then_some(kind))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_text_is_the_items_exact_text() {
+        for (value, own) in [
+            ("1.2.3.4", true),
+            ("1.2.3.4 ", false),
+            ("10.0.0.0/24", true),
+            ("10.0.0.1/24", false),
+            ("2001:db8::1", true),
+            ("2001:DB8::1", false),
+            ("::ffff:1.2.3.4", false),
+        ] {
+            let item = Item::from_decision(value, 128).expect("a valid value");
+            assert_eq!(is_own_text(&item, value), own, "{value:?}");
+            assert_eq!(
+                is_own_text(&item, value),
+                displays_as(&item, value),
+                "{value:?}"
+            );
+        }
+        let item = Item::from_decision("1.2.3.4", 128).expect("a valid value");
+        for other in ["1.2.3.5", "01.2.3.4", "1.2.3.04", "1.2.3.4.", "1.2.3"] {
+            assert!(!is_own_text(&item, other), "{other:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The span comparison agrees with `contains` both ways, across families too.
+        #[test]
+        fn overlaps_is_containment_either_way(
+            a in proptest::prelude::any::<u128>(), a_len in 0u8..=128, a_v4 in proptest::prelude::any::<bool>(),
+            b in proptest::prelude::any::<u128>(), b_len in 0u8..=128, b_v4 in proptest::prelude::any::<bool>(),
+            near in proptest::prelude::any::<bool>(),
+        ) {
+            let net = |bits: u128, len: u8, v4: bool| -> IpNet {
+                if v4 {
+                    IpNet::V4(ipnet::Ipv4Net::new((bits as u32).into(), len % 33).expect("a prefix").trunc())
+                } else {
+                    IpNet::V6(ipnet::Ipv6Net::new(bits.into(), len).expect("a prefix").trunc())
+                }
+            };
+            // Half the pairs share their leading bits, so that overlaps are common.
+            let b = if near { a ^ (b >> 100) ^ ((b as u32 >> 8) as u128) } else { b };
+            let (x, y) = (net(a, a_len, a_v4), net(b, b_len, b_v4));
+            proptest::prop_assert_eq!(
+                overlaps(span(&x), span(&y)),
+                x.contains(&y) || y.contains(&x),
+                "{} {}", x, y
+            );
+        }
+    }
 
     #[test]
     fn loopback_unspecified_broadcast_and_multicast_are_never_clients() {
