@@ -724,8 +724,11 @@ const NEVER_A_CLIENT: [(&str, &str); 7] = [
     ("ff00::/8", "multicast"),
 ];
 
-/// `net`'s family (4 or 6) and its first and last address.
-fn span(net: &IpNet) -> (u8, u128, u128) {
+/// A network's family (4 or 6) and its first and last address.
+type Span = (u8, u128, u128);
+
+/// `net`'s [`Span`].
+fn span(net: &IpNet) -> Span {
     match net {
         IpNet::V4(v4) => (
             4,
@@ -739,19 +742,18 @@ fn span(net: &IpNet) -> (u8, u128, u128) {
 /// Whether one of two networks contains the other: for CIDR blocks, whether they are
 /// of one family and share an address. Three comparisons of their spans, where
 /// `contains` both ways masks four times.
-fn overlaps(a: (u8, u128, u128), b: (u8, u128, u128)) -> bool {
+fn overlaps(a: Span, b: Span) -> bool {
     a.0 == b.0 && a.1 <= b.2 && b.1 <= a.2
 }
 
 /// What kind of never-a-client network `net` overlaps, if any.
 fn never_a_client(net: &IpNet) -> Option<&'static str> {
-    static SPANS: std::sync::LazyLock<Vec<((u8, u128, u128), &'static str)>> =
-        std::sync::LazyLock::new(|| {
-            NEVER_A_CLIENT
-                .iter()
-                .filter_map(|(text, kind)| Some((span(&text.parse().ok()?), *kind)))
-                .collect()
-        });
+    static SPANS: std::sync::LazyLock<Vec<(Span, &'static str)>> = std::sync::LazyLock::new(|| {
+        NEVER_A_CLIENT
+            .iter()
+            .filter_map(|(text, kind)| Some((span(&text.parse().ok()?), *kind)))
+            .collect()
+    });
     let net = span(net);
     SPANS
         .iter()
