@@ -595,11 +595,15 @@ impl SyncState {
         self.doubtful = (doubtful.into_iter())
             .filter(|key| self.listed.contains(key) || self.desires(key))
             .collect();
+        let policy = &self.policy;
         let changed: Vec<Item> = (self.listed.items())
             .filter(|key| !self.desires(key))
             .copied()
-            .chain((self.desired.items.items()).filter_map(|item| {
-                let key = item.on(self.lane_of(item)?);
+            .chain((self.desired.items.iter()).filter_map(|wanted| {
+                // The entry in hand gives the lane: no lookup of the item again.
+                let kind = usize::from(self.desired.best_type(wanted));
+                let item = wanted.item();
+                let key = item.on(policy.route(kind, item.is_asn())?);
                 (!self.listed.contains(&key)).then_some(key)
             }))
             .collect();
@@ -778,24 +782,23 @@ impl SyncState {
     /// True when nothing is queued (every queued item was found in step).
     pub fn is_drained(&mut self) -> bool {
         self.refresh_queue();
-        let queue = std::mem::take(&mut self.queue);
-        for item in queue {
-            if self.queued.get(&item).is_some_and(Option::is_some) {
-                self.queue.push_back(item);
-            } else {
-                self.unqueue(&item);
-            }
-        }
         self.queue.is_empty()
     }
 
-    /// Looks at every queued item again, recording the write it needs now.
+    /// Looks at every queued item again, recording the write it needs now; those that
+    /// need none leave the queue (as [`SyncState::take_batch`] would drop them).
     fn refresh_queue(&mut self) {
-        let queue = std::mem::take(&mut self.queue);
-        for &item in &queue {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain(|&item| {
             // Already queued: this only records what it needs now.
             self.enqueue(item);
-        }
+            if self.queued.get(&item).is_some_and(Option::is_some) {
+                true
+            } else {
+                self.unqueue(&item);
+                false
+            }
+        });
         self.queue = queue;
     }
 
