@@ -440,6 +440,7 @@ impl SyncState {
     pub fn new_desired(&self) -> Desired {
         Desired::new(self.epoch, self.policy.ipv6_prefix)
             .with_types(self.policy.decision_types.len())
+            .with_room(self.desired.len())
     }
 
     /// The policy decisions are judged by, for building a [`Desired`].
@@ -1031,6 +1032,12 @@ pub struct ListView {
 }
 
 impl ListView {
+    /// Makes room for `items` items: the lists' sizes, as Cloudflare gives them ahead of
+    /// a read. The caller bounds it (a peer's figure is no reason to allocate).
+    pub fn reserve(&mut self, items: usize) {
+        self.items.reserve(items);
+    }
+
     /// Records one item of the list, as Cloudflare returned it.
     pub fn insert(&mut self, item: Item, id: &str, comment: Option<&str>) {
         let ours = self.policy.is_tagged(comment);

@@ -404,6 +404,13 @@ impl Writer {
         // Page by page into a view of its own: one page in memory at a time, and the
         // state's view replaced only by a complete read of every list.
         let mut view = self.shared.state().new_list_view();
+        // Room for what the lists say they hold, within what the account can hold.
+        let listed: u64 = (lists.iter())
+            .filter(|l| ours(&l.id))
+            .map(|l| l.num_items)
+            .sum();
+        let room = usize::try_from(listed).unwrap_or(usize::MAX);
+        view.reserve(room.min(self.config.cloudflare.capacity));
         let (mut n_listed, mut unreadable) = (0, 0);
         for (lane, target) in targets.iter().enumerate() {
             let num_items = lists

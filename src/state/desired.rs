@@ -303,6 +303,13 @@ impl Desired {
         }
     }
 
+    /// Makes room for `items` items: a full pull is about as large as the last one.
+    #[must_use]
+    pub fn with_room(mut self, items: usize) -> Desired {
+        self.items.reserve(items);
+        self
+    }
+
     /// Tracks each item's best decision type, among `types` configured ones (when
     /// there is more than one).
     #[must_use]

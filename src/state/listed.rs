@@ -46,6 +46,11 @@ pub(super) struct ListedItems {
 }
 
 impl ListedItems {
+    /// Makes room for `additional` more items (a list read whose size is known).
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional);
+    }
+
     /// Records `item` as listed, with its id if known, replacing what was recorded.
     /// One probe of the table.
     pub fn insert(&mut self, item: Item, id: Option<&str>, ours: bool) {

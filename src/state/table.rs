@@ -119,6 +119,16 @@ impl<E: Keyed> ItemTable<E> {
         }
     }
 
+    /// Makes room for `additional` more entries at once, so that filling the table to a
+    /// size known in advance grows neither the vector nor the index.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        let wanted = self.entries.len().saturating_add(additional);
+        if self.index.capacity() < wanted {
+            self.rebuild(wanted);
+        }
+    }
+
     /// Makes room in the index for one more entry. A full index is built anew at twice
     /// the size from the entries in order, rather than grown in place: growing in place
     /// rehashes in bucket order, one cache miss into the entries for each; in order, the
@@ -127,8 +137,13 @@ impl<E: Keyed> ItemTable<E> {
         if self.index.len() < self.index.capacity() {
             return;
         }
+        self.rebuild((self.entries.len() * 2).max(16));
+    }
+
+    /// Builds the index anew with room for `capacity` entries, from the entries in order.
+    fn rebuild(&mut self, capacity: usize) {
         let entries = &self.entries;
-        let mut index = HashTable::with_capacity((entries.len() * 2).max(16));
+        let mut index = HashTable::with_capacity(capacity);
         for (i, entry) in entries.iter().enumerate() {
             index.insert_unique(hash(entry.item()), position(i), |&j| {
                 hash(entries[j as usize].item())
@@ -232,6 +247,22 @@ mod tests {
             let mut items: Vec<Item> = table.items().copied().collect();
             items.sort();
             prop_assert_eq!(items, model.keys().copied().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_reserved_table_does_not_grow_while_filled() {
+        let mut table = ItemTable::new();
+        table.insert(Entry(item(0), 0));
+        table.reserve(39);
+        let (entries, index) = (table.entries.capacity(), table.index.capacity());
+        assert!(entries >= 40 && index >= 40);
+        for n in 1..40 {
+            table.insert(Entry(item(n), u32::from(n)));
+        }
+        assert_eq!((table.entries.capacity(), table.index.capacity()), (entries, index));
+        for n in 0..40 {
+            assert_eq!(table.get(&item(n)).map(|e| e.1), Some(u32::from(n)));
         }
     }
 
