@@ -475,20 +475,24 @@ impl SyncState {
                 wanted.item().is_asn(),
             )
         };
-        let wanted_on = |desired: &Desired, over: bool, item: &Item| {
-            (desired.get(item))
+        // The lane of an entry in hand, within capacity.
+        let entry_on = |desired: &Desired, over: bool, wanted: &desired::Wanted| {
+            Some(wanted)
                 .filter(|wanted| !over || wanted.admitted())
                 .and_then(|wanted| lane(desired, wanted))
         };
-        let changed: Vec<Item> = (old.items.items())
-            .filter(|item| {
-                wanted_on(&old, was_over, item)
-                    != wanted_on(&self.desired, self.over_capacity, item)
+        let wanted_on = |desired: &Desired, over: bool, item: &Item| {
+            (desired.get(item)).and_then(|wanted| entry_on(desired, over, wanted))
+        };
+        let (new, over) = (&self.desired, self.over_capacity);
+        let changed: Vec<Item> = (old.items.iter())
+            .filter(|wanted| {
+                entry_on(&old, was_over, wanted) != wanted_on(new, over, wanted.item())
             })
-            .chain((self.desired.items.items()).filter(|item| {
-                !old.contains(item) && wanted_on(&self.desired, self.over_capacity, item).is_some()
+            .chain((new.items.iter()).filter(|wanted| {
+                entry_on(new, over, wanted).is_some() && !old.contains(wanted.item())
             }))
-            .copied()
+            .map(|wanted| *wanted.item())
             .collect();
         // Items the old state wanted and this pull lacks, or puts on another list, are
         // confirmed with LAPI, listed or not: one not listed yet was an add this pull may
@@ -613,16 +617,17 @@ impl SyncState {
             undone_fingerprint,
             ..Drift::default()
         };
-        for item in &changed {
-            match self.intent(item) {
+        // Items the new read no longer shows may still be queued for a removal.
+        self.refresh_queue();
+        for item in changed {
+            let look = self.look(&item);
+            match look.intent {
                 Some(Intent::Add) => drift.missing += 1,
                 Some(Intent::Remove) => drift.extra += 1,
                 None => {}
             }
+            self.enqueue_looked(item, false, look);
         }
-        // Items the new read no longer shows may still be queued for a removal.
-        self.refresh_queue();
-        self.enqueue_all(changed);
         self.list_known = true;
         self.guard_mass_removal();
         drift
@@ -784,6 +789,21 @@ impl SyncState {
     pub fn is_drained(&mut self) -> bool {
         self.refresh_queue();
         self.queue.is_empty()
+    }
+
+    /// Drops the queued items recorded as needing no write. Every change that decides an
+    /// item's write queues it again, so the records are current: no look is needed.
+    fn drop_settled(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain(|item| {
+            if self.queued.get(item).is_some_and(Option::is_some) {
+                true
+            } else {
+                self.queued.remove(item);
+                false
+            }
+        });
+        self.queue = queue;
     }
 
     /// Looks at every queued item again, recording the write it needs now; those that
@@ -969,6 +989,12 @@ impl SyncState {
     /// [`SyncState::enqueue`], at the back of the queue or, for a retry, at the front.
     fn enqueue_at(&mut self, item: Item, front: bool) {
         let look = self.look(&item);
+        self.enqueue_looked(item, front, look);
+    }
+
+    /// [`SyncState::enqueue_at`] with `item`'s [`SyncState::look`] already taken (and
+    /// nothing changed in the desired state or the list view since).
+    fn enqueue_looked(&mut self, item: Item, front: bool, look: Look) {
         let unconfirmed = self.unconfirmed(&item, &look);
         let pending = self.pending_of(&item, &look, unconfirmed);
         if pending.is_none() && look.intent == Some(Intent::Remove) && unconfirmed {

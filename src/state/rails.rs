@@ -2,7 +2,7 @@
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
 use super::table::Keyed;
-use super::{Desired, Intent, SyncState};
+use super::{Desired, Intent, Look, SyncState};
 use crate::item::Item;
 
 impl SyncState {
@@ -26,16 +26,21 @@ impl SyncState {
         };
         // Removals first: at capacity, an add only fits once something left.
         // Admission is by value; the write is on the value's list.
-        let keys = (changed.into_iter()).filter_map(|item| Some(item.on(self.lane_of(&item)?)));
-        let keys: Vec<Item> = keys.collect();
-        let (removals, adds): (Vec<Item>, Vec<Item>) =
-            (keys.into_iter()).partition(|item| self.intent(item) == Some(Intent::Remove));
-        self.enqueue_all(removals);
-        self.enqueue_all(adds);
+        // Each key is looked up once: for its lane, then for its write.
+        let keys = (changed.into_iter()).filter_map(|item| {
+            let key = item.on(self.lane_of(&item)?);
+            Some((key, self.look(&key)))
+        });
+        let keys: Vec<(Item, Look)> = keys.collect();
+        let (removals, adds): (Vec<_>, Vec<_>) =
+            (keys.into_iter()).partition(|(_, look)| look.intent == Some(Intent::Remove));
+        for (key, look) in removals.into_iter().chain(adds) {
+            self.enqueue_looked(key, false, look);
+        }
         if self.over_capacity {
             // Items left out for capacity were queued when they became desired: drop
             // them from the queue now rather than hold them until their turn.
-            self.is_drained();
+            self.drop_settled();
         }
     }
 

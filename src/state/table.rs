@@ -260,7 +260,10 @@ mod tests {
         for n in 1..40 {
             table.insert(Entry(item(n), u32::from(n)));
         }
-        assert_eq!((table.entries.capacity(), table.index.capacity()), (entries, index));
+        assert_eq!(
+            (table.entries.capacity(), table.index.capacity()),
+            (entries, index)
+        );
         for n in 0..40 {
             assert_eq!(table.get(&item(n)).map(|e| e.1), Some(u32::from(n)));
         }
