@@ -513,16 +513,7 @@ impl Account {
         // Read the list again: what Cloudflare holds now, not what the bouncer believes.
         self.writer.read_list(targets).await?;
         let state = self.shared.state();
-        let desired = state.desired_items();
-        let managed = state.managed_listed_items();
-        let missing = desired
-            .iter()
-            .filter(|item| managed.binary_search(item).is_err())
-            .count();
-        let extra = managed
-            .iter()
-            .filter(|item| desired.binary_search(item).is_err())
-            .count();
+        let (wanted, missing, extra) = state.out_of_step();
         if missing > 0 || extra > 0 {
             // Counted before the second read, which would take the hold for a confirmation.
             let held = if released > 0 { 0 } else { held.len() };
@@ -534,7 +525,7 @@ impl Account {
             });
         }
         Ok(OnceReport {
-            items: desired.len(),
+            items: wanted,
             left_out: state.counts().left_out,
             removals_confirmed: released,
             writes,

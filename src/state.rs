@@ -834,6 +834,33 @@ impl SyncState {
         items
     }
 
+    /// How far the lists are from [`SyncState::desired_items`]: (how many items are
+    /// wanted, those of them the lists lack, managed items they hold that nothing wants).
+    /// The comparison of the two sorted vectors, by lookups in place: neither is built.
+    pub fn out_of_step(&self) -> (usize, usize, usize) {
+        let policy = &self.policy;
+        let managed = |key: &Item| {
+            (self.listed.get(key)).is_some_and(|listed| policy.manage_all || listed.ours())
+        };
+        let (mut wanted_items, mut missing) = (0, 0);
+        let wanted_keys = (self.desired.items.iter())
+            .filter(|wanted| !self.over_capacity || wanted.admitted())
+            .filter_map(|wanted| {
+                let kind = usize::from(self.desired.best_type(wanted));
+                let item = wanted.item();
+                Some(item.on(policy.route(kind, item.is_asn())?))
+            });
+        for key in wanted_keys {
+            wanted_items += 1;
+            missing += usize::from(!managed(&key));
+        }
+        let extra = (self.listed.iter())
+            .filter(|listed| policy.manage_all || listed.ours())
+            .filter(|listed| !self.wants(listed.item()))
+            .count();
+        (wanted_items, missing, extra)
+    }
+
     /// Items on the list that the bouncer manages (all of them in `manage = "all"`).
     pub fn managed_listed_items(&self) -> Vec<Item> {
         let mut items: Vec<Item> = (self.listed.iter())

@@ -692,7 +692,9 @@ def once100k(ctx, lapi, key, want) -> dict:
         c0 = emu.counters()
         t0 = time.monotonic()
         with open(bouncer.log_path, "ab") as out:
-            proc = subprocess.Popen([str(harness.BOUNCER_BIN), "-c", str(bouncer.config), "once"],
+            # BENCH_WRAP as for the daemon (the figures are then the profiler's).
+            wrap = os.environ.get("BENCH_WRAP", "").split()
+            proc = subprocess.Popen([*wrap, str(harness.BOUNCER_BIN), "-c", str(bouncer.config), "once"],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True)
         harness.CHILDREN.append(proc)

@@ -230,6 +230,7 @@ proptest! {
         let mut rounds = 0;
         while write_one(&mut state, &banned, &mut list, 3, false, false, false) {
             prop_assert_eq!(state.pending_changes(), state.scan_pending());
+            prop_assert_eq!(state.out_of_step(), compared(&state));
             rounds += 1;
             prop_assert!(rounds < 1000, "the drain terminates");
         }
@@ -243,6 +244,7 @@ proptest! {
         let mut got: Vec<Item> = list.items.keys().copied().collect();
         got.sort();
         prop_assert_eq!(&got, &want);
+        prop_assert_eq!(state.out_of_step(), (want.len(), 0, 0));
         prop_assert_eq!(state.desired_items(), want);
         prop_assert_eq!(state.pending_changes(), (0, 0));
     }
@@ -280,4 +282,12 @@ proptest! {
         prop_assert_eq!(crate::godur::parse_nanos(&text), Ok(if negative { -want } else { want }));
         let _ = Duration::from_nanos(want as u64);
     }
+}
+
+/// [`SyncState::out_of_step`] the slow way: the two sorted vectors compared.
+fn compared(state: &SyncState) -> (usize, usize, usize) {
+    let (desired, managed) = (state.desired_items(), state.managed_listed_items());
+    let missing = (desired.iter()).filter(|i| managed.binary_search(i).is_err());
+    let extra = (managed.iter()).filter(|i| desired.binary_search(i).is_err());
+    (desired.len(), missing.count(), extra.count())
 }
