@@ -703,8 +703,17 @@ impl Writer {
         token: &CancellationToken,
     ) -> Result<OpStatus, Error> {
         let started = Instant::now();
-        let mut interval = self.op_clock.first_poll();
+        // Writes waiting behind the operation: poll early and often (`OpClock`).
+        let waiting = |writer: &Self| writer.shared.state().pending_changes() != (0, 0);
+        let mut behind = waiting(self);
+        let mut next_at = if behind {
+            self.op_clock.early_poll()
+        } else {
+            self.op_clock.first_poll()
+        };
+        let mut interval = next_at;
         let mut polls = 0u32;
+        let mut last_pending: Option<Duration> = None;
         let mut cancelled_at: Option<Instant> = None;
         let mut unknown_since: Option<Instant> = None;
         let mut reported = Duration::ZERO;
@@ -713,13 +722,14 @@ impl Writer {
         let mut every_poll_answered = true;
         let grace = self.config.sync.shutdown_grace;
         loop {
+            let until_next = next_at.saturating_sub(started.elapsed());
             // Shutdown counts from the signal: the wait is cut short by it, and never
             // runs past the end of the grace.
             let wait = match cancelled_at {
-                Some(since) => interval
+                Some(since) => until_next
                     .min(MAX_POLL)
                     .min(grace.saturating_sub(since.elapsed())),
-                None => interval,
+                None => until_next,
             };
             self.turn(wait);
             if cancelled_at.is_none() {
@@ -728,6 +738,14 @@ impl Writer {
                     () = token.cancelled() => {
                         cancelled_at = Some(Instant::now());
                         interval = interval.min(MAX_POLL);
+                    }
+                    // New work while nothing waited: from now on it waits, poll sooner.
+                    () = self.shared.wake.notified(), if !behind => {
+                        behind = waiting(self);
+                        if behind {
+                            next_at = next_at.min(self.op_clock.early_poll().max(started.elapsed()));
+                        }
+                        continue;
                     }
                     () = tokio::time::sleep(wait) => {}
                 }
@@ -741,11 +759,18 @@ impl Writer {
                     return Ok(OpStatus::Pending);
                 }
             }
+            let sent = started.elapsed();
             match self.cloudflare.operation(op_id).await {
-                Ok(OpStatus::Pending) => unknown_since = None,
+                Ok(OpStatus::Pending) => {
+                    unknown_since = None;
+                    last_pending = Some(sent);
+                }
                 Ok(status) => {
                     if every_poll_answered {
-                        self.op_clock.learn(polls == 1, started.elapsed());
+                        self.op_clock.learn(clock::Polled {
+                            last_pending,
+                            done: sent,
+                        });
                     }
                     return Ok(status);
                 }
@@ -761,6 +786,7 @@ impl Writer {
                     warn!(op_id, error = %err, "polling the bulk operation failed; retrying");
                     if let Some(after) = err.retry_after() {
                         interval = interval.max(after);
+                        next_at = started.elapsed() + interval;
                         continue;
                     }
                 }
@@ -779,11 +805,15 @@ impl Writer {
             } else {
                 MAX_POLL
             };
-            interval = if polls == 1 {
+            // Behind it, writes wait: a poll every NEXT_POLL, until the operation runs
+            // well past the usual; then, and otherwise, growing.
+            let dense = behind && pending < self.op_clock.first_poll() * 2;
+            interval = if polls == 1 || dense {
                 NEXT_POLL
             } else {
                 interval.mul_f64(POLL_GROWTH).min(cap)
             };
+            next_at = started.elapsed() + interval;
         }
     }
 }
