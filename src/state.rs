@@ -440,7 +440,7 @@ impl SyncState {
     pub fn new_desired(&self) -> Desired {
         Desired::new(self.epoch, self.policy.ipv6_prefix)
             .with_types(self.policy.decision_types.len())
-            .with_room(self.desired.len())
+            .with_room_of(&self.desired)
     }
 
     /// The policy decisions are judged by, for building a [`Desired`].

@@ -303,10 +303,13 @@ impl Desired {
         }
     }
 
-    /// Makes room for `items` items: a full pull is about as large as the last one.
+    /// Makes room for as many items and other decisions as `last` holds: a full pull is
+    /// about as large as the last one, and tables grown while it is read would hold old
+    /// and new buckets at once, beside the state it replaces.
     #[must_use]
-    pub fn with_room(mut self, items: usize) -> Desired {
-        self.items.reserve(items);
+    pub fn with_room_of(mut self, last: &Desired) -> Desired {
+        self.items.reserve(last.items.len());
+        self.others.reserve(last.others.len());
         self
     }
 
