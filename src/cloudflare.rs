@@ -329,8 +329,14 @@ struct WireOperation {
 
 #[derive(Serialize)]
 struct NewItem<'a> {
-    ip: String,
+    /// Written as the item's text straight into the body, no `String` an item.
+    #[serde(serialize_with = "as_text")]
+    ip: Item,
     comment: &'a str,
+}
+
+fn as_text<S: serde::Serializer>(item: &Item, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(item)
 }
 
 #[derive(Serialize)]
@@ -489,10 +495,7 @@ impl CloudflareClient {
     ) -> Result<String, Error> {
         let body: Vec<NewItem<'_>> = items
             .iter()
-            .map(|(item, comment)| NewItem {
-                ip: item.to_string(),
-                comment,
-            })
+            .map(|(item, comment)| NewItem { ip: *item, comment })
             .collect();
         self.submit_items("adding list items", reqwest::Method::POST, list_id, &body)
             .await

@@ -617,6 +617,8 @@ impl SyncState {
             undone_fingerprint,
             ..Drift::default()
         };
+        // Known from here on: what follows queues.
+        self.list_known = true;
         // Items the new read no longer shows may still be queued for a removal.
         self.refresh_queue();
         for item in changed {
@@ -628,7 +630,6 @@ impl SyncState {
             }
             self.enqueue_looked(item, false, look);
         }
-        self.list_known = true;
         self.guard_mass_removal();
         drift
     }
@@ -1022,6 +1023,13 @@ impl SyncState {
     /// [`SyncState::enqueue_at`] with `item`'s [`SyncState::look`] already taken (and
     /// nothing changed in the desired state or the list view since).
     fn enqueue_looked(&mut self, item: Item, front: bool, look: Look) {
+        if !self.list_known && self.awaiting.is_empty() {
+            // Until the list is read nothing is written, and that read queues every item
+            // out of step: queuing now would only hold every decision twice (at a
+            // million, half the peak memory of a first sync). With removals awaiting
+            // confirmation (a list forgotten for a new term), the checks below still run.
+            return;
+        }
         let unconfirmed = self.unconfirmed(&item, &look);
         let pending = self.pending_of(&item, &look, unconfirmed);
         if pending.is_none() && look.intent == Some(Intent::Remove) && unconfirmed {

@@ -1,11 +1,12 @@
 //! When to poll a bulk operation: the first poll learned from the operations so far
-//! ([`OpClock`]), later ones on a growing interval.
+//! ([`OpClock`]), later ones every [`NEXT_POLL`] while writes wait, else on a growing
+//! interval (ARCHITECTURE.md, "Polling bulk operations").
 
 use std::time::Duration;
 
 /// After a first poll that found the operation pending, the next waits start here and
-/// grow by [`POLL_GROWTH`] up to [`MAX_POLL`]. (The first wait is learned: [`OpClock`].)
-/// The first poll sits near the end of most operations, so the next one follows closely.
+/// grow by [`POLL_GROWTH`] up to [`MAX_POLL`] (while writes wait behind the operation,
+/// they stay here for a while). The first wait is learned: [`OpClock`].
 pub(super) const NEXT_POLL: Duration = Duration::from_millis(150);
 pub(super) const POLL_GROWTH: f64 = 1.5;
 pub(super) const MAX_POLL: Duration = Duration::from_secs(2);
