@@ -252,6 +252,15 @@ enum Intent {
     Remove,
 }
 
+/// The lane `wanted`'s decisions put its value on (within capacity or not): its best
+/// type's list for its kind; `None` if no list takes it.
+fn lane_in(policy: &Policy, desired: &Desired, wanted: &desired::Wanted) -> Option<usize> {
+    policy.route(
+        usize::from(desired.best_type(wanted)),
+        wanted.item().is_asn(),
+    )
+}
+
 /// What decides an item's write, looked up once ([`SyncState::look`]).
 #[derive(Debug, Clone, Copy)]
 struct Look {
@@ -395,8 +404,8 @@ impl SyncState {
 
     /// The lane a desired value's decisions put it on; `None` if not desired.
     fn lane_of(&self, value: &Item) -> Option<usize> {
-        let kind = self.desired.best_type_of(&value.bare())?;
-        self.policy.route(usize::from(kind), value.is_asn())
+        let wanted = self.desired.get(&value.bare())?;
+        lane_in(&self.policy, &self.desired, wanted)
     }
 
     /// Whether decisions want `key` on its lane (within capacity or not).
@@ -469,12 +478,7 @@ impl SyncState {
         self.admit(false);
         let policy = self.policy.clone();
         // The lane an item is wanted on (within capacity), if any.
-        let lane = |desired: &Desired, wanted: &desired::Wanted| {
-            policy.route(
-                usize::from(desired.best_type(wanted)),
-                wanted.item().is_asn(),
-            )
-        };
+        let lane = |desired: &Desired, wanted: &desired::Wanted| lane_in(&policy, desired, wanted);
         // The lane of an entry in hand, within capacity.
         let entry_on = |desired: &Desired, over: bool, wanted: &desired::Wanted| {
             Some(wanted)
@@ -600,15 +604,14 @@ impl SyncState {
         self.doubtful = (doubtful.into_iter())
             .filter(|key| self.listed.contains(key) || self.desires(key))
             .collect();
-        let policy = &self.policy;
         let changed: Vec<Item> = (self.listed.items())
             .filter(|key| !self.desires(key))
             .copied()
             .chain((self.desired.items.iter()).filter_map(|wanted| {
                 // The entry in hand gives the lane: no lookup of the item again.
-                let kind = usize::from(self.desired.best_type(wanted));
-                let item = wanted.item();
-                let key = item.on(policy.route(kind, item.is_asn())?);
+                let key = wanted
+                    .item()
+                    .on(lane_in(&self.policy, &self.desired, wanted)?);
                 (!self.listed.contains(&key)).then_some(key)
             }))
             .collect();
@@ -796,15 +799,18 @@ impl SyncState {
     /// item's write queues it again, so the records are current: no look is needed.
     fn drop_settled(&mut self) {
         let mut queue = std::mem::take(&mut self.queue);
-        queue.retain(|item| {
-            if self.queued.get(item).is_some_and(Option::is_some) {
-                true
-            } else {
-                self.queued.remove(item);
-                false
-            }
-        });
+        queue.retain(|item| self.still_queued(item));
         self.queue = queue;
+    }
+
+    /// Whether `item`'s record says it needs a write; if not, forgets that it is queued
+    /// (the caller drops it from the queue).
+    fn still_queued(&mut self, item: &Item) -> bool {
+        let needed = self.queued.get(item).is_some_and(Option::is_some);
+        if !needed {
+            self.unqueue(item);
+        }
+        needed
     }
 
     /// Looks at every queued item again, recording the write it needs now; those that
@@ -814,12 +820,7 @@ impl SyncState {
         queue.retain(|&item| {
             // Already queued: this only records what it needs now.
             self.enqueue(item);
-            if self.queued.get(&item).is_some_and(Option::is_some) {
-                true
-            } else {
-                self.unqueue(&item);
-                false
-            }
+            self.still_queued(&item)
         });
         self.queue = queue;
     }
@@ -846,11 +847,7 @@ impl SyncState {
         let (mut wanted_items, mut missing) = (0, 0);
         let wanted_keys = (self.desired.items.iter())
             .filter(|wanted| !self.over_capacity || wanted.admitted())
-            .filter_map(|wanted| {
-                let kind = usize::from(self.desired.best_type(wanted));
-                let item = wanted.item();
-                Some(item.on(policy.route(kind, item.is_asn())?))
-            });
+            .filter_map(|wanted| Some(wanted.item().on(lane_in(policy, &self.desired, wanted)?)));
         for key in wanted_keys {
             wanted_items += 1;
             missing += usize::from(!managed(&key));
@@ -947,8 +944,7 @@ impl SyncState {
     fn look(&self, key: &Item) -> Look {
         let (desires, wants) = match self.desired.get(&key.bare()) {
             Some(wanted) => {
-                let kind = usize::from(self.desired.best_type(wanted));
-                let desires = self.policy.route(kind, key.is_asn()) == Some(key.lane());
+                let desires = lane_in(&self.policy, &self.desired, wanted) == Some(key.lane());
                 (
                     desires,
                     desires && (!self.over_capacity || wanted.admitted()),
