@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use tracing::debug;
@@ -24,6 +25,7 @@ const WARN_SHARE: f64 = 0.8;
 /// The request budget shared by every Cloudflare call.
 pub struct RequestBudget {
     limiter: DefaultDirectRateLimiter,
+    clock: DefaultClock,
     pace: Mutex<HeaderPace>,
 }
 
@@ -32,16 +34,26 @@ impl RequestBudget {
     pub fn new(per_minute: u32) -> RequestBudget {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(per_minute.get().div_ceil(4)).unwrap_or(NonZeroU32::MIN);
+        let clock = DefaultClock::default();
         RequestBudget {
-            limiter: RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_minute(per_minute).allow_burst(burst),
+                clock.clone(),
+            ),
+            clock,
             pace: Mutex::new(HeaderPace::default()),
         }
     }
 
     /// Waits until one more request fits in the budget: the configured rate first, then
     /// the pace the last rate-limit headers call for.
+    ///
+    /// Waits on tokio's timer, not governor's `until_ready` (whose timer is a thread of
+    /// its own, woken and waking a worker for every wait).
     pub async fn acquire(&self) {
-        self.limiter.until_ready().await;
+        while let Err(not_until) = self.limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+        }
         let delay = self.pace().next_request(Instant::now());
         if !delay.is_zero() {
             debug!(
@@ -458,6 +470,16 @@ mod tests {
         assert!(
             paced.elapsed() >= Duration::from_millis(300),
             "the 31st request waits"
+        );
+        // On tokio's timer: no timer thread of governor's (futures-timer) was started.
+        let threads = std::fs::read_dir("/proc/self/task").unwrap();
+        let names: Vec<String> = threads
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(!names.is_empty());
+        assert!(
+            !names.iter().any(|name| name.trim() == "futures-timer"),
+            "{names:?}"
         );
     }
 }
