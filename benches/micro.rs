@@ -251,13 +251,12 @@ fn restart(c: &mut Criterion) {
         b.iter(|| {
             let mut view = state.new_list_view();
             for page in &pages {
-                let (items, _next) =
-                    cfbouncer::cloudflare::decode_items_page(page).expect("a page");
-                for listed in &items {
-                    if let Some(item) = Item::from_cloudflare(&listed.ip) {
-                        view.insert(item, &listed.id, listed.comment.as_deref());
+                cfbouncer::cloudflare::decode_items_page(page, |listed| {
+                    if let Some(item) = Item::from_cloudflare(listed.ip) {
+                        view.insert(item, listed.id, listed.comment);
                     }
-                }
+                })
+                .expect("a page");
             }
             black_box(state.replace_list_with(view))
         })

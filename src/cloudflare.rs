@@ -306,13 +306,57 @@ struct WireList {
     num_items: f64,
 }
 
+/// An item of a page as the answer holds it: its strings borrowed from the body (only
+/// one with an escape in it is copied).
 #[derive(Deserialize)]
-struct WireItem {
-    id: String,
-    #[serde(default)]
-    ip: Option<String>,
-    #[serde(default)]
-    comment: Option<String>,
+struct WireItem<'a> {
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(default, borrow)]
+    ip: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    comment: Option<Text<'a>>,
+}
+
+/// A JSON string borrowed from the body when it has no escape, copied when it has.
+/// (serde's own `Cow<str>` always copies inside an `Option`.)
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Text<'a>, E> {
+                Ok(Text(std::borrow::Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// An item of a page, borrowed from the answer while it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedItemRef<'a> {
+    pub id: &'a str,
+    pub ip: &'a str,
+    pub comment: Option<&'a str>,
+}
+
+impl ListedItemRef<'_> {
+    pub fn to_owned(self) -> ListedItem {
+        ListedItem {
+            id: self.id.to_owned(),
+            ip: self.ip.to_owned(),
+            comment: self.comment.map(str::to_owned),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -440,6 +484,25 @@ impl CloudflareClient {
         cursor: Option<&str>,
         search: Option<&str>,
     ) -> Result<(Vec<ListedItem>, Option<String>), Error> {
+        let mut items = Vec::new();
+        let next = self
+            .items_page_each(list_id, cursor, search, |item| items.push(item.to_owned()))
+            .await?;
+        Ok((items, next))
+    }
+
+    /// One page of a list's items, each handed to `each` as it is decoded (its strings
+    /// borrowed from the answer); returns the cursor of the next page, if any.
+    ///
+    /// # Errors
+    /// The request's error.
+    pub async fn items_page_each(
+        &self,
+        list_id: &str,
+        cursor: Option<&str>,
+        search: Option<&str>,
+        each: impl FnMut(ListedItemRef<'_>),
+    ) -> Result<Option<String>, Error> {
         let mut url = format!(
             "{}/rules/lists/{list_id}/items?per_page={MAX_PER_PAGE}",
             self.account_url
@@ -449,10 +512,12 @@ impl CloudflareClient {
                 url.push_str(&format!("&{name}={}", encode(value)));
             }
         }
-        let (items, info) = self
-            .call::<Vec<WireItem>, ()>("reading list items", reqwest::Method::GET, url, None)
-            .await?;
-        Ok(page_of(items, info))
+        let what = "reading list items";
+        self.call_with::<(), _>(what, reqwest::Method::GET, url, None, |answer| {
+            let (items, info) = answer.open::<Vec<WireItem<'_>>>()?;
+            Ok(page_of(&items, info, each))
+        })
+        .await
     }
 
     /// Finds one item's id with `search` (a prefix match: `1.2.3.4` also finds
@@ -563,7 +628,21 @@ impl CloudflareClient {
         url: String,
         body: Option<&B>,
     ) -> Result<(T, Option<ResultInfo>), Error> {
-        let result = self.call_once(what, method, url, body).await;
+        self.call_with(what, method, url, body, |answer| answer.open::<T>())
+            .await
+    }
+
+    /// [`call`](Self::call), with the answer's body decoded by `decode` while it is in
+    /// hand, so that what it decodes may borrow from it.
+    async fn call_with<B: Serialize, R>(
+        &self,
+        what: &'static str,
+        method: reqwest::Method,
+        url: String,
+        body: Option<&B>,
+        decode: impl FnOnce(Answer<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let result = self.call_once(what, method, url, body, decode).await;
         // Not sent: says nothing about Cloudflare.
         if matches!(result, Err(Error::Fenced { .. })) {
             return result;
@@ -588,13 +667,14 @@ impl CloudflareClient {
         result
     }
 
-    async fn call_once<T: DeserializeOwned, B: Serialize>(
+    async fn call_once<B: Serialize, R>(
         &self,
         what: &'static str,
         method: reqwest::Method,
         url: String,
         body: Option<&B>,
-    ) -> Result<(T, Option<ResultInfo>), Error> {
+        decode: impl FnOnce(Answer<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         self.budget.acquire().await;
         // The fence is checked after the budget's wait, just before sending.
         let timeout = match &self.fence {
@@ -665,7 +745,34 @@ impl CloudflareClient {
             // The start of a long error answer is enough to report it.
             Err(ReadError::TooLarge { partial, .. }) => partial,
         };
-        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
+        decode(Answer {
+            what,
+            status,
+            retry_after,
+            bytes: &bytes,
+        })
+    }
+}
+
+/// An answer read in full, not yet decoded.
+struct Answer<'a> {
+    what: &'static str,
+    status: u16,
+    retry_after: Option<Duration>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Answer<'a> {
+    /// The envelope's result (which may borrow from the body) and its `result_info`; or
+    /// the error the answer carries.
+    fn open<T: Deserialize<'a>>(self) -> Result<(T, Option<ResultInfo>), Error> {
+        let Answer {
+            what,
+            status,
+            retry_after,
+            bytes,
+        } = self;
+        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(bytes);
         if status == 429 {
             let errors = envelope.map(|e| e.errors).unwrap_or_default();
             return Err(Error::RateLimited {
@@ -717,23 +824,25 @@ impl CloudflareClient {
     }
 }
 
-/// A page's items (those with an `ip`) and the cursor of the next page, if any.
-fn page_of(items: Vec<WireItem>, info: Option<ResultInfo>) -> (Vec<ListedItem>, Option<String>) {
-    let next = info
-        .and_then(|info| info.cursors)
+/// Hands a page's items (those with an `ip`) to `each`; the cursor of the next page, if
+/// any.
+fn page_of(
+    items: &[WireItem<'_>],
+    info: Option<ResultInfo>,
+    mut each: impl FnMut(ListedItemRef<'_>),
+) -> Option<String> {
+    for item in items {
+        if let Some(ip) = &item.ip {
+            each(ListedItemRef {
+                id: &item.id.0,
+                ip: &ip.0,
+                comment: item.comment.as_ref().map(|c| &*c.0),
+            });
+        }
+    }
+    info.and_then(|info| info.cursors)
         .and_then(|cursors| cursors.after)
-        .filter(|after| !after.is_empty() && !items.is_empty());
-    let items = items
-        .into_iter()
-        .filter_map(|item| {
-            Some(ListedItem {
-                id: item.id,
-                ip: item.ip?,
-                comment: item.comment,
-            })
-        })
-        .collect();
-    (items, next)
+        .filter(|after| !after.is_empty() && !items.is_empty())
 }
 
 /// Decodes a successful answer to a page read as [`CloudflareClient::items_page`] does
@@ -741,9 +850,12 @@ fn page_of(items: Vec<WireItem>, info: Option<ResultInfo>) -> (Vec<ListedItem>, 
 ///
 /// # Errors
 /// [`Error::Decode`] for an answer that is not a page of items.
-pub fn decode_items_page(body: &[u8]) -> Result<(Vec<ListedItem>, Option<String>), Error> {
+pub fn decode_items_page(
+    body: &[u8],
+    each: impl FnMut(ListedItemRef<'_>),
+) -> Result<Option<String>, Error> {
     let what = "reading list items";
-    let envelope: Envelope<Vec<WireItem>> =
+    let envelope: Envelope<Vec<WireItem<'_>>> =
         serde_json::from_slice(body).map_err(|err| Error::Decode {
             what,
             detail: err.to_string(),
@@ -752,7 +864,7 @@ pub fn decode_items_page(body: &[u8]) -> Result<(Vec<ListedItem>, Option<String>
         what,
         detail: "success without a result".into(),
     })?;
-    Ok(page_of(items, envelope.result_info))
+    Ok(page_of(&items, envelope.result_info, each))
 }
 
 impl From<WireList> for ListInfo {
@@ -839,6 +951,42 @@ fn encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_decodes_borrowed_and_escaped_strings_alike() {
+        let body = br#"{"success":true,"errors":[],"result":[
+            {"id":"2c0fc9fa937b11eaa1b71c4d701ab86e","ip":"10.0.0.1","comment":"plain"},
+            {"id":"a\u0062c","ip":"10.0.0.\u0032","comment":"caf\u00e9 \"q\""},
+            {"id":"no-ip","comment":"an ASN list's item"},
+            {"id":"d","ip":"10.0.0.3"}
+        ],"result_info":{"cursors":{"after":"next"}}}"#;
+        let mut seen = Vec::new();
+        let next = decode_items_page(body, |item| seen.push(item.to_owned())).unwrap();
+        assert_eq!(next.as_deref(), Some("next"));
+        let listed = |id: &str, ip: &str, comment: Option<&str>| ListedItem {
+            id: id.into(),
+            ip: ip.into(),
+            comment: comment.map(Into::into),
+        };
+        assert_eq!(
+            seen,
+            [
+                listed(
+                    "2c0fc9fa937b11eaa1b71c4d701ab86e",
+                    "10.0.0.1",
+                    Some("plain")
+                ),
+                listed("abc", "10.0.0.2", Some("café \"q\"")),
+                listed("d", "10.0.0.3", None),
+            ]
+        );
+        // A string where a string belongs, and nothing else.
+        let wrong = br#"{"success":true,"result":[{"id":7,"ip":"10.0.0.1"}]}"#;
+        assert!(decode_items_page(wrong, |_| {}).is_err());
+        // No cursor after an empty page.
+        let empty = br#"{"success":true,"result":[],"result_info":{"cursors":{"after":"x"}}}"#;
+        assert_eq!(decode_items_page(empty, |_| {}).unwrap(), None);
+    }
 
     #[test]
     fn a_repeating_or_endless_cursor_fails_the_read() {

@@ -433,19 +433,17 @@ impl Writer {
                     unreadable += page.unreadable;
                     page.next
                 } else {
-                    let (page, next) = (self.cloudflare)
-                        .items_page(&target.id, cursor.as_deref(), None)
-                        .await?;
-                    for listed in &page {
-                        n_listed += 1;
-                        match Item::from_cloudflare(&listed.ip) {
-                            Some(item) => {
-                                view.insert(item.on(lane), &listed.id, listed.comment.as_deref());
+                    // Each item goes into the view as it is decoded, its strings
+                    // borrowed from the answer.
+                    (self.cloudflare)
+                        .items_page_each(&target.id, cursor.as_deref(), None, |listed| {
+                            n_listed += 1;
+                            match Item::from_cloudflare(listed.ip) {
+                                Some(item) => view.insert(item.on(lane), listed.id, listed.comment),
+                                None => unreadable += 1,
                             }
-                            None => unreadable += 1,
-                        }
-                    }
-                    next
+                        })
+                        .await?
                 };
                 pages.next_page(next.as_deref())?;
                 match next {
