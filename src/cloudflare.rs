@@ -772,7 +772,7 @@ impl<'a> Answer<'a> {
             retry_after,
             bytes,
         } = self;
-        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(bytes);
+        let envelope: Result<Envelope<T>, _> = from_json(bytes);
         if status == 429 {
             let errors = envelope.map(|e| e.errors).unwrap_or_default();
             return Err(Error::RateLimited {
@@ -824,6 +824,15 @@ impl<'a> Answer<'a> {
     }
 }
 
+/// JSON from a body: checked as UTF-8 once, whole, rather than string by string (a
+/// body that is not UTF-8 is parsed as bytes, for serde_json's own error).
+fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 /// Hands a page's items (those with an `ip`) to `each`; the cursor of the next page, if
 /// any.
 fn page_of(
@@ -855,11 +864,10 @@ pub fn decode_items_page(
     each: impl FnMut(ListedItemRef<'_>),
 ) -> Result<Option<String>, Error> {
     let what = "reading list items";
-    let envelope: Envelope<Vec<WireItem<'_>>> =
-        serde_json::from_slice(body).map_err(|err| Error::Decode {
-            what,
-            detail: err.to_string(),
-        })?;
+    let envelope: Envelope<Vec<WireItem<'_>>> = from_json(body).map_err(|err| Error::Decode {
+        what,
+        detail: err.to_string(),
+    })?;
     let items = envelope.result.ok_or_else(|| Error::Decode {
         what,
         detail: "success without a result".into(),
@@ -983,6 +991,10 @@ mod tests {
         // A string where a string belongs, and nothing else.
         let wrong = br#"{"success":true,"result":[{"id":7,"ip":"10.0.0.1"}]}"#;
         assert!(decode_items_page(wrong, |_| {}).is_err());
+        // Not UTF-8: an error, as before the body was checked whole.
+        let bytes = b"{\"success\":true,\"result\":[{\"id\":\"\xff\",\"ip\":\"10.0.0.1\"}]}";
+        let err = decode_items_page(bytes, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("reading list items"), "{err}");
         // No cursor after an empty page.
         let empty = br#"{"success":true,"result":[],"result_info":{"cursors":{"after":"x"}}}"#;
         assert_eq!(decode_items_page(empty, |_| {}).unwrap(), None);

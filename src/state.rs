@@ -163,7 +163,10 @@ impl Policy {
     }
 
     fn is_tagged(&self, comment: Option<&str>) -> bool {
-        comment.is_some_and(|c| c == self.tag || c.starts_with(&format!("{} ", self.tag)))
+        // No text is built: this runs for every item of every list read.
+        comment
+            .and_then(|c| c.strip_prefix(&*self.tag))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
     }
 }
 
@@ -604,17 +607,29 @@ impl SyncState {
         self.doubtful = (doubtful.into_iter())
             .filter(|key| self.listed.contains(key) || self.desires(key))
             .collect();
-        let changed: Vec<Item> = (self.listed.items())
-            .filter(|key| !self.desires(key))
-            .copied()
-            .chain((self.desired.items.iter()).filter_map(|wanted| {
+        let mut changed = Vec::new();
+        let mut desired_listed = 0;
+        for key in self.listed.items() {
+            if self.desires(key) {
+                desired_listed += 1;
+            } else {
+                changed.push(*key);
+            }
+        }
+        // Each listed item decisions want is a different wanted entry's key: when as
+        // many are listed as entries have a lane, none is missing, and the pass that
+        // looks each one up in the list (one cache miss an entry) is not needed.
+        let lanes = &|wanted| lane_in(&self.policy, &self.desired, wanted);
+        let with_lane = (self.desired.items.iter())
+            .filter(|wanted| lanes(wanted).is_some())
+            .count();
+        if desired_listed < with_lane {
+            changed.extend((self.desired.items.iter()).filter_map(|wanted| {
                 // The entry in hand gives the lane: no lookup of the item again.
-                let key = wanted
-                    .item()
-                    .on(lane_in(&self.policy, &self.desired, wanted)?);
+                let key = wanted.item().on(lanes(wanted)?);
                 (!self.listed.contains(&key)).then_some(key)
-            }))
-            .collect();
+            }));
+        }
         let mut drift = Drift {
             foreign_tagged,
             undone_fingerprint,

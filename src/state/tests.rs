@@ -735,3 +735,21 @@ fn only_items_the_list_held_count_as_undone() {
     assert_eq!(drift.missing, 2);
     assert_ne!(drift.undone_fingerprint, 0);
 }
+
+#[test]
+fn a_comment_is_tagged_when_it_is_the_tag_or_starts_with_it_and_a_space() {
+    let policy = Policy::new(vec!["ban".into()], 64);
+    for (comment, tagged) in [
+        (Some("crowdsec"), true),
+        (Some("crowdsec ban: crowdsecurity/ssh-bf"), true),
+        (Some("crowdsec "), true),
+        (Some("crowdsecurity"), false),
+        (Some("crowdsec\tban"), false),
+        (Some("my crowdsec"), false),
+        (Some("crowdse"), false),
+        (Some(""), false),
+        (None, false),
+    ] {
+        assert_eq!(policy.is_tagged(comment), tagged, "{comment:?}");
+    }
+}
