@@ -556,7 +556,7 @@ impl CloudflareClient {
     pub async fn add_items(
         &self,
         list_id: &str,
-        items: &[(Item, String)],
+        items: &[(Item, Arc<str>)],
     ) -> Result<String, Error> {
         let body: Vec<NewItem<'_>> = items
             .iter()

@@ -216,8 +216,9 @@ impl Skipped {
 /// One write for the drainer: all adds or all removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Batch {
-    /// Items to POST, each with its comment.
-    Add(Vec<(Item, String)>),
+    /// Items to POST, each with its comment (one text shared by the items of one
+    /// origin and scenario).
+    Add(Vec<(Item, Arc<str>)>),
     /// Items to DELETE, each with its Cloudflare id when known.
     Remove(Vec<(Item, Option<Box<str>>)>),
 }
@@ -721,12 +722,14 @@ impl SyncState {
             return None;
         }
         match kind? {
-            Intent::Add => Some(Batch::Add(
-                taken
-                    .into_iter()
-                    .map(|item| (item, self.comment(&item)))
-                    .collect(),
-            )),
+            Intent::Add => {
+                let mut made = HashMap::default();
+                Some(Batch::Add(
+                    (taken.into_iter())
+                        .map(|item| (item, self.comment(&item, &mut made)))
+                        .collect(),
+                ))
+            }
             Intent::Remove => Some(Batch::Remove(
                 taken
                     .into_iter()
@@ -985,20 +988,23 @@ impl SyncState {
         self.look(item).intent
     }
 
-    fn comment(&self, item: &Item) -> String {
+    /// `item`'s comment: `tag origin: scenario` of its latest decision. Items of one
+    /// origin and scenario share one text (`made` keeps those made so far).
+    fn comment(&self, item: &Item, made: &mut HashMap<(u32, u32), Arc<str>>) -> Arc<str> {
         let Some(wanted) = self.desired.get(&item.bare()) else {
-            return String::new();
+            return Arc::from("");
         };
-        let labels = &self.desired.labels;
-        let (origin, scenario) = (
-            labels.get(wanted.comment_origin),
-            labels.get(wanted.scenario),
-        );
-        let mut comment = format!("{} {origin}: {scenario}", self.policy.tag);
-        if let Some((cut, _)) = comment.char_indices().nth(MAX_COMMENT_CHARS) {
-            comment.truncate(cut);
-        }
-        comment
+        let labels = (wanted.comment_origin, wanted.scenario);
+        let text = made.entry(labels).or_insert_with(|| {
+            let names = &self.desired.labels;
+            let (origin, scenario) = (names.get(labels.0), names.get(labels.1));
+            let mut comment = format!("{} {origin}: {scenario}", self.policy.tag);
+            if let Some((cut, _)) = comment.char_indices().nth(MAX_COMMENT_CHARS) {
+                comment.truncate(cut);
+            }
+            comment.into()
+        });
+        Arc::clone(text)
     }
 
     /// The write `item` needs and may get now: its intent, unless held or quarantined.

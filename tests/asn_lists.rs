@@ -117,9 +117,9 @@ async fn asn_items_are_added_read_page_by_page_found_and_deleted() {
 
     // 1 203 AS numbers: three pages of 500 and one of 203.
     let asns: Vec<u32> = (0..1203).map(|i| 64_512 + i * 7).collect();
-    let items: Vec<(u32, String)> = asns
+    let items: Vec<(u32, std::sync::Arc<str>)> = asns
         .iter()
-        .map(|asn| (*asn, format!("crowdsec ban AS{asn}")))
+        .map(|asn| (*asn, format!("crowdsec ban AS{asn}").into()))
         .collect();
     let op = client
         .add_asn_items(&list_id, &items)
@@ -183,7 +183,7 @@ async fn a_refused_asn_is_an_api_error_and_nothing_is_written() {
     let cf = emulator(Settings::default()).await;
     let list_id = cf.create_list_of_kind("crowdsec_asn", "asn");
     let client = client(&cf);
-    let items = [(13335, "ok".to_owned()), (0, "AS 0".to_owned())];
+    let items = [(13335, "ok".into()), (0, "AS 0".into())];
     let err = client
         .add_asn_items(&list_id, &items)
         .await
@@ -201,7 +201,7 @@ async fn a_refused_asn_is_an_api_error_and_nothing_is_written() {
     // An IP list refuses AS numbers (10058): the kinds are never mixed up.
     let ip_list = cf.create_list("crowdsec_ban");
     let err = client
-        .add_asn_items(&ip_list, &[(13335, "x".to_owned())])
+        .add_asn_items(&ip_list, &[(13335, "x".into())])
         .await
         .expect_err("an IP list takes no ASN");
     assert!(
@@ -224,7 +224,7 @@ async fn asn_items_count_against_the_capacity_ip_lists_use() {
         cf.insert_item(&ip_list, ip, None);
     }
     let client = client(&cf);
-    let three: Vec<(u32, String)> = (1..=3).map(|asn| (asn, String::new())).collect();
+    let three: Vec<(u32, std::sync::Arc<str>)> = (1..=3).map(|asn| (asn, "".into())).collect();
     let op = client
         .add_asn_items(&asn_list, &three)
         .await

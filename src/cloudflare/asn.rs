@@ -3,6 +3,8 @@
 //! they share its authentication, request budget, fence, metrics and errors; the IP paths in
 //! `cloudflare.rs` are untouched by this module.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -147,7 +149,7 @@ impl CloudflareClient {
     pub async fn add_asn_items(
         &self,
         list_id: &str,
-        items: &[(u32, String)],
+        items: &[(u32, Arc<str>)],
     ) -> Result<String, Error> {
         let body: Vec<NewAsnItem<'_>> = items
             .iter()

@@ -552,7 +552,7 @@ impl Writer {
         };
         let (op_id, outcome, items) = match batch {
             Batch::Add(adds) if target.asn => {
-                let numbers: Vec<(u32, String)> = (adds.iter())
+                let numbers: Vec<(u32, std::sync::Arc<str>)> = (adds.iter())
                     .filter_map(|(item, comment)| Some((item.asn()?, comment.clone())))
                     .collect();
                 let op_id = (self.cloudflare)

@@ -421,13 +421,20 @@ fn comments_name_origin_and_scenario_within_500_chars() {
     let long = "s".repeat(600);
     let mut decision = ban("1.1.1.1");
     decision.scenario = &long;
-    state.apply_delta([], [decision, ban("2.2.2.2")], Instant::now());
+    state.apply_delta(
+        [],
+        [decision, ban("2.2.2.2"), ban("3.3.3.3")],
+        Instant::now(),
+    );
     let Some(Batch::Add(items)) = state.take_batch(10) else {
         panic!("expected adds");
     };
     assert_eq!(items[0].1.chars().count(), 500);
     assert!(items[0].1.starts_with("crowdsec cscli: sss"));
-    assert_eq!(items[1].1, "crowdsec cscli: test/manual");
+    assert_eq!(&*items[1].1, "crowdsec cscli: test/manual");
+    // Items of one origin and scenario share one text.
+    assert!(std::sync::Arc::ptr_eq(&items[1].1, &items[2].1));
+    assert!(!std::sync::Arc::ptr_eq(&items[0].1, &items[1].1));
 }
 
 fn ban_from(
