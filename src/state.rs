@@ -19,7 +19,6 @@ use crate::item::Item;
 
 pub use desired::{decision_item, Desired};
 use listed::ListedItems;
-use table::Keyed;
 
 /// Cloudflare's limit on an item comment (docs/cloudflare-lists.md §6.5).
 const MAX_COMMENT_CHARS: usize = 500;

@@ -23,12 +23,17 @@ pub(super) struct Listed {
 }
 
 impl Keyed for Listed {
-    fn item(&self) -> &Item {
+    type Key = Item;
+    fn key(&self) -> &Item {
         &self.item
     }
 }
 
 impl Listed {
+    pub fn item(&self) -> &Item {
+        &self.item
+    }
+
     pub fn ours(&self) -> bool {
         self.flags & OURS != 0
     }

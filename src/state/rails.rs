@@ -1,7 +1,6 @@
 //! The rails on what reaches the list: capacity admission by priority, and the
 //! mass-removal guard. Part of [`SyncState`]; no IO.
 
-use super::table::Keyed;
 use super::{Desired, Intent, Look, SyncState};
 use crate::item::Item;
 

@@ -1,5 +1,6 @@
-//! A map keyed by [`Item`], laid out for memory: the entries sit in one vector, and a
-//! hash index holds only their 4-byte positions.
+//! A map keyed by its entries' keys (an [`Item`], or a decision's key), laid out for
+//! memory: the entries sit in one vector, and a hash index holds only their 4-byte
+//! positions.
 //!
 //! A `HashMap<Item, V>` keeps every entry in its bucket array, which runs between 44%
 //! and 87% full; at a million entries that is most of the memory the bouncer uses. Here
@@ -7,28 +8,27 @@
 //! unused tail is address space the kernel never backs.
 
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
-use crate::item::Item;
-
-/// An entry of an [`ItemTable`]: a value that carries its own item.
+/// An entry of an [`ItemTable`]: a value that carries its own key.
 pub(super) trait Keyed {
-    fn item(&self) -> &Item;
+    type Key: Hash + Eq;
+    fn key(&self) -> &Self::Key;
 }
 
-/// Entries keyed by their item. Removal moves the last entry into the hole, so
+/// Entries keyed by their key (mostly an item). Removal moves the last entry into the hole, so
 /// positions are only stable between removals.
 pub(super) struct ItemTable<E> {
     entries: Vec<E>,
     index: HashTable<u32>,
 }
 
-fn hash(item: &Item) -> u64 {
-    FxBuildHasher.hash_one(item)
+fn hash(key: &impl Hash) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 /// A position as the index stores it. A table never holds 2³² entries: no list or
@@ -50,33 +50,33 @@ impl<E: Keyed> ItemTable<E> {
     }
 
     /// Where `item`'s entry is, until the next removal.
-    pub fn position_of(&self, item: &Item) -> Option<usize> {
+    pub fn position_of(&self, item: &E::Key) -> Option<usize> {
         let entries = &self.entries;
         self.index
-            .find(hash(item), |&i| entries[i as usize].item() == item)
+            .find(hash(item), |&i| entries[i as usize].key() == item)
             .map(|&i| i as usize)
     }
 
-    pub fn get(&self, item: &Item) -> Option<&E> {
+    pub fn get(&self, item: &E::Key) -> Option<&E> {
         self.position_of(item).map(|i| &self.entries[i])
     }
 
-    pub fn get_mut(&mut self, item: &Item) -> Option<&mut E> {
+    pub fn get_mut(&mut self, item: &E::Key) -> Option<&mut E> {
         self.position_of(item).map(|i| &mut self.entries[i])
     }
 
-    pub fn contains(&self, item: &Item) -> bool {
+    pub fn contains(&self, item: &E::Key) -> bool {
         self.position_of(item).is_some()
     }
 
     /// The entry for `item`, made by `make` if there is none; and whether it was made.
-    pub fn get_or_insert_with(&mut self, item: Item, make: impl FnOnce() -> E) -> (&mut E, bool) {
+    pub fn get_or_insert_with(&mut self, item: E::Key, make: impl FnOnce() -> E) -> (&mut E, bool) {
         self.make_room();
         let entries = &self.entries;
         let slot = self.index.entry(
             hash(&item),
-            |&i| entries[i as usize].item() == &item,
-            |&j| hash(entries[j as usize].item()),
+            |&i| entries[i as usize].key() == &item,
+            |&j| hash(entries[j as usize].key()),
         );
         match slot {
             Entry::Occupied(found) => (&mut self.entries[*found.get() as usize], false),
@@ -101,9 +101,9 @@ impl<E: Keyed> ItemTable<E> {
         self.make_room();
         let entries = &self.entries;
         let slot = self.index.entry(
-            hash(entry.item()),
-            |&i| entries[i as usize].item() == entry.item(),
-            |&j| hash(entries[j as usize].item()),
+            hash(entry.key()),
+            |&i| entries[i as usize].key() == entry.key(),
+            |&j| hash(entries[j as usize].key()),
         );
         match slot {
             Entry::Occupied(found) => {
@@ -145,26 +145,26 @@ impl<E: Keyed> ItemTable<E> {
         let entries = &self.entries;
         let mut index = HashTable::with_capacity(capacity);
         for (i, entry) in entries.iter().enumerate() {
-            index.insert_unique(hash(entry.item()), position(i), |&j| {
-                hash(entries[j as usize].item())
+            index.insert_unique(hash(entry.key()), position(i), |&j| {
+                hash(entries[j as usize].key())
             });
         }
         self.index = index;
     }
 
     /// Removes and returns `item`'s entry.
-    pub fn remove(&mut self, item: &Item) -> Option<E> {
+    pub fn remove(&mut self, item: &E::Key) -> Option<E> {
         let entries = &self.entries;
         let found = self
             .index
-            .find_entry(hash(item), |&i| entries[i as usize].item() == item)
+            .find_entry(hash(item), |&i| entries[i as usize].key() == item)
             .ok()?;
         let (i, _) = found.remove();
         let last = self.entries.len() - 1;
         let removed = self.entries.swap_remove(i as usize);
         if (i as usize) < last {
             // The last entry moved into the hole: point its index slot at it.
-            let moved = hash(self.entries[i as usize].item());
+            let moved = hash(self.entries[i as usize].key());
             if let Some(slot) = self.index.find_mut(moved, |&j| j as usize == last) {
                 *slot = i;
             }
@@ -185,8 +185,8 @@ impl<E: Keyed> ItemTable<E> {
         &mut self.entries
     }
 
-    pub fn items(&self) -> impl Iterator<Item = &Item> {
-        self.entries.iter().map(Keyed::item)
+    pub fn items(&self) -> impl Iterator<Item = &E::Key> {
+        self.entries.iter().map(Keyed::key)
     }
 }
 
@@ -205,6 +205,7 @@ impl<E> fmt::Debug for ItemTable<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::Item;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -212,7 +213,8 @@ mod tests {
     struct Entry(Item, u32);
 
     impl Keyed for Entry {
-        fn item(&self) -> &Item {
+        type Key = Item;
+        fn key(&self) -> &Item {
             &self.0
         }
     }
