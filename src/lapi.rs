@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::config::{CrowdsecConfig, Secret};
 use crate::item::Item;
+use crate::net::ReadError;
 use crate::state::DecisionRef;
 
 pub use crate::net::USER_AGENT;
@@ -308,6 +309,32 @@ impl LapiClient {
         sink: S,
     ) -> Result<(S, u64), Error> {
         let mut response = self.send(request, url).await?;
+        // A short answer (a poll's deltas, mostly) is read whole and parsed here: handing
+        // it to a parser thread would cost more than parsing it.
+        if response
+            .content_length()
+            .is_some_and(|length| length <= INLINE_BODY as u64)
+        {
+            let body =
+                match crate::net::read_capped(&mut response, INLINE_BODY, self.read_idle).await {
+                    Ok(body) => body,
+                    Err(ReadError::Transport(err)) => return Err(self.transport(url, &err)),
+                    Err(ReadError::Stalled(idle)) => {
+                        return Err(Error::Stalled {
+                            url: url.to_owned(),
+                            idle,
+                        })
+                    }
+                    Err(ReadError::TooLarge { cap, .. }) => {
+                        return Err(Error::Decode(serde::de::Error::custom(format!(
+                            "the answer is longer than its Content-Length ({cap} bytes)"
+                        ))))
+                    }
+                };
+            let mut sink = sink;
+            Framer::new(ReadFeed(body.as_slice())).run(shape, &mut sink)?;
+            return Ok((sink, body.len() as u64));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let parser = tokio::task::spawn_blocking(move || {
             let mut sink = sink;
@@ -762,6 +789,10 @@ impl<R: io::Read> Feed for ReadFeed<R> {
         Ok(read? > 0)
     }
 }
+
+/// An answer whose `Content-Length` is at most this is read whole and parsed on the
+/// task that reads it (see `LapiClient::read_into`).
+const INLINE_BODY: usize = 64 * 1024;
 
 /// A decision's raw JSON up to this size, with no string longer than
 /// [`FAST_STRING`], is parsed in place; anything else goes through [`StringCap`].

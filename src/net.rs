@@ -20,6 +20,9 @@ pub const USER_AGENT: &str = concat!(
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// How much of an error answer is read (the rest is dropped with the connection).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The most a body's `Content-Length` makes [`read_capped`] set aside before any of it
+/// arrives: a hostile header costs at most this.
+const MAX_RESERVE: usize = 4 * 1024 * 1024;
 /// How much of a `Location` or an error text is kept for a message.
 const MAX_QUOTE: usize = 200;
 
@@ -66,7 +69,11 @@ pub async fn read_capped(
     cap: usize,
     idle: Duration,
 ) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
+    // Room for the announced length (never more than the cap, nor than a page needs
+    // before it shows it means it), so the body is not copied as it grows.
+    let announced = response.content_length().unwrap_or(0);
+    let room = usize::try_from(announced).map_or(MAX_RESERVE, |n| n.min(cap).min(MAX_RESERVE));
+    let mut body = Vec::with_capacity(room);
     loop {
         let chunk = match tokio::time::timeout(idle, response.chunk()).await {
             Err(_) => return Err(ReadError::Stalled(idle)),
