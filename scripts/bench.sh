@@ -28,6 +28,6 @@ done
 
 echo "[bench] installing crowdsec binaries (unpacked under target/) and building in release mode" >&2
 bash scripts/install-crowdsec.sh >&2
-cargo build --release --locked --workspace --bins >&2
+cargo build --release --locked --workspace --bins --examples >&2
 
 exec python3 scripts/bench/bench.py "$@"

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,22 @@ const WARN_SHARE: f64 = 0.8;
 pub struct RequestBudget {
     limiter: DefaultDirectRateLimiter,
     clock: DefaultClock,
+    /// How often the limiter earns one more request.
+    interval: Duration,
+    /// The limiter's burst: the most requests it ever has in hand.
+    burst: u32,
+    /// Requests of one paged read still to come, this one included, as the caller said
+    /// before the next request ([`RequestBudget::lead`]); taken by that request.
+    run: AtomicU32,
     pace: Mutex<HeaderPace>,
 }
+
+/// Once a paged read has spent the burst, it waits for this many requests' worth of
+/// budget and sends them back to back, rather than one each interval: the same rate,
+/// a fraction of the wake-ups (each costs about half a millisecond of CPU: cold caches,
+/// the runtime waking). At 240 a minute, a group is 2 s of budget; a read ends at most
+/// that much later.
+pub const READ_GROUP: u32 = 8;
 
 impl RequestBudget {
     /// `per_minute` requests a minute on average, with bursts of up to a quarter of it.
@@ -35,14 +50,23 @@ impl RequestBudget {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(per_minute.get().div_ceil(4)).unwrap_or(NonZeroU32::MIN);
         let clock = DefaultClock::default();
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
         RequestBudget {
-            limiter: RateLimiter::direct_with_clock(
-                Quota::per_minute(per_minute).allow_burst(burst),
-                clock.clone(),
-            ),
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
+            interval: quota.replenish_interval(),
+            burst: burst.get(),
+            run: AtomicU32::new(0),
             pace: Mutex::new(HeaderPace::default()),
         }
+    }
+
+    /// Says that the next request leads `requests` more of one paged read (itself
+    /// included), to be sent back to back: when it has to wait for the budget, it waits
+    /// until a group of them ([`READ_GROUP`]) fits, so that the rest go at once.
+    pub fn lead(&self, requests: u64) {
+        let requests = u32::try_from(requests).unwrap_or(u32::MAX);
+        self.run.store(requests, Ordering::Relaxed);
     }
 
     /// Waits until one more request fits in the budget: the configured rate first, then
@@ -51,8 +75,15 @@ impl RequestBudget {
     /// Waits on tokio's timer, not governor's `until_ready` (whose timer is a thread of
     /// its own, woken and waking a worker for every wait).
     pub async fn acquire(&self) {
+        // Whether this request leads a group of a paged read: then it waits until the
+        // whole group fits (the limiter earns one every interval), and takes one.
+        let group = self
+            .run
+            .swap(0, Ordering::Relaxed)
+            .clamp(1, READ_GROUP.min(self.burst));
         while let Err(not_until) = self.limiter.check() {
-            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+            let rest = self.interval * (group - 1);
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now()) + rest).await;
         }
         let delay = self.pace().next_request(Instant::now());
         if !delay.is_zero() {
@@ -451,6 +482,39 @@ mod tests {
             "old writes left the window"
         );
         assert_eq!(later.warning, None);
+    }
+
+    #[tokio::test]
+    async fn a_paged_read_past_the_burst_goes_in_groups() {
+        // 1200 a minute: one every 50 ms, bursts of 300.
+        let budget = RequestBudget::new(1200);
+        for _ in 0..300 {
+            budget.acquire().await;
+        }
+        // The burst is spent: the next of 20 pages waits for a group's worth of budget...
+        let lead = Instant::now();
+        budget.lead(20);
+        budget.acquire().await;
+        let waited = lead.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "the group's first waits for 8 × 50 ms, not 50 ms: {waited:?}"
+        );
+        // ...and the rest of the group goes at once (one at a time: 7 × 50 ms).
+        let rest = Instant::now();
+        for left in (13..20).rev() {
+            budget.lead(left);
+            budget.acquire().await;
+        }
+        assert!(
+            rest.elapsed() < Duration::from_millis(200),
+            "the group's other 7 went at once: {:?}",
+            rest.elapsed()
+        );
+        // A request that leads nothing waits one interval.
+        let single = Instant::now();
+        budget.acquire().await;
+        assert!(single.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]

@@ -173,6 +173,8 @@ fn auth_hint(status: u16, errors: &[ApiMessage]) -> &'static str {
 pub struct PageGuard {
     seen: rustc_hash::FxHashSet<String>,
     pages: u64,
+    /// The pages the list's size needs.
+    expected: u64,
     max_pages: u64,
 }
 
@@ -182,11 +184,19 @@ const EXTRA_PAGES: u64 = 10;
 impl PageGuard {
     /// For a list of `num_items` items (as the account's list of lists reports it).
     pub fn new(num_items: u64) -> PageGuard {
+        let expected = num_items.div_ceil(MAX_PER_PAGE as u64);
         PageGuard {
             seen: rustc_hash::FxHashSet::default(),
             pages: 0,
-            max_pages: num_items.div_ceil(MAX_PER_PAGE as u64) * 2 + EXTRA_PAGES,
+            expected,
+            max_pages: expected * 2 + EXTRA_PAGES,
         }
+    }
+
+    /// The pages still to read, the next one included, as far as the list's size says
+    /// (at least the next one).
+    pub fn left(&self) -> u64 {
+        self.expected.saturating_sub(self.pages).max(1)
     }
 
     /// Counts a page read; `next` is the cursor it gave.
@@ -489,6 +499,13 @@ impl CloudflareClient {
             .items_page_each(list_id, cursor, search, |item| items.push(item.to_owned()))
             .await?;
         Ok((items, next))
+    }
+
+    /// Says that the next request leads `requests` more of one paged read (itself
+    /// included), so that the request budget hands them out in groups
+    /// ([`RequestBudget::lead`]).
+    pub fn lead(&self, requests: u64) {
+        self.budget.lead(requests);
     }
 
     /// One page of a list's items, each handed to `each` as it is decoded (its strings
@@ -1021,6 +1038,18 @@ mod tests {
                 .expect("within the list's size");
         }
         guard.next_page(None).expect("the last page");
+    }
+
+    #[test]
+    fn a_read_knows_the_pages_it_has_left() {
+        let mut guard = PageGuard::new(1001);
+        assert_eq!(guard.left(), 3, "500 + 500 + 1");
+        guard.next_page(Some("a")).expect("first page");
+        assert_eq!(guard.left(), 2);
+        guard.next_page(Some("b")).expect("second page");
+        guard.next_page(Some("c")).expect("items added meanwhile");
+        assert_eq!(guard.left(), 1, "at least the next page");
+        assert_eq!(PageGuard::new(0).left(), 1);
     }
 
     #[test]

@@ -854,7 +854,10 @@ def restart(ctx, lapi, emu, key, want) -> dict:
         bouncer.close()
     d = counter_delta(c0, emu.counters())
     expected = math.ceil(COLD_N / PAGE) + 1
-    values = {"seconds": t1 - t0, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss, **d}
+    floor = page_floor(ctx, emu)
+    values = {"seconds": t1 - t0, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss, **d,
+              "http_floor_cpu_s": floor["cpu_s"], "http_floor_pages": floor["pages"],
+              "http_floor_bytes": floor["bytes"]}
     rows = [
         row("start → list read, idle", fmt_s(t1 - t0), "", None,
             "right after cold100k, LAPI and list in step; /status listed_items = 100000, "
@@ -866,8 +869,24 @@ def restart(ctx, lapi, emu, key, want) -> dict:
         row("bouncer CPU", f"{cpu:.2f} s"),
         row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "", None,
             f"RSS when idle (VmRSS): {rss:.1f} MiB"),
+        row("HTTP floor of the list read", f"{floor['cpu_s']:.3f} s CPU", "", None,
+            f"examples/page_floor: the same {floor['pages']} pages ({floor['bytes'] / 1e6:.1f} MB) "
+            "fetched with the bouncer's client settings, each body read and dropped, nothing "
+            "decoded, no pacing; its own getrusage"),
     ]
     return {"rows": rows, "values": values, "settings": {"op_latency_ms": ctx.op_latency_ms, **BIG}}
+
+
+def page_floor(ctx, emu) -> dict:
+    """What fetching the list's pages costs with nothing done with them (examples/page_floor)."""
+    res = subprocess.run(
+        [str(harness.RELEASE / "examples/page_floor"), emu.url, emu.account_id,
+         emu.list_ids["crowdsec_ban"]],
+        env=dict(os.environ, CF_API_TOKEN=emu.token), capture_output=True, text=True, timeout=300)
+    (ctx.work / "page_floor.log").write_text(res.stdout + res.stderr)
+    if res.returncode != 0:
+        raise BenchError(f"page_floor failed ({res.returncode}): {res.stderr[-800:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- group C

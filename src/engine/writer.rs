@@ -421,6 +421,7 @@ impl Writer {
             let mut cursor = None;
             loop {
                 self.turn(Duration::ZERO);
+                self.cloudflare.lead(pages.left());
                 let next = if target.asn {
                     let page = (self.cloudflare)
                         .asn_items_page(&target.id, cursor.as_deref(), None)
