@@ -37,13 +37,6 @@ pub struct RequestBudget {
     pace: Mutex<HeaderPace>,
 }
 
-/// Once a paged read has spent the burst, it waits for this many requests' worth of
-/// budget and sends them back to back, rather than one each interval: the same rate,
-/// a fraction of the wake-ups (each costs about half a millisecond of CPU: cold caches,
-/// the runtime waking). At 240 a minute, a group is 2 s of budget; a read ends at most
-/// that much later.
-pub const READ_GROUP: u32 = 8;
-
 impl RequestBudget {
     /// `per_minute` requests a minute on average, with bursts of up to a quarter of it.
     pub fn new(per_minute: u32) -> RequestBudget {
@@ -62,8 +55,15 @@ impl RequestBudget {
     }
 
     /// Says that the next request leads `requests` more of one paged read (itself
-    /// included), to be sent back to back: when it has to wait for the budget, it waits
-    /// until a group of them ([`READ_GROUP`]) fits, so that the rest go at once.
+    /// included), to be sent back to back. When it has to wait for the budget, it waits
+    /// until all of them fit (at most a burst's worth), and the rest then go at once.
+    ///
+    /// The same rate, a fraction of the wake-ups: past the burst, a read of 200 pages at
+    /// 240 a minute wakes 3 times, not 140, and each wake-up of an idle process costs
+    /// about half a millisecond of CPU (cold caches, the runtime waking). The read ends
+    /// when it would have one page at a time, since its last group is what is left; the
+    /// pages before it are only read later. A wait is at most a burst's worth of
+    /// intervals: 15 s whatever the rate.
     pub fn lead(&self, requests: u64) {
         let requests = u32::try_from(requests).unwrap_or(u32::MAX);
         self.run.store(requests, Ordering::Relaxed);
@@ -77,10 +77,7 @@ impl RequestBudget {
     pub async fn acquire(&self) {
         // Whether this request leads a group of a paged read: then it waits until the
         // whole group fits (the limiter earns one every interval), and takes one.
-        let group = self
-            .run
-            .swap(0, Ordering::Relaxed)
-            .clamp(1, READ_GROUP.min(self.burst));
+        let group = self.run.swap(0, Ordering::Relaxed).clamp(1, self.burst);
         while let Err(not_until) = self.limiter.check() {
             let rest = self.interval * (group - 1);
             tokio::time::sleep(not_until.wait_time_from(self.clock.now()) + rest).await;
@@ -491,18 +488,18 @@ mod tests {
         for _ in 0..300 {
             budget.acquire().await;
         }
-        // The burst is spent: the next of 20 pages waits for a group's worth of budget...
+        // The burst is spent: the first of the last 8 pages waits until all 8 fit...
         let lead = Instant::now();
-        budget.lead(20);
+        budget.lead(8);
         budget.acquire().await;
         let waited = lead.elapsed();
         assert!(
             waited >= Duration::from_millis(300),
             "the group's first waits for 8 × 50 ms, not 50 ms: {waited:?}"
         );
-        // ...and the rest of the group goes at once (one at a time: 7 × 50 ms).
+        // ...and the other 7 go at once (one at a time: 7 × 50 ms).
         let rest = Instant::now();
-        for left in (13..20).rev() {
+        for left in (1..8).rev() {
             budget.lead(left);
             budget.acquire().await;
         }
