@@ -497,6 +497,28 @@ async fn a_lapi_that_stalls_mid_answer_fails_the_pull_after_30s() {
     assert_eq!(lapi.seen().len(), 1, "one pull");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lapi_answer_cut_part_way_fails_the_pull() {
+    // A short answer (its Content-Length under 64 KiB) is read whole and parsed where it
+    // was read: cut inside a decision, it fails like a long one, and nothing is written.
+    let cut = br#"[{"duration":"3h59m","id":1,"origin":"cscli","scope":"Ip","type":"ban","value":"198.51.100."#;
+    let lapi = FakeServer::start(move |seen| match (seen.method.as_str(), seen.path()) {
+        ("GET", "/v1/decisions") => Answer::with_body(200, Body::Bytes(cut.to_vec())),
+        _ => Answer::json(404, r#"{"message":"not found"}"#),
+    })
+    .await;
+    let rig = Rig::start(&lapi.url()).await;
+    let config = rig.config_file();
+    let mut once = Daemon::spawn(&["-c", config.to_str().expect("utf-8 path"), "once"]);
+    let status = once.wait_exit(Duration::from_secs(30)).await;
+    let log = once.log();
+    let status = status.unwrap_or_else(|| panic!("still running after 30 s: {log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("ends part-way"), "{log}");
+    assert_eq!(lapi.seen().len(), 1, "one pull");
+    assert_eq!(rig.cf.counters().writes, 0, "nothing written");
+}
+
 /// The value of a metric line `name{labels} value` in an exposition.
 fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition
