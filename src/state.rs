@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use crate::item::Item;
 
 pub use desired::{decision_item, Desired};
-use listed::ListedItems;
+use listed::{Listed, ListedItems};
 
 /// Cloudflare's limit on an item comment (docs/cloudflare-lists.md §6.5).
 const MAX_COMMENT_CHARS: usize = 500;
@@ -272,6 +272,9 @@ struct Look {
     /// ... and it is admitted when over capacity: it should be on the list.
     wants: bool,
     intent: Option<Intent>,
+    /// The comment labels (origin, scenario) of its latest decision, if it has one: what
+    /// an add's comment is made of, without a second lookup.
+    labels: Option<(u32, u32)>,
 }
 
 /// Desired state, list view and pending queue. See the module docs.
@@ -700,7 +703,7 @@ impl SyncState {
                     kind = Some(intent);
                     lane = Some(item.lane());
                     self.unqueue(&item);
-                    taken.push(item);
+                    taken.push((item, look.labels));
                     let cap = if intent == Intent::Add { max_adds } else { max };
                     if taken.len() >= cap {
                         break;
@@ -725,14 +728,14 @@ impl SyncState {
                 let mut made = HashMap::default();
                 Some(Batch::Add(
                     (taken.into_iter())
-                        .map(|item| (item, self.comment(&item, &mut made)))
+                        .map(|(item, labels)| (item, self.comment(labels, &mut made)))
                         .collect(),
                 ))
             }
             Intent::Remove => Some(Batch::Remove(
                 taken
                     .into_iter()
-                    .map(|item| (item, self.listed.id(&item)))
+                    .map(|(item, _)| (item, self.listed.id(&item)))
                     .collect(),
             )),
         }
@@ -763,16 +766,22 @@ impl SyncState {
     /// Records a completed bulk operation: only this changes the list view.
     pub fn confirm(&mut self, outcome: Confirmed, items: &[Item]) {
         for item in items {
-            match outcome {
+            // What the list now holds of it: known without looking it up again.
+            let ours = match outcome {
                 // The POST response carries no ids; a later read or search finds them.
-                Confirmed::Added => self.listed.insert(*item, None, true),
+                Confirmed::Added => {
+                    self.listed.insert(*item, None, true);
+                    Some(true)
+                }
                 Confirmed::Removed => {
                     self.listed.remove(item);
                     self.gone.remove(item);
+                    None
                 }
-            }
+            };
             // Desired state may have moved while the operation ran.
-            self.enqueue(*item);
+            let look = self.look_with(item, ours);
+            self.enqueue_looked(*item, false, look);
         }
     }
 
@@ -959,27 +968,33 @@ impl SyncState {
 
     /// What decides `key`'s write, from one lookup in each table.
     fn look(&self, key: &Item) -> Look {
-        let (desires, wants) = match self.desired.get(&key.bare()) {
+        self.look_with(key, self.listed.get(key).map(Listed::ours))
+    }
+
+    /// [`SyncState::look`] with what the list view holds of `key` already known: `None`
+    /// if it is not listed, else whether it is the bouncer's own.
+    fn look_with(&self, key: &Item, listed_ours: Option<bool>) -> Look {
+        let (desires, wants, labels) = match self.desired.get(&key.bare()) {
             Some(wanted) => {
                 let desires = lane_in(&self.policy, &self.desired, wanted) == Some(key.lane());
                 (
                     desires,
                     desires && (!self.over_capacity || wanted.admitted()),
+                    Some((wanted.comment_origin, wanted.scenario)),
                 )
             }
-            None => (false, false),
+            None => (false, false, None),
         };
-        let intent = match (wants, self.listed.get(key)) {
+        let intent = match (wants, listed_ours) {
             (true, None) => Some(Intent::Add),
-            (false, Some(listed)) if self.policy.manage_all || listed.ours() => {
-                Some(Intent::Remove)
-            }
+            (false, Some(ours)) if self.policy.manage_all || ours => Some(Intent::Remove),
             _ => None,
         };
         Look {
             desires,
             wants,
             intent,
+            labels,
         }
     }
 
@@ -987,13 +1002,17 @@ impl SyncState {
         self.look(item).intent
     }
 
-    /// `item`'s comment: `tag origin: scenario` of its latest decision. Items of one
-    /// origin and scenario share one text (`made` keeps those made so far).
-    fn comment(&self, item: &Item, made: &mut HashMap<(u32, u32), Arc<str>>) -> Arc<str> {
-        let Some(wanted) = self.desired.get(&item.bare()) else {
+    /// An item's comment, `tag origin: scenario`, from the labels of its latest decision
+    /// ([`Look::labels`]). Items of one origin and scenario share one text (`made` keeps
+    /// those made so far).
+    fn comment(
+        &self,
+        labels: Option<(u32, u32)>,
+        made: &mut HashMap<(u32, u32), Arc<str>>,
+    ) -> Arc<str> {
+        let Some(labels) = labels else {
             return Arc::from("");
         };
-        let labels = (wanted.comment_origin, wanted.scenario);
         let text = made.entry(labels).or_insert_with(|| {
             let names = &self.desired.labels;
             let (origin, scenario) = (names.get(labels.0), names.get(labels.1));
