@@ -651,9 +651,15 @@ def cold(ctx, lapi, emu, key, want) -> dict:
         finally:
             if own is not emu:
                 own.close()
+    return cold_record(runs, ctx.op_latency_ms)
+
+
+def cold_record(runs, op_latency_ms) -> dict:
+    """cold100k's record from its runs: the median of CPU and wall time, the highest peak
+    (what memory must be sized for)."""
     d = runs[-1]
     seconds, cpu = median([r["seconds"] for r in runs]), median([r["cpu_s"] for r in runs])
-    hwm, rss = median([r["peak_rss_mib"] for r in runs]), median([r["rss_end_mib"] for r in runs])
+    hwm, rss = max(r["peak_rss_mib"] for r in runs), median([r["rss_end_mib"] for r in runs])
     floor = 2 * math.ceil(COLD_N / 1000)
     values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss,
               "runs": runs}
@@ -665,7 +671,8 @@ def cold(ctx, lapi, emu, key, want) -> dict:
         row("bouncer CPU (utime+stime)", f"{cpu:.2f} s", "≤ 0.25 s", cpu <= 0.25,
             runs_note(runs, "cpu_s")),
         row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "≤ 40 MiB", hwm <= 40,
-            f"{runs_note(runs, 'peak_rss_mib', 'MiB', 1)}; RSS when done (VmRSS): {rss:.1f} MiB"),
+            "the highest of " + ", ".join(f"{r['peak_rss_mib']:.1f}" for r in runs)
+            + f" MiB; RSS when done (VmRSS): {rss:.1f} MiB (median)"),
         row("Cloudflare requests to fill the list", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
             f"status polls, {d['list_reads']} list reads, {d['other']} other)",
             f"writes + polls ≤ {1.2 * floor:.0f}", d["writes"] + d["status_polls"] <= 1.2 * floor,
@@ -675,8 +682,8 @@ def cold(ctx, lapi, emu, key, want) -> dict:
             "the last run; the others: " + ", ".join(str(r["item_changes"]) for r in runs[:-1])),
     ]
     return {"rows": rows, "values": values,
-            "settings": {"op_latency_ms": ctx.op_latency_ms, "op_item_cost_us": 0, **BIG,
-                         "max_batch": 10_000, "runs": RUNS}}
+            "settings": {"op_latency_ms": op_latency_ms, "op_item_cost_us": 0, **BIG,
+                         "max_batch": 10_000, "runs": len(runs)}}
 
 
 SIZED_COST_US = 100  # 0.1 ms an item: a 10 000-item operation takes 1 s more
@@ -896,7 +903,7 @@ def restart(ctx, lapi, emu, key, want) -> dict:
     runs = [restart_once(ctx, lapi, emu, key, want, f"bouncer-restart{i}") for i in range(RUNS)]
     d = runs[-1]
     seconds, cpu = median([r["seconds"] for r in runs]), median([r["cpu_s"] for r in runs])
-    hwm, rss = median([r["peak_rss_mib"] for r in runs]), median([r["rss_end_mib"] for r in runs])
+    hwm, rss = max(r["peak_rss_mib"] for r in runs), median([r["rss_end_mib"] for r in runs])
     expected = math.ceil(COLD_N / PAGE) + 1
     floor = page_floor(ctx, emu)
     values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss,
@@ -917,7 +924,8 @@ def restart(ctx, lapi, emu, key, want) -> dict:
         row("bouncer CPU (utime+stime)", f"{cpu:.2f} s", "≤ 0.12 s", cpu <= 0.12,
             runs_note(runs, "cpu_s")),
         row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "", None,
-            f"{runs_note(runs, 'peak_rss_mib', 'MiB', 1)}; RSS when idle (VmRSS): {rss:.1f} MiB"),
+            "the highest of " + ", ".join(f"{r['peak_rss_mib']:.1f}" for r in runs)
+            + f" MiB; RSS when idle (VmRSS): {rss:.1f} MiB (median)"),
         row("HTTP floor of the list read", f"{floor['cpu_s']:.3f} s CPU", "", None,
             f"examples/page_floor: the same {floor['pages']} pages ({floor['bytes'] / 1e6:.1f} MB) "
             "fetched with the bouncer's client settings, each body read and dropped, nothing "
