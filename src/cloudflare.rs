@@ -360,7 +360,8 @@ pub struct ListedItemRef<'a> {
 }
 
 impl ListedItemRef<'_> {
-    pub fn to_owned(self) -> ListedItem {
+    /// An owned copy, for a caller that keeps the items.
+    pub fn to_listed(self) -> ListedItem {
         ListedItem {
             id: self.id.to_owned(),
             ip: self.ip.to_owned(),
@@ -496,7 +497,7 @@ impl CloudflareClient {
     ) -> Result<(Vec<ListedItem>, Option<String>), Error> {
         let mut items = Vec::new();
         let next = self
-            .items_page_each(list_id, cursor, search, |item| items.push(item.to_owned()))
+            .items_page_each(list_id, cursor, search, |item| items.push(item.to_listed()))
             .await?;
         Ok((items, next))
     }
@@ -986,7 +987,7 @@ mod tests {
             {"id":"d","ip":"10.0.0.3"}
         ],"result_info":{"cursors":{"after":"next"}}}"#;
         let mut seen = Vec::new();
-        let next = decode_items_page(body, |item| seen.push(item.to_owned())).unwrap();
+        let next = decode_items_page(body, |item| seen.push(item.to_listed())).unwrap();
         assert_eq!(next.as_deref(), Some("next"));
         let listed = |id: &str, ip: &str, comment: Option<&str>| ListedItem {
             id: id.into(),
