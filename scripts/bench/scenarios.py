@@ -610,7 +610,7 @@ def group_b(ctx: Context):
 BIG = dict(capacity=1_000_000, max_rpm=240)
 
 
-RUNS = 3  # cold100k and restart100k: one run's CPU varies by ±15% here; the median is reported
+RUNS = 3  # cold100k and restart100k: one run's CPU varies by ±15% here; see summarise()
 
 
 def median(values):
@@ -619,6 +619,18 @@ def median(values):
 
 def runs_note(runs, key, unit="s", digits=2):
     return f"median of {len(runs)} runs: " + ", ".join(f"{r[key]:.{digits}f}" for r in runs) + f" {unit}"
+
+
+def summarise(runs, rss_when="done") -> dict:
+    """The figures of repeated runs: the median CPU and wall time, the highest peak RSS
+    (what memory must be sized for), the median RSS at the end; with their notes."""
+    peaks = ", ".join(f"{r['peak_rss_mib']:.1f}" for r in runs)
+    rss = median([r["rss_end_mib"] for r in runs])
+    return {"seconds": median([r["seconds"] for r in runs]),
+            "cpu_s": median([r["cpu_s"] for r in runs]),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "rss_end_mib": rss,
+            "peak_note": f"the highest of {peaks} MiB; RSS when {rss_when} (VmRSS): "
+                         f"{rss:.1f} MiB (median)"}
 
 
 def cold_once(ctx, lapi, emu, key, want, name="bouncer-cold") -> dict:
@@ -657,12 +669,11 @@ def cold(ctx, lapi, emu, key, want) -> dict:
 def cold_record(runs, op_latency_ms) -> dict:
     """cold100k's record from its runs: the median of CPU and wall time, the highest peak
     (what memory must be sized for)."""
-    d = runs[-1]
-    seconds, cpu = median([r["seconds"] for r in runs]), median([r["cpu_s"] for r in runs])
-    hwm, rss = max(r["peak_rss_mib"] for r in runs), median([r["rss_end_mib"] for r in runs])
+    d, fig = runs[-1], summarise(runs)
+    seconds, cpu, hwm = fig["seconds"], fig["cpu_s"], fig["peak_rss_mib"]
     floor = 2 * math.ceil(COLD_N / 1000)
-    values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss,
-              "runs": runs}
+    values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm,
+              "rss_end_mib": fig["rss_end_mib"], "runs": runs}
     rows = [
         row("start → all 100 000 on the list", fmt_s(seconds), "≤ 30 s", seconds <= 30,
             f"{runs_note(runs, 'seconds')}; seeded via SQLite; capacity 1 000 000 (bouncer and "
@@ -671,8 +682,7 @@ def cold_record(runs, op_latency_ms) -> dict:
         row("bouncer CPU (utime+stime)", f"{cpu:.2f} s", "≤ 0.25 s", cpu <= 0.25,
             runs_note(runs, "cpu_s")),
         row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "≤ 40 MiB", hwm <= 40,
-            "the highest of " + ", ".join(f"{r['peak_rss_mib']:.1f}" for r in runs)
-            + f" MiB; RSS when done (VmRSS): {rss:.1f} MiB (median)"),
+            fig["peak_note"]),
         row("Cloudflare requests to fill the list", f"{d['requests']} ({d['writes']} writes, {d['status_polls']} "
             f"status polls, {d['list_reads']} list reads, {d['other']} other)",
             f"writes + polls ≤ {1.2 * floor:.0f}", d["writes"] + d["status_polls"] <= 1.2 * floor,
@@ -901,13 +911,12 @@ def restart_once(ctx, lapi, emu, key, want, name) -> dict:
 
 def restart(ctx, lapi, emu, key, want) -> dict:
     runs = [restart_once(ctx, lapi, emu, key, want, f"bouncer-restart{i}") for i in range(RUNS)]
-    d = runs[-1]
-    seconds, cpu = median([r["seconds"] for r in runs]), median([r["cpu_s"] for r in runs])
-    hwm, rss = max(r["peak_rss_mib"] for r in runs), median([r["rss_end_mib"] for r in runs])
+    d, fig = runs[-1], summarise(runs, rss_when="idle")
+    seconds, cpu, hwm = fig["seconds"], fig["cpu_s"], fig["peak_rss_mib"]
     expected = math.ceil(COLD_N / PAGE) + 1
     floor = page_floor(ctx, emu)
-    values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm, "rss_end_mib": rss,
-              "runs": runs, "http_floor_cpu_s": floor["cpu_s"], "http_floor_pages": floor["pages"],
+    values = {**d, "seconds": seconds, "cpu_s": cpu, "peak_rss_mib": hwm,
+              "rss_end_mib": fig["rss_end_mib"], "runs": runs, "http_floor_cpu_s": floor["cpu_s"], "http_floor_pages": floor["pages"],
               "http_floor_bytes": floor["bytes"]}
     others = "; the others: " + ", ".join(f"{r['requests']} requests, {r['writes']} writes"
                                           for r in runs[:-1])
@@ -923,9 +932,7 @@ def restart(ctx, lapi, emu, key, want) -> dict:
             all(r["requests"] == expected for r in runs), "the last run" + others),
         row("bouncer CPU (utime+stime)", f"{cpu:.2f} s", "≤ 0.12 s", cpu <= 0.12,
             runs_note(runs, "cpu_s")),
-        row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "", None,
-            "the highest of " + ", ".join(f"{r['peak_rss_mib']:.1f}" for r in runs)
-            + f" MiB; RSS when idle (VmRSS): {rss:.1f} MiB (median)"),
+        row("bouncer peak RSS (VmHWM)", f"{hwm:.1f} MiB", "", None, fig["peak_note"]),
         row("HTTP floor of the list read", f"{floor['cpu_s']:.3f} s CPU", "", None,
             f"examples/page_floor: the same {floor['pages']} pages ({floor['bytes'] / 1e6:.1f} MB) "
             "fetched with the bouncer's client settings, each body read and dropped, nothing "
