@@ -189,11 +189,7 @@ impl Write for LogWriter {
     /// Writes the whole line (the formatter hands over one event at a time).
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let bar = drawn().clone();
-        let mut stderr = std::io::stderr().lock();
-        match bar {
-            Some(bar) => bar.suspend(|| stderr.write_all(buf))?,
-            None => stderr.write_all(buf)?,
-        }
+        write_around(bar.as_ref(), buf)?;
         Ok(buf.len())
     }
 
@@ -202,9 +198,46 @@ impl Write for LogWriter {
     }
 }
 
+/// Writes `buf` to stderr, the bar (if any) cleared around it. stderr is locked inside
+/// `suspend`, which holds the bar's state: the bar's ticker takes the two in that order
+/// too. Locked the other way round, a log line and a tick could each hold one and wait
+/// for the other, for ever.
+fn write_around(bar: Option<&ProgressBar>, buf: &[u8]) -> std::io::Result<()> {
+    let write = || std::io::stderr().lock().write_all(buf);
+    match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While the bar's state is held (as its ticker holds it to draw, then locking stderr),
+    /// a log line must not hold stderr waiting for the bar: the ticker would wait on it.
+    #[test]
+    fn a_log_line_waits_for_the_bar_without_holding_stderr() {
+        let bar = ProgressBar::with_draw_target(Some(10), ProgressDrawTarget::hidden());
+        let stderr_free = bar.suspend(|| {
+            // The bar's state is held here, as during a tick.
+            let logger = std::thread::spawn({
+                let bar = bar.clone();
+                move || write_around(Some(&bar), b"")
+            });
+            std::thread::sleep(Duration::from_millis(200)); // the line waits for the bar
+            let (sent, got) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _stderr = std::io::stderr().lock();
+                let _ = sent.send(());
+            });
+            let free = got.recv_timeout(Duration::from_secs(2)).is_ok();
+            (free, logger)
+        });
+        let (free, logger) = stderr_free;
+        assert!(logger.join().is_ok_and(|written| written.is_ok()));
+        assert!(free, "a log line held stderr while it waited for the bar");
+    }
 
     #[test]
     fn summary_counts_operations_and_rate() {
